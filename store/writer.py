@@ -1,0 +1,117 @@
+"""The one writer of a run's history (the driver process); actors never open the file.
+
+Rows go in as Arrow tables (hundreds of thousands of rows per second, unlike row-by-row
+`executemany`), one transaction per batch. The connection is opened for each transaction and
+closed after it, unless a `session()` keeps it open for a burst of writes, so readers such as
+`tutorloop status` get the file between batches.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from .connect import connect
+from .schema import TABLES, migrate
+
+
+def _json_ready(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def rows_to_arrow(rows: Sequence[dict] | pa.Table) -> pa.Table:
+    """Plain records -> Arrow; dict and list values become JSON text (the JSON columns)."""
+    if isinstance(rows, pa.Table):
+        return rows
+    return pa.Table.from_pylist([{k: _json_ready(v) for k, v in row.items()} for row in rows])
+
+
+class Transaction:
+    """Writes inside one open transaction; see StoreWriter.transaction()."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def insert(self, table: str, rows: Sequence[dict] | pa.Table, *, ignore_duplicates: bool = False) -> int:
+        """Insert records by column name; `ignore_duplicates` skips rows whose primary key exists."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        batch = rows_to_arrow(rows)
+        if batch.num_rows == 0:
+            return 0
+        # Re-registering the name replaces an earlier batch, also one left by a failed transaction.
+        self.con.register("_tutorloop_batch", batch)
+        verb = "INSERT OR IGNORE" if ignore_duplicates else "INSERT"
+        self.con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM _tutorloop_batch")
+        self.con.unregister("_tutorloop_batch")
+        return batch.num_rows
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> duckdb.DuckDBPyConnection:
+        return self.con.execute(sql, [_json_ready(p) for p in params] if params else None)
+
+
+class StoreWriter:
+    """Owns writes to `history.duckdb`; creates and migrates the schema on first open."""
+
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connection() as con:
+            migrate(con, str(self.path))
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is not None:
+            yield self._con
+            return
+        con = connect(self.path, read_only=False, timeout_s=self.lock_timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def session(self) -> Iterator["StoreWriter"]:
+        """Keep one connection open for a burst of transactions (readers wait meanwhile)."""
+        if self._con is not None:
+            yield self
+            return
+        self._con = connect(self.path, read_only=False, timeout_s=self.lock_timeout_s)
+        try:
+            yield self
+        finally:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """All writes inside commit together or not at all."""
+        with self._connection() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield Transaction(con)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def insert(self, table: str, rows: Sequence[dict] | pa.Table, *, ignore_duplicates: bool = False) -> int:
+        """One batch in its own transaction."""
+        with self.transaction() as tx:
+            return tx.insert(table, rows, ignore_duplicates=ignore_duplicates)
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        with self.transaction() as tx:
+            tx.execute(sql, params)
+
+    def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
+        """Read through the writer's own connection (the driver needs this while it holds the file)."""
+        with self._connection() as con:
+            return con.execute(sql, [_json_ready(p) for p in params] if params else None).fetchall()

@@ -1,0 +1,97 @@
+"""Config loading: valid files, dotted overrides, and one-line errors naming the key and the file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tutorloop.loop.config import RESUME_SAFE_KEYS, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_configs_load() -> None:
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the run configs"
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.run.name
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "run:\n  name: x\nteacher:\n  teachers:\n    - name: t1\n      backend: program\n")
+    cfg = load_config(path, ["teacher.concurrency=3", "training.lr=0.01", "run.baseline=false",
+                             "student.lora.target_modules=[c_attn]", "teacher.max_cost_usd=null"])
+    assert cfg.teacher.concurrency == 3
+    assert cfg.training.lr == 0.01
+    assert cfg.run.baseline is False
+    assert cfg.student.lora.target_modules == ["c_attn"]
+    assert cfg.teacher.max_cost_usd is None
+    assert cfg.teacher.teachers[0].backend == "program"
+    assert cfg.data.synthetic.max_steps == 2
+
+
+def test_fingerprint_ignores_resume_safe_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "run:\n  rounds: 2\n")
+    a = load_config(path)
+    b = load_config(path, ["run.rounds=5", "teacher.max_cost_usd=3"])
+    c = load_config(path, ["training.lr=0.1"])
+    assert a.fingerprint(RESUME_SAFE_KEYS) == b.fingerprint(RESUME_SAFE_KEYS)
+    assert a.fingerprint(RESUME_SAFE_KEYS) != c.fingerprint(RESUME_SAFE_KEYS)
+
+
+BAD_INPUTS = [
+    ("run:\n  nmae: x\n", [], "unknown key 'run.nmae'"),
+    ("bogus_section: {}\n", [], "unknown key 'bogus_section'"),
+    ("run:\n  rounds: many\n", [], "key 'run.rounds'"),
+    ("run:\n  rounds: -1\n", [], "key 'run.rounds'"),
+    ("training:\n  alpha: 1.5\n", [], "key 'training.alpha'"),
+    ("student:\n  quantization: 3bit\n", [], "key 'student.quantization'"),
+    ("teacher:\n  teachers:\n    - name: a\n    - name: a\n", [], "key 'teacher.teachers'"),
+    ("teacher:\n  teachers:\n    - name: a\n      backend: telepathy\n", [], "key 'teacher.teachers.0.backend'"),
+    ("data:\n  synthetic:\n    min_steps: 3\n    max_steps: 1\n", [], "key 'data.synthetic'"),
+    ("run: [1, 2\n", [], "invalid YAML"),
+    ("- just\n- a list\n", [], "expected a mapping"),
+    ("run:\n  name: x\n", ["run.seed=abc"], "key 'run.seed'"),
+    ("run:\n  name: x\n", ["run.name"], "expected KEY=VALUE"),
+    ("run:\n  name: x\n", ["run.name.first=a"], "'name' is not a section"),
+    ("student:\n  generation:\n    top_p: 0\n", [], "key 'student.generation.top_p'"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,expected", BAD_INPUTS)
+def test_bad_config_is_one_line_error_naming_key_and_file(tmp_path: Path, text: str, overrides: list[str],
+                                                          expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+    if not expected.startswith(("expected KEY", "'name' is not")):  # command-line mistakes name the --set
+        assert str(path) in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "training:\n  lr: fast\n")
+    result = subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", "run", str(path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "training.lr" in lines[0] and str(path) in lines[0]
