@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 ANSWER_TYPES = ("number", "yesno", "choice", "text")
 
@@ -45,10 +45,7 @@ def normalize_number(text: str) -> str | None:
     match = _WHOLE_NUMBER.fullmatch(text.strip())
     if not match:
         return None
-    try:
-        value = Decimal(match.group(1) + match.group(2).replace(",", ""))
-    except InvalidOperation:
-        return None
+    value = Decimal(match.group(1) + match.group(2).replace(",", ""))
     if value == value.to_integral_value():
         return str(int(value))
     return format(value.normalize(), "f")
