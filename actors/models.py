@@ -120,9 +120,13 @@ _THINGS = ["apples", "marbles", "coins", "books", "stickers", "pens", "cards", "
 
 
 def _pretrain_sentence(rng: random.Random) -> str:
-    """One line of generic arithmetic text: facts, small stories, worked steps (not the student prompt format)."""
-    a, b = rng.randint(0, 20), rng.randint(1, 20)
-    op = rng.choice("+-*")
+    """One line of generic arithmetic text: facts, worked steps, small stories (not the student prompt format).
+
+    Operands stay small (results 0..18, products up to 45): a tiny model can learn these tables in a
+    few hundred steps, enough for LoRA rounds to build on.
+    """
+    op = rng.choice("++--*")
+    a, b = rng.randint(0, 9), rng.randint(1, 9)
     if op == "-" and b > a:
         a, b = b, a
     if op == "*":
@@ -133,16 +137,16 @@ def _pretrain_sentence(rng: random.Random) -> str:
     things = rng.choice(_THINGS)
     verb = {"+": "gets {b} more", "-": "gives away {b}", "*": "gets {b} times as many"}[op].format(b=b)
     word = {"+": "Add", "-": "Take away", "*": "Multiply by"}[op]
-    kind = rng.randrange(5)
-    if kind == 0:
+    kind = rng.randrange(6)
+    if kind <= 1:
         return f"{a} {op} {b} = {c}."
-    if kind == 1:
-        return f"{word} {b}: {a} {op} {b} = {c}."
     if kind == 2:
-        return f"{name} has {a} {things}. {pron.capitalize()} {verb}. {a} {op} {b} = {c}. Now {name} has {c} {things}."
+        return f"{word} {b}: {a} {op} {b} = {c}."
     if kind == 3:
-        return f"How many {things} does {name} have? {name} has {c} {things}. The answer is {c}."
-    return f"{name} had {a} {things} and {verb}. {word} {b}: {a} {op} {b} = {c}. So {pron} has {c}."
+        return f"{name} has {a} {things}. {pron.capitalize()} {verb}. {word} {b}: {a} {op} {b} = {c}. Now {name} has {c} {things}."
+    if kind == 4:
+        return f"{name} has {a} {things} and {verb}. {a} {op} {b} = {c}. The answer is {c}."
+    return f"How many {things} does {name} have if {pron} has {a} and {verb}? {word} {b}: {a} {op} {b} = {c}."
 
 
 def _pretrain_corpus(n_lines: int, seed: int) -> list[str]:
@@ -263,6 +267,14 @@ def _gguf_cache_folder(source: str, gguf_file: str) -> Path:
     return cache_dir() / "models" / f"gguf-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
+def student_source(student_cfg: StudentSection) -> str:
+    """A folder or hub id that `from_pretrained` loads directly (a GGUF is converted into the cache first)."""
+    source, gguf_file = resolve_model_source(student_cfg)
+    if gguf_file:
+        return str(convert_gguf(source, gguf_file, _gguf_cache_folder(source, gguf_file)))
+    return source
+
+
 def pick_device(student_cfg: StudentSection) -> torch.device:
     if student_cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -310,9 +322,7 @@ def load_student(student_cfg: StudentSection, *, for_training: bool = False,
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    source, gguf_file = resolve_model_source(student_cfg)
-    if gguf_file:
-        source = str(convert_gguf(source, gguf_file, _gguf_cache_folder(source, gguf_file)))
+    source = student_source(student_cfg)
     device = pick_device(student_cfg)
     dtype = dtype or pick_dtype(student_cfg, device)
     quant = quantization or student_cfg.quantization

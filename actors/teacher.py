@@ -154,10 +154,14 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 class TokenBucket:
-    """Async token bucket: `per_minute` tokens refill evenly over a minute; capacity one minute's worth."""
+    """Async token bucket: `per_minute` tokens refill evenly; bursts up to `burst_s` seconds' worth.
 
-    def __init__(self, per_minute: float) -> None:
-        self.capacity = float(per_minute)
+    A short burst window (not a whole minute) spreads requests out, so a server that counts per
+    minute on a sliding window does not see one big burst at the start.
+    """
+
+    def __init__(self, per_minute: float, burst_s: float = 6.0) -> None:
+        self.capacity = max(1.0, per_minute * burst_s / 60.0)
         self.rate = per_minute / 60.0
         self.tokens = self.capacity
         self.stamp = time.monotonic()

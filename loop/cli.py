@@ -143,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tutorloop.loop.errors import RunError
     from tutorloop.loop.tasks import DataError
     from tutorloop.store.connect import StoreBusyError
     from tutorloop.store.query import ReadOnlyQueryError
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"tutorloop: error: {exc}", file=sys.stderr)
         return exc.code
-    except (DataError, StoreBusyError, SchemaError, FileNotFoundError) as exc:
+    except (RunError, DataError, StoreBusyError, SchemaError, FileNotFoundError) as exc:
         print(f"tutorloop: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except duckdb.Error as exc:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from tutorloop.loop import cluster
 from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, ConfigError, apply_overrides, config_from_dict
+from tutorloop.loop.errors import RunError
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
 from tutorloop.loop.tasks import Example, answer_type_of, load_examples
@@ -32,10 +33,6 @@ from tutorloop.store.writer import StoreWriter
 HISTORY = "history.duckdb"
 CONFIG_FILE = "config.yaml"
 EXAM_CHUNK_BATCHES = 4  # exam work is stored every this many generation batches
-
-
-class RunError(RuntimeError):
-    """An expected failure of a run (exists already, config changed, finished); one-line message."""
 
 
 class StopRequested(Exception):

@@ -1,0 +1,366 @@
+"""LoRA training of the student: multi-task samples plus self-reflection contrast pairs, resumable.
+
+One optimizer step = `grad_accum` micro-batches. A micro-batch is either `batch_size` samples
+(multi-task loss, see losses.py) or `batch_size` contrast pairs (reflection loss times
+`reflection_weight`). Both kinds are grouped by length (shuffle, then sort inside chunks of 64
+batches) and the micro-batches of an epoch are shuffled together, so contrast pairs are spread over
+the epoch. The whole data order follows from the seed and is stored in every checkpoint.
+
+Checkpoints (every `checkpoint_every` steps and at the end) hold adapter, optimizer, scheduler, step,
+RNG states, data order and the step records, under a hash of everything that defines the training;
+a later call with the same inputs resumes from the newest one and reaches the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tutorloop.actors.losses import (dpo_loss, last_token_states, multitask_loss, sequence_logprob,
+                                     sequence_mean_nll, triplet_loss)
+from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, load_student, load_tokenizer,
+                                     student_source)
+from tutorloop.loop.config import StudentSection, TrainingSection
+
+SAMPLE_KEYS = ("example_id", "task", "input", "target", "weight")
+PAIR_KEYS = ("example_id", "input", "anchor", "positive", "negative")
+SORT_CHUNK_BATCHES = 64
+MAX_GRAD_NORM = 1.0
+
+# Equivalent module names across architectures, used when the configured LoRA targets are absent.
+_LLAMA_TO_GPT2 = {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "o_proj": "c_proj",
+                  "gate_proj": "c_fc", "up_proj": "c_fc", "down_proj": "c_proj"}
+_GPT2_TO_LLAMA = {"c_attn": ["q_proj", "k_proj", "v_proj"], "c_proj": ["o_proj", "down_proj"],
+                  "c_fc": ["gate_proj", "up_proj"]}
+
+
+@dataclass
+class TrainResult:
+    adapter: bytes
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pad_fraction(self) -> float:
+        pads = sum(s["pad_fraction"] / max(1e-9, 1 - s["pad_fraction"]) * s["tokens"] for s in self.steps)
+        real = sum(s["tokens"] for s in self.steps)
+        return pads / max(1.0, pads + real)
+
+
+def resolve_target_modules(model, wanted: list[str] | str) -> list[str] | str:
+    """The configured LoRA target names, translated between llama-style and gpt2-style names if absent."""
+    if wanted == "all-linear":
+        return wanted
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [w for w in wanted if w in present]
+    if found:
+        return found
+    translated: list[str] = []
+    for w in wanted:
+        options = _GPT2_TO_LLAMA.get(w, []) + ([_LLAMA_TO_GPT2[w]] if w in _LLAMA_TO_GPT2 else [])
+        translated += [o for o in options if o in present and o not in translated]
+    if not translated:
+        raise ValueError(f"student.lora.target_modules {wanted}: none of these modules exist in the model")
+    return translated
+
+
+def _check_records(records: list[dict], keys: tuple[str, ...], what: str) -> None:
+    for i, rec in enumerate(records):
+        missing = [k for k in keys if k not in rec]
+        if missing:
+            raise ValueError(f"training {what}[{i}]: missing keys {missing}")
+
+
+@dataclass
+class _Encoded:
+    ids: list[int]
+    labels: list[int]
+
+
+class LoraTrainer:
+    """Trains a LoRA adapter on the student; one instance can run several trainings."""
+
+    def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0) -> None:
+        self.student_cfg = student_cfg
+        self.cfg = training_cfg
+        self.seed = seed
+        self._tokenizer = None
+
+    # ------------------------------------------------------------ data
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(student_source(self.student_cfg))
+        return self._tokenizer
+
+    def encode(self, prompt: str, target: str) -> _Encoded | None:
+        """Prompt tokens (tokenized alone, as the exam does) + target tokens + EOS; loss on the target only.
+        Truncated to max_length from the end; None when no target token is left."""
+        tok = self.tokenizer
+        prompt_ids = tok(prompt).input_ids
+        target_ids = tok(target, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        ids = (prompt_ids + target_ids)[: self.cfg.max_length]
+        if len(ids) <= len(prompt_ids):
+            return None
+        return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):])
+
+    def _batches(self, lengths: list[int], rng: random.Random) -> list[list[int]]:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        size = self.cfg.batch_size
+        chunk = size * SORT_CHUNK_BATCHES
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+            batches += [part[j:j + size] for j in range(0, len(part), size)]
+        return batches
+
+    def plan(self, sample_lengths: list[int], pair_lengths: list[int]) -> list[tuple[str, list[int]]]:
+        """Micro-batches in training order: ("s", sample indices) or ("p", pair indices)."""
+        epochs = math.ceil(self.cfg.epochs)
+        order: list[tuple[str, list[int]]] = []
+        per_epoch = 0
+        for epoch in range(epochs):
+            rng = random.Random(f"tutorloop-train/{self.seed}/{epoch}")
+            batches = [("s", b) for b in self._batches(sample_lengths, rng)]
+            batches += [("p", b) for b in self._batches(pair_lengths, rng)]
+            rng.shuffle(batches)
+            per_epoch = len(batches)
+            order += batches
+        total = max(1, round(self.cfg.epochs * per_epoch))
+        return order[:total]
+
+    # ------------------------------------------------------------ model
+
+    def _build_model(self, init_adapter: bytes | None):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        model, _ = load_student(self.student_cfg, for_training=True, seed=self.seed)
+        if init_adapter is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = adapter_from_bytes(init_adapter, tmp)
+                model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        else:
+            lora = self.student_cfg.lora
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
+                                task_type="CAUSAL_LM",
+                                target_modules=resolve_target_modules(model, lora.target_modules))
+            model = get_peft_model(model, config)
+        model.train()
+        return model
+
+    # ------------------------------------------------------------ training
+
+    def _input_hash(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None) -> str:
+        payload = {
+            "samples": [[s[k] for k in SAMPLE_KEYS] for s in samples],
+            "pairs": [[p[k] for k in PAIR_KEYS] for p in pairs],
+            "init": hashlib.sha256(init_adapter).hexdigest() if init_adapter else None,
+            "training": self.cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
+            "student": self.student_cfg.model_dump(mode="json", exclude={"generation", "eval_modes", "exam_mode"}),
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
+              checkpoint_dir: str | None = None, on_step: Callable[[dict], None] | None = None,
+              on_plan: Callable[[int], None] | None = None) -> TrainResult:
+        """Train and return the adapter (bytes of a peft save_pretrained folder) and per-step records.
+
+        `on_plan(total_steps)` is called once before the first step; `on_step(record)` after each step.
+        """
+        _check_records(samples, SAMPLE_KEYS, "samples")
+        use_pairs = self.cfg.reflection != "none"
+        if use_pairs:
+            _check_records(pairs, PAIR_KEYS, "pairs")
+        pairs = pairs if use_pairs else []
+        enc_samples, kept = [], []
+        for s in samples:
+            enc = self.encode(s["input"], s["target"])
+            if enc is not None:
+                enc_samples.append(enc)
+                kept.append(s)
+        enc_pairs = [tuple(self.encode(p["input"], p[role] or p["anchor"]) for role in ("anchor", "positive", "negative"))
+                     for p in pairs]
+        enc_pairs = [e for e in enc_pairs if all(x is not None for x in e)]
+        if not enc_samples and not enc_pairs:
+            raise ValueError("training: no samples or contrast pairs with target tokens within max_length")
+
+        input_hash = self._input_hash(samples, pairs, init_adapter)
+        order = self.plan([len(e.ids) for e in enc_samples], [sum(len(x.ids) for x in e) for e in enc_pairs])
+        accum = self.cfg.grad_accum
+        total_steps = math.ceil(len(order) / accum)
+        model = self._build_model(init_adapter)
+        from transformers import get_linear_schedule_with_warmup
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optim = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = get_linear_schedule_with_warmup(optim, round(self.cfg.warmup_ratio * total_steps), total_steps)
+
+        steps: list[dict] = []
+        start_step, elapsed_before = 0, 0.0
+        ckpt = _Checkpoints(checkpoint_dir) if checkpoint_dir else None
+        state = ckpt.load(input_hash) if ckpt else None
+        if state is not None:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(state["folder"] / "adapter_model.safetensors")))
+            optim.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            random.setstate(state["python_rng"])
+            order = [(kind, list(idx)) for kind, idx in state["order"]]
+            start_step, steps, elapsed_before = state["step"], state["steps"], state["elapsed_s"]
+
+        if on_plan:
+            on_plan(total_steps)
+        device = next(model.parameters()).device
+        per_epoch = len(order) / self.cfg.epochs
+        t0 = time.perf_counter() - elapsed_before
+        for step in range(start_step, total_steps):
+            micro = order[step * accum:(step + 1) * accum]
+            task_values: dict[str, list[float]] = {}
+            contrast: list[float] = []
+            total_loss, tokens, pads = 0.0, 0, 0
+            lr = sched.get_last_lr()[0]
+            for kind, idx in micro:
+                if kind == "s":
+                    loss, per_task, n_tok, n_pad = self._sample_loss(model, [enc_samples[i] for i in idx],
+                                                                     [kept[i] for i in idx], device)
+                    for task, values in per_task.items():
+                        task_values.setdefault(task, []).extend(values)
+                else:
+                    raw, n_tok, n_pad = self._pair_loss(model, [enc_pairs[i] for i in idx], device)
+                    contrast.append(raw.item())
+                    loss = self.cfg.reflection_weight * raw
+                (loss / len(micro)).backward()
+                total_loss += loss.item() / len(micro)
+                tokens += n_tok
+                pads += n_pad
+            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optim.step()
+            sched.step()
+            optim.zero_grad(set_to_none=True)
+            record = {
+                "step": step + 1,
+                "epoch": (step + 1) * accum / per_epoch if step + 1 < total_steps else self.cfg.epochs,
+                "lr": lr,
+                "loss": total_loss,
+                "task_losses": {t: sum(v) / len(v) for t, v in sorted(task_values.items())},
+                "contrast_loss": sum(contrast) / len(contrast) if contrast else None,
+                "tokens": tokens,
+                "pad_fraction": pads / max(1, pads + tokens),
+                "elapsed_s": time.perf_counter() - t0,
+            }
+            steps.append(record)
+            if ckpt and ((step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == total_steps):
+                ckpt.save(model, input_hash, optim, sched, step + 1, order, steps, record["elapsed_s"])
+            if on_step:
+                on_step(record)
+
+        model.eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            return TrainResult(adapter=adapter_to_bytes(tmp), steps=steps)
+
+    # ------------------------------------------------------------ loss terms
+
+    def _collate(self, encoded: list[_Encoded], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
+        """Right-padded ids, attention mask, labels; plus real and pad token counts."""
+        width = max(len(e.ids) for e in encoded)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encoded], device=device)
+        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encoded], device=device)
+        labels = torch.tensor([e.labels + [-100] * (width - len(e.ids)) for e in encoded], device=device)
+        real = int(mask.sum())
+        return ids, mask, labels, real, mask.numel() - real
+
+    def _sample_loss(self, model, encoded: list[_Encoded], records: list[dict], device):
+        ids, mask, labels, real, pad = self._collate(encoded, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        nll = sequence_mean_nll(logits, labels)
+        loss, per_task = multitask_loss(nll, [r["task"] for r in records], [float(r["weight"]) for r in records],
+                                        self.cfg.alpha)
+        return loss, per_task, real, pad
+
+    def _pair_loss(self, model, encoded: list[tuple[_Encoded, _Encoded, _Encoded]], device):
+        """Reflection loss of a micro-batch of (anchor, positive, negative); one forward per role keeps padding low."""
+        real = pad = 0
+        outs = []
+        for role in range(3):
+            ids, mask, labels, r, p = self._collate([e[role] for e in encoded], device)
+            real, pad = real + r, pad + p
+            outs.append((ids, mask, labels))
+        if self.cfg.reflection == "triplet":
+            states = []
+            for ids, mask, _ in outs:
+                hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                               logits_to_keep=1).hidden_states[-1]
+                states.append(last_token_states(hidden, mask))
+            return triplet_loss(*states, margin=self.cfg.reflection_margin), real, pad
+        # DPO: the anchor (teacher) and the positive rationale are both preferred over the negative one;
+        # the reference is the same network with the adapter switched off.
+        policy = [sequence_logprob(model(input_ids=i, attention_mask=m).logits, lab) for i, m, lab in outs]
+        with torch.no_grad(), model.disable_adapter():
+            ref = [sequence_logprob(model(input_ids=i, attention_mask=m).logits, lab) for i, m, lab in outs]
+        loss = (dpo_loss(policy[0], policy[2], ref[0], ref[2], self.cfg.dpo_beta)
+                + dpo_loss(policy[1], policy[2], ref[1], ref[2], self.cfg.dpo_beta)) / 2
+        return loss, real, pad
+
+
+class _Checkpoints:
+    """Trainer checkpoints in `root/step-NNNNNN/`, the newest named by `root/latest` (replaced atomically)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def save(self, model, input_hash: str, optim, sched, step: int, order, steps, elapsed_s: float) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
+        model.save_pretrained(tmp)
+        torch.save({
+            "input_hash": input_hash, "step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python_rng": random.getstate(), "order": order, "steps": steps, "elapsed_s": elapsed_s,
+        }, tmp / "trainer_state.pt")
+        final = self.root / f"step-{step:06d}"
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        pointer = self.root / f".latest-{uuid.uuid4().hex[:8]}"
+        pointer.write_text(final.name)
+        os.replace(pointer, self.root / "latest")
+        for old in self.root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, input_hash: str) -> dict | None:
+        pointer = self.root / "latest"
+        if not pointer.exists():
+            return None
+        folder = self.root / pointer.read_text().strip()
+        state_file = folder / "trainer_state.pt"
+        if not state_file.exists():
+            return None
+        state = torch.load(state_file, weights_only=False)
+        if state["input_hash"] != input_hash:
+            return None  # a checkpoint of another training (other data or settings): start fresh
+        state["folder"] = folder
+        return state

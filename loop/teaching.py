@@ -1,0 +1,372 @@
+"""The teaching phase: jobs -> teacher requests -> cache -> executor -> persist -> grading -> rationales.
+
+Runs in the driver. Each job (one example, teacher, strategy and sample index) is a small state
+machine: it issues one request per stage and advances only after that stage's call record has been
+handed to `persist` (the driver's store writer), so no teacher answer is ever used before it is
+stored. Requests go out in waves (all ready stages at once); identical requests (same hash) are
+sent once; a request whose hash `lookup` finds is not sent at all.
+
+Budget: `teacher.max_cost_usd` minus what the run already spent. Before a wave, each new request
+reserves its worst-case cost (estimated prompt tokens + max_tokens at the endpoint's prices); the
+first request that would go over the budget stops all sending, and the jobs left unfinished end
+with reject_reason "budget". Cached answers cost nothing and are still used. (A response retried as
+unusable is billed again; that retry is not part of the reservation.)
+
+Every rationale is graded against gold (loop/answers.py) and stored with its grade and rejection
+reason; exactly one rationale record per job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+from tqdm import tqdm
+
+# The executors live with the backends; re-exported here for the driver.
+from tutorloop.actors.teacher import LocalExecutor, RayTeacherPool, TeacherRequest  # noqa: F401
+from tutorloop.loop.answers import answers_match, extract_answer
+from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.strategies import (
+    Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
+)
+from tutorloop.loop.tasks import Example
+
+RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",
+                  "accepted", "reject_reason", "feedback", "request_hash", "task")
+SINGLE_STAGE = ("few_shot_cot", "cote", "rp", "teacher_forcing")
+ANSWER_STAGE_MAX_TOKENS = 32  # stage 2 of zero-shot CoT only states the answer
+PERSIST_BATCH = 16  # call records per persist() call (smaller: less lost on a kill; larger: fewer writes)
+PERSIST_EVERY_S = 1.0
+# reject_reason of a call that ended unusable, by the reason code its error starts with
+_UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices": "empty",
+                    "malformed_json": "malformed"}
+
+
+class Executor(Protocol):
+    def execute(self, requests: list[TeacherRequest]) -> Iterator[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class TeachingJob:
+    """One rationale to obtain: an example, a teacher, a strategy and a sample index."""
+
+    example: Example
+    teacher: TeacherEndpoint
+    strategy: str
+    sample_index: int
+    round: int
+    exemplars: list[Exemplar] = field(default_factory=list)  # few_shot_cot, teacher_forcing
+    mistake: dict[str, Any] | None = None  # tailored: the student's wrong attempt ("output", "extracted")
+
+
+@dataclass
+class TeachingOutcome:
+    rationales: list[dict[str, Any]]
+    calls_sent: int
+    cache_hits: int
+    cost_usd: float
+    budget_exhausted: bool
+    message: str
+
+
+def _pick_exemplars(example: Example, pool: list[Example], count: int, prompts_dir: str | None) -> list[Exemplar]:
+    """In-context examples: the pool's first examples with gold rationales, else the built-in arithmetic ones."""
+    chosen = [Exemplar(e.question, e.rationale, e.answer) for e in pool
+              if e.rationale and e.id != example.id][:count]
+    if len(chosen) == count:
+        return chosen
+    if example.answer_type == "number":
+        return builtin_exemplars(prompts_dir)[:count]
+    raise ValueError(f"{example.dataset}: few_shot_cot and teacher_forcing need in-context examples, but this "
+                     f"task has no gold rationales and the built-in exemplars are arithmetic only")
+
+
+def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
+              strategies: list[str] | None = None,
+              mistakes: dict[str, list[dict[str, Any]]] | None = None) -> list[TeachingJob]:
+    """One job per (example, teacher, strategy, sample index); tailored jobs only for examples with a mistake."""
+    strategies = list(strategies if strategies is not None else teacher_cfg.strategies)
+    if "tailored" in strategies and mistakes is None:
+        raise ValueError("teacher.strategies: 'tailored' needs the student's mistakes (none were given)")
+    for teacher in teacher_cfg.teachers:
+        other = [s for s in strategies if s != "zero_shot_cot"]
+        if teacher.backend == "replay" and other:
+            raise ValueError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
+                             f"not {', '.join(other)}")
+    jobs = []
+    for example in examples:
+        for teacher in teacher_cfg.teachers:
+            for strategy in strategies:
+                mistake = None
+                exemplars: list[Exemplar] = []
+                if strategy == "tailored":
+                    wrong = (mistakes or {}).get(example.id) or []
+                    if not wrong:
+                        continue
+                    mistake = wrong[0]
+                if strategy in ("few_shot_cot", "teacher_forcing"):
+                    exemplars = _pick_exemplars(example, examples, teacher_cfg.exemplars, teacher_cfg.prompts_dir)
+                for sample in range(teacher_cfg.diverse_samples):
+                    jobs.append(TeachingJob(example, teacher, strategy, sample, round, exemplars, mistake))
+    return jobs
+
+
+class _JobRun:
+    """The state machine of one job: which request is next, and the rationale record at the end."""
+
+    def __init__(self, job: TeachingJob, builder: PromptBuilder, cfg: TeacherSection) -> None:
+        self.job = job
+        self.builder = builder
+        self.cfg = cfg
+        self.stage1: dict[str, Any] | None = None
+        self.reason_prompt = ""
+        self.result: dict[str, Any] | None = None
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _request(self, stage: str, text: str, max_tokens: int | None = None,
+                 temperature: float | None = None, stop: list[str] | None = None) -> TeacherRequest:
+        job, cfg = self.job, self.cfg
+        if temperature is None:
+            temperature = cfg.diverse_temperature if cfg.diverse_samples > 1 else cfg.temperature
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens or cfg.max_tokens}
+        if stop:
+            params["stop"] = stop
+        chat = job.teacher.api == "chat"
+        return TeacherRequest(
+            teacher=job.teacher.name, backend=job.teacher.backend, model=job.teacher.model, api=job.teacher.api,
+            messages=[{"role": "user", "content": text}] if chat else None, prompt=None if chat else text,
+            params=params, sample_index=job.sample_index, strategy=job.strategy, example_id=job.example.id,
+            stage=stage, round=job.round, question=job.example.question, dataset=job.example.dataset,
+        )
+
+    def first_request(self) -> TeacherRequest:
+        job, b = self.job, self.builder
+        if job.strategy == "zero_shot_cot":
+            self.reason_prompt = b.zero_shot_reason(job.example)
+            return self._request("reason", self.reason_prompt)
+        if job.strategy in ("cote", "crop"):
+            return self._request("cote", b.cote(job.example))
+        if job.strategy == "rp":
+            return self._request("rp", b.rp(job.example))
+        if job.strategy == "few_shot_cot":
+            return self._request("few_shot_cot", b.few_shot(job.example, job.exemplars), stop=["\n\nQ:"])
+        if job.strategy == "teacher_forcing":
+            return self._request("teacher_forcing", b.teacher_forcing(job.example, job.exemplars), stop=["\n\nQ:"])
+        if job.strategy == "tailored":
+            mistake = job.mistake or {}
+            text = b.tailored(job.example, mistake.get("output") or "", mistake.get("extracted"))
+            return self._request("tailored", text)
+        raise ValueError(f"unknown strategy {job.strategy!r}")
+
+    # -- advancing --------------------------------------------------------------------------------
+    def advance(self, request: TeacherRequest, record: dict[str, Any]) -> TeacherRequest | None:
+        """Take a stored call record; return the next request, or None when the job is finished."""
+        job = self.job
+        failed = self._failure(record)
+        if request.stage == "reason":
+            if failed:
+                self._finish(record, None, None, failed)
+                return None
+            self.stage1 = record
+            text = self.builder.zero_shot_answer(job.example, self.reason_prompt, record["response"])
+            # Stage 2 only reads off the answer: greedy and short.
+            return self._request("answer", text, max_tokens=ANSWER_STAGE_MAX_TOKENS, temperature=0.0)
+        if request.stage == "answer":
+            rationale = clean_rationale(self.stage1["response"])
+            if failed:
+                self._finish(record, rationale, None, failed)
+            else:
+                extracted = extract_answer(f"{answer_trigger(job.example.answer_type)}{record['response']}",
+                                           job.example.answer_type)
+                self._grade(record, rationale, extracted)
+            return None
+        if request.stage == "tailored":
+            parsed = None if failed else parse_tailored(record["response"])
+            if failed:
+                self._finish(record, None, None, failed)
+            elif parsed is None:
+                self._finish(record, clean_rationale(record["response"]), None, "bad_format")
+            else:
+                mistake, reasoning = parsed
+                self._grade(record, clean_rationale(reasoning), extract_answer(reasoning, job.example.answer_type),
+                            feedback=mistake or None)
+            return None
+        # single-stage strategies, and the two stages of crop
+        if failed:
+            self._finish(record, None, None, failed)
+        else:
+            self._grade(record, clean_rationale(record["response"]),
+                        extract_answer(record["response"], job.example.answer_type))
+        if job.strategy == "crop" and request.stage == "cote" and not self.result["accepted"]:
+            self.result = None  # COTE was wrong: rationalize the gold answer instead
+            return self._request("rp", self.builder.rp(job.example))
+        return None
+
+    @staticmethod
+    def _failure(record: dict[str, Any]) -> str | None:
+        status = record["status"]
+        if status == "ok":
+            return None
+        if status == "unusable":
+            code = (record.get("error") or "").split(":", 1)[0]
+            return _UNUSABLE_REJECT.get(code, "unusable")
+        return status  # "miss" | "failed"
+
+    def _grade(self, record: dict[str, Any], rationale: str, extracted: str | None,
+               feedback: str | None = None) -> None:
+        example = self.job.example
+        if not rationale:
+            reason = "empty"
+        elif extracted is None:
+            reason = "no_answer"
+        elif not answers_match(extracted, example.answer, example.answer_type):
+            reason = "wrong_answer"
+        else:
+            reason = None
+        self._finish(record, rationale, extracted, reason, feedback)
+
+    def _finish(self, record: dict[str, Any] | None, rationale: str | None, extracted: str | None,
+                reason: str | None, feedback: str | None = None) -> None:
+        job = self.job
+        self.result = {
+            "round": job.round, "teacher": job.teacher.name, "strategy": job.strategy,
+            "example_id": job.example.id, "sample_index": job.sample_index, "rationale": rationale or None,
+            "extracted": extracted, "accepted": reason is None, "reject_reason": reason, "feedback": feedback,
+            "request_hash": record["request_hash"] if record else None, "task": job.teacher.task_tag or "explain",
+        }
+
+
+def _max_cost(request: TeacherRequest, endpoint: TeacherEndpoint) -> float:
+    """Worst-case cost of one attempt: estimated prompt tokens plus all of max_tokens."""
+    price = endpoint.price
+    return (request.tokens_in_estimate() * price.input_per_mtok + request.max_tokens * price.output_per_mtok) / 1e6
+
+
+class TeachingSession:
+    """Runs a list of jobs to rationale records; see the module docstring for the rules it keeps."""
+
+    def __init__(self, teacher_cfg: TeacherSection, jobs: list[TeachingJob],
+                 lookup: Callable[[list[str]], dict[str, dict[str, Any]]], executor: Executor,
+                 persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
+                 progress: bool = True) -> None:
+        self.cfg = teacher_cfg
+        self.jobs = jobs
+        self.lookup = lookup
+        self.executor = executor
+        self.persist = persist
+        self.spent_usd = spent_usd
+        self.progress = progress
+        self.builder = PromptBuilder(load_templates(teacher_cfg.prompts_dir))
+        self.endpoints = {t.name: t for t in teacher_cfg.teachers}
+
+    def run(self) -> TeachingOutcome:
+        runs = [_JobRun(job, self.builder, self.cfg) for job in self.jobs]
+        ready = [(run, run.first_request()) for run in runs]
+        limit = self.cfg.max_cost_usd
+        cost = 0.0
+        sent = hits = 0
+        exhausted = False
+        bar = tqdm(total=len(runs), desc="teacher", unit="job", disable=not self.progress)
+
+        def deliver(waiting: list[tuple[_JobRun, TeacherRequest]], record: dict[str, Any],
+                    upcoming: list[tuple[_JobRun, TeacherRequest]]) -> None:
+            for run, request in waiting:
+                following = run.advance(request, record)
+                if following is not None:
+                    upcoming.append((run, following))
+                else:
+                    bar.update(1)
+
+        while ready:
+            upcoming: list[tuple[_JobRun, TeacherRequest]] = []
+            waiting: dict[str, list[tuple[_JobRun, TeacherRequest]]] = {}
+            unique: dict[str, TeacherRequest] = {}
+            for run, request in ready:
+                key = request.request_hash
+                waiting.setdefault(key, []).append((run, request))
+                unique.setdefault(key, request)
+            cached = self.lookup(list(unique)) if unique else {}
+            hits += sum(1 for key in unique if key in cached)
+            for key, record in cached.items():
+                if key in waiting:
+                    deliver(waiting.pop(key), record, upcoming)
+            to_send: list[TeacherRequest] = []
+            reserved = 0.0
+            for key, request in unique.items():
+                if key in cached:
+                    continue
+                estimate = _max_cost(request, self.endpoints[request.teacher])
+                if not exhausted and limit is not None and self.spent_usd + cost + reserved + estimate > limit:
+                    exhausted = True
+                if exhausted:
+                    for run, _ in waiting.pop(key):
+                        run._finish(None, None, None, "budget")
+                        bar.update(1)
+                    continue
+                reserved += estimate
+                to_send.append(request)
+            buffer: list[dict[str, Any]] = []
+            last_flush = time.monotonic()
+
+            def flush() -> None:
+                nonlocal cost, last_flush
+                if buffer:
+                    self.persist(list(buffer))  # stored before any job reads it
+                    for record in buffer:
+                        cost += record["cost_usd"]
+                        deliver(waiting.pop(record["request_hash"], []), record, upcoming)
+                    buffer.clear()
+                last_flush = time.monotonic()
+
+            for record in self.executor.execute(to_send):
+                sent += 1
+                buffer.append(record)
+                if len(buffer) >= PERSIST_BATCH or time.monotonic() - last_flush >= PERSIST_EVERY_S:
+                    flush()
+            flush()
+            ready = upcoming
+        bar.close()
+        rationales = [run.result for run in runs]
+        accepted = sum(1 for r in rationales if r["accepted"])
+        budget_left = sum(1 for r in rationales if r["reject_reason"] == "budget")
+        message = (f"teacher: {len(runs)} jobs, {accepted} rationales accepted, {len(runs) - accepted} rejected; "
+                   f"{sent} calls sent, {hits} cache hits, ${cost:.4f} spent")
+        if exhausted:
+            message += (f"; budget teacher.max_cost_usd=${limit:.4f} reached (${self.spent_usd + cost:.4f} spent "
+                        f"in all): {budget_left} jobs stopped before sending")
+        return TeachingOutcome(rationales, sent, hits, cost, exhausted, message)
+
+
+def estimate_cost(jobs: list[TeachingJob], teacher_cfg: TeacherSection) -> dict[str, Any]:
+    """Dry-run upper bound of a set of jobs, per teacher and in total, without sending or looking up anything.
+
+    Stage-2 prompts (zero-shot CoT answer, crop's rp fallback) are counted as if every earlier stage
+    used all of its max_tokens; crop counts both of its requests.
+    """
+    builder = PromptBuilder(load_templates(teacher_cfg.prompts_dir))
+    per_teacher: dict[str, dict[str, Any]] = {
+        t.name: {"requests": 0, "tokens_in": 0, "max_tokens_out": 0, "max_cost_usd": 0.0} for t in teacher_cfg.teachers
+    }
+    for job in jobs:
+        run = _JobRun(job, builder, teacher_cfg)
+        first = run.first_request()
+        requests = [first]
+        if job.strategy == "zero_shot_cot":
+            filler = "x" * (4 * teacher_cfg.max_tokens)  # a rationale as long as max_tokens allows
+            requests.append(run._request("answer", builder.zero_shot_answer(job.example, run.reason_prompt, filler),
+                                         max_tokens=ANSWER_STAGE_MAX_TOKENS, temperature=0.0))
+        elif job.strategy == "crop":
+            requests.append(run._request("rp", builder.rp(job.example)))
+        row = per_teacher[job.teacher.name]
+        for request in requests:
+            row["requests"] += 1
+            row["tokens_in"] += request.tokens_in_estimate()
+            row["max_tokens_out"] += request.max_tokens
+            row["max_cost_usd"] += _max_cost(request, job.teacher)
+    totals = {key: sum(row[key] for row in per_teacher.values())
+              for key in ("requests", "tokens_in", "max_tokens_out", "max_cost_usd")}
+    return {**totals, "teachers": per_teacher}

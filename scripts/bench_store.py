@@ -1,0 +1,64 @@
+"""Insert N attempts rows with the StoreWriter (Arrow, one transaction per batch) and with
+row-by-row `executemany` on the same rows; print rows/s of each and their ratio.
+
+Last line: one JSON object {"rows", "rows_per_s", "baseline_rows_per_s", "ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+from tutorloop.store.writer import StoreWriter
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"round": i // 50_000, "phase": "exam", "split": "train", "example_id": f"synthetic/train/{i}",
+             "mode": "explain", "sample_index": 0, "output": "Add 4: 3 + 4 = 7.\nTherefore, the answer is 7.",
+             "extracted": str(rng.randint(0, 99)), "correct": rng.random() < 0.5, "prompt_tokens": 30,
+             "output_tokens": 20, "batch": i // 256} for i in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=50_000, help="rows per writer transaction")
+    args = parser.parse_args()
+    rows = make_rows(args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = StoreWriter(Path(tmp) / "writer.duckdb")
+        started = time.perf_counter()
+        for i in range(0, len(rows), args.batch):
+            writer.insert("attempts", rows[i:i + args.batch])
+        writer_s = time.perf_counter() - started
+
+        StoreWriter(Path(tmp) / "baseline.duckdb")  # same schema
+        con = duckdb.connect(str(Path(tmp) / "baseline.duckdb"))
+        columns = list(rows[0])
+        sql = f"INSERT INTO attempts ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        values = [[r[c] for c in columns] for r in rows]
+        started = time.perf_counter()
+        con.execute("BEGIN TRANSACTION")
+        con.executemany(sql, values)
+        con.execute("COMMIT")
+        baseline_s = time.perf_counter() - started
+        count = con.execute("SELECT count(*) FROM attempts").fetchone()[0]
+        con.close()
+        assert count == len(rows)
+    result = {"rows": len(rows), "rows_per_s": round(len(rows) / writer_s),
+              "baseline_rows_per_s": round(len(rows) / baseline_s), "ratio": round(baseline_s / writer_s, 1)}
+    print(f"StoreWriter (Arrow, {args.batch} rows/transaction): {writer_s:.2f} s, {result['rows_per_s']} rows/s")
+    print(f"executemany (one transaction): {baseline_s:.2f} s, {result['baseline_rows_per_s']} rows/s")
+    print(f"ratio: {result['ratio']}x")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Mistake selection, multi-task samples, contrast pairs and replay: the pure choices of a round."""
+
+from __future__ import annotations
+
+from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
+                                       random_selection, replay_samples)
+from tutorloop.loop.prompts import ANSWER_TRIGGER
+from tutorloop.loop.synthetic import generate_problems
+
+
+def attempt(example_id: str, index: int, correct: bool, output: str = " wrong\nTherefore, the answer is 1.") -> dict:
+    return {"example_id": example_id, "sample_index": index, "mode": "explain", "output": output,
+            "extracted": "1", "correct": correct}
+
+
+def rationale(example_id: str, accepted: bool = True, teacher: str = "t", strategy: str = "cote",
+              text: str = "Add 4: 3 + 4 = 7.", task: str = "explain") -> dict:
+    return {"round": 1, "teacher": teacher, "strategy": strategy, "example_id": example_id, "sample_index": 0,
+            "rationale": text, "extracted": "7", "accepted": accepted, "reject_reason": None, "feedback": None,
+            "request_hash": "h", "task": task}
+
+
+def test_find_and_order_mistakes() -> None:
+    attempts = [attempt("a", 0, True), attempt("a", 1, False), attempt("b", 0, False), attempt("b", 1, False),
+                attempt("c", 0, True), attempt("c", 1, True)]
+    mistakes = find_mistakes(attempts)
+    assert set(mistakes) == {"a", "b"}
+    assert mistakes["a"][0]["correct"] is False  # wrong samples first: they go into the teacher prompt
+    assert order_mistakes(mistakes, "hardest", None, 0) == ["b", "a"]
+    assert order_mistakes(mistakes, "hardest", 1, 0) == ["b"]
+    assert order_mistakes(mistakes, "pool", None, 0) == ["a", "b"]
+    assert sorted(order_mistakes(mistakes, "random", None, 3)) == ["a", "b"]
+
+
+def test_random_selection_is_seeded() -> None:
+    pool = generate_problems(30, 0, 1, 2, 9)
+    first = random_selection(pool, 5, seed=1)
+    assert first == random_selection(pool, 5, seed=1)
+    assert first != random_selection(pool, 5, seed=2)
+    assert len(set(first)) == 5
+
+
+def test_build_samples_multitask_and_weights() -> None:
+    examples = {e.id: e for e in generate_problems(3, 0, 1, 1, 9)}
+    ids = sorted(examples)
+    rationales = [rationale(ids[0]), rationale(ids[0], teacher="u", task="u"), rationale(ids[1], accepted=False),
+                  rationale(ids[2], strategy="rp")]
+    samples = build_samples(0, examples, rationales, ["answer", "explain", "rationalize"], {"t": 1.0, "u": 0.5})
+    by_task = {}
+    for s in samples:
+        by_task.setdefault(s["task"], []).append(s)
+    assert len(by_task["answer"]) == 2  # one per taught question, none for the rejected one
+    assert len(by_task["explain"]) == 2 and len(by_task["u"]) == 1 and len(by_task["rationalize"]) == 1
+    assert by_task["u"][0]["weight"] == 0.5 and by_task["u"][0]["input"].startswith("[explain:u]")
+    assert all(ANSWER_TRIGGER in s["target"] for s in by_task["explain"])
+    assert "Known answer" in by_task["rationalize"][0]["input"]
+    assert all(s["example_id"] != ids[1] for s in samples)
+
+
+def test_contrast_pairs_use_the_students_own_wrong_rationale() -> None:
+    examples = {e.id: e for e in generate_problems(2, 0, 1, 1, 9)}
+    a, b = sorted(examples)
+    mistakes = {a: [attempt(a, 0, False, " my wrong work"), attempt(a, 1, True, " right work")],
+                b: [attempt(b, 0, False, " bad")]}
+    pairs = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {})
+    assert len(pairs) == 2
+    pa = next(p for p in pairs if p["example_id"] == a)
+    assert pa["negative"] == " my wrong work" and pa["positive"] == " right work"
+    assert pa["anchor"].startswith(" Add 4") and pa["input"].startswith("[explain]")
+    pb = next(p for p in pairs if p["example_id"] == b)
+    assert pb["positive"].startswith(" " + examples[b].rationale.split(".")[0])  # gold rationale fallback
+
+
+def test_replay_mixes_share_of_earlier_samples() -> None:
+    earlier = [{"round": 0, "example_id": str(i), "task": "explain", "source": "t", "input": "q", "target": "a",
+                "weight": 1.0} for i in range(40)]
+    mixed = replay_samples(2, earlier, new_count=10, fraction=0.5, seed=0)
+    assert len(mixed) == 10
+    assert all(s["round"] == 2 and s["source"] == "replay:round-0" for s in mixed)
+    assert replay_samples(2, earlier, 10, 0.5, 0) == mixed
+    assert replay_samples(2, [], 10, 0.5, 0) == []

@@ -1,0 +1,86 @@
+"""End to end: `tutorloop run configs/quick.yaml` through real local Ray, a real DuckDB history and
+real LoRA training; then status, sql, resume of a finished run and the refusal to overwrite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tutorloop.store.query import fetch_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "quick"
+    result = cli("run", "configs/quick.yaml", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
+
+
+def test_accuracy_climbs_and_every_table_is_filled(quick_run: Path) -> None:
+    rows = fetch_rows(quick_run, "SELECT round, kind, status, test_accuracy FROM round_summary ORDER BY round")
+    assert [r["round"] for r in rows] == [-1, 0, 1, 2]
+    assert all(r["status"] == "done" for r in rows)
+    accuracy = {r["round"]: r["test_accuracy"] for r in rows}
+    assert accuracy[2] > accuracy[0] > accuracy[-1], accuracy
+    for table in ("runs", "rounds", "phases", "examples", "attempts", "teacher_calls", "rationales", "samples",
+                  "contrast_pairs", "train_steps", "metrics", "checkpoints"):
+        count = fetch_rows(quick_run, f"SELECT count(*) AS n FROM {table}")[0]["n"]
+        assert count > 0, f"table {table} is empty"
+    assert fetch_rows(quick_run, "SELECT status FROM runs")[0]["status"] == "finished"
+    metric = fetch_rows(quick_run, "SELECT value FROM metrics WHERE round = -1 AND split = 'test' "
+                                   "AND name = 'accuracy'")
+    assert len(metric) == 1
+
+
+def test_tailored_rounds_teach_mistakes_with_contrast(quick_run: Path) -> None:
+    taught = fetch_rows(quick_run, """
+        SELECT r.round, count(*) AS n,
+               count(*) FILTER (WHERE r.example_id IN (SELECT example_id FROM question_history q
+                                   WHERE q.round = r.round AND q.phase = 'exam' AND NOT q.correct)) AS on_mistakes
+        FROM rationales r WHERE r.round >= 1 GROUP BY r.round ORDER BY r.round""")
+    assert taught and all(t["n"] == t["on_mistakes"] for t in taught)
+    strategies = {r["strategy"] for r in fetch_rows(quick_run, "SELECT DISTINCT strategy FROM rationales WHERE round >= 1")}
+    assert strategies == {"tailored"}
+    negatives = fetch_rows(quick_run, """
+        SELECT count(*) AS n FROM contrast_pairs c JOIN attempts a
+          ON a.example_id = c.example_id AND a.round = c.round AND a.phase = 'exam' AND NOT a.correct
+         AND c.negative = a.output""")
+    assert negatives[0]["n"] > 0
+    losses = fetch_rows(quick_run, "SELECT DISTINCT term FROM training_curves WHERE round = 1")
+    assert {"total", "contrast", "answer", "explain"} <= {r["term"] for r in losses}
+
+
+def test_adapters_are_peft_folders(quick_run: Path) -> None:
+    for row in fetch_rows(quick_run, "SELECT round, path FROM checkpoints WHERE kind = 'adapter'"):
+        folder = quick_run / row["path"]
+        assert (folder / "adapter_config.json").is_file()
+        assert (folder / "adapter_model.safetensors").is_file()
+    config_text = (quick_run / "config.yaml").read_text()
+    assert "teachers" in config_text
+
+
+def test_status_sql_and_refusals(quick_run: Path) -> None:
+    status = cli("status", str(quick_run), timeout=120)
+    assert status.returncode == 0 and "finished" in status.stdout and "round" in status.stdout
+    out = cli("sql", str(quick_run), "SELECT round, test_accuracy FROM round_summary", "--format", "json",
+              timeout=120)
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 4
+    again = cli("run", "configs/quick.yaml", "--run-dir", str(quick_run), timeout=120)
+    assert again.returncode == 1 and "tutorloop resume" in again.stderr and "Traceback" not in again.stderr
+    finished = cli("resume", str(quick_run), timeout=300)
+    assert finished.returncode == 0 and "already finished" in finished.stdout
+    changed = cli("resume", str(quick_run), "--set", "training.lr=0.5", timeout=120)
+    assert changed.returncode == 1 and "training.lr" in changed.stderr
