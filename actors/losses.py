@@ -1,17 +1,21 @@
 """Loss terms of the student's training, as plain tensor functions.
 
-Multi-task objective (Li et al. 2022): loss = alpha * L_answer + (1 - alpha) * L_explain. Here every
-sample carries its own coefficient c_i = task_coefficient(task_i, alpha) * weight_i (the weight is the
-teacher's loss_weight), and a micro-batch of n samples contributes
+Multi-task objective (Li et al. 2022): loss = alpha * L_answer + (1 - alpha) * L_explain. Every
+target token carries the coefficient c_i = task_coefficient(task_i, alpha) * weight_i of its sample
+(weight = the teacher's loss_weight), and a micro-batch of n samples contributes
 
-    L = sum_i c_i * nll_i / n,        nll_i = mean token NLL of sample i's target tokens (+ EOS).
+    L = sum_i c_i * sum_t nll_it / (n * mean_target_tokens)
 
-Per-sample means keep a long rationale from outweighing a short answer token for token, so alpha alone
-sets the balance between the tasks. Dividing by n (not by sum c_i) keeps alpha meaningful when batches
-are grouped by length: answer samples are short and explanations long, so most batches hold one task,
-and a per-batch normalisation by sum c_i would cancel alpha. Over an epoch the objective is therefore
-alpha * (N_answer / N) * mean L_answer + (1 - alpha) * (N_explain / N) * mean L_explain, which is the
-paper's objective (scaled by 1/2) when every question gives one sample of each task.
+where mean_target_tokens is the mean target length (+ EOS) over the whole training set, a constant.
+This is a global token-level mean: every target token weighs the same in every batch. Two things
+follow. (1) alpha keeps its meaning although batches are grouped by length (answers are short,
+explanations long, so most batches hold a single task): a per-batch normalisation (by sum c_i or by
+the batch's own token count) would cancel alpha or inflate the short answers' tokens. (2) The first
+target token, where the answer and explain tasks part ways, gets the same weight in both tasks; with
+per-sample means a 3-token answer would outweigh it tenfold and a small student learns to answer
+tersely whatever the task prefix says. Over an epoch the objective is
+alpha * (answer tokens) * mean L_answer + (1 - alpha) * (explanation tokens) * mean L_explain,
+divided by the total number of target tokens.
 
 Self-reflection (Wang et al. 2023): triplet margin loss on the last-token hidden state with distance
 1 - cosine; or, as an alternative, a DPO-style preference loss on sequence log-likelihoods.
@@ -40,27 +44,23 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return nll.sum(-1), counts
 
 
-def sequence_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over each sequence's target tokens, shape [batch]."""
-    total, counts = token_nll(logits, labels)
-    return total / counts.clamp(min=1)
-
-
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed log-likelihood of each sequence's target tokens, shape [batch]."""
     total, _ = token_nll(logits, labels)
     return -total
 
 
-def multitask_loss(nll: torch.Tensor, tasks: list[str], weights: list[float], alpha: float
-                   ) -> tuple[torch.Tensor, dict[str, list[float]]]:
-    """Weighted multi-task loss of one micro-batch (see the module docstring) and the raw per-task NLLs."""
+def multitask_loss(nll_sum: torch.Tensor, counts: torch.Tensor, tasks: list[str], weights: list[float],
+                   alpha: float, mean_target_tokens: float) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+    """Weighted multi-task loss of one micro-batch (see the module docstring), and per task the raw
+    (summed NLL, token count) for reporting."""
     coeffs = torch.tensor([task_coefficient(t, alpha) * w for t, w in zip(tasks, weights)],
-                          dtype=nll.dtype, device=nll.device)
-    per_task: dict[str, list[float]] = {}
-    for task, value in zip(tasks, nll.detach().tolist()):
-        per_task.setdefault(task, []).append(value)
-    return (coeffs * nll).sum() / len(tasks), per_task
+                          dtype=nll_sum.dtype, device=nll_sum.device)
+    per_task: dict[str, tuple[float, int]] = {}
+    for task, total, count in zip(tasks, nll_sum.detach().tolist(), counts.tolist()):
+        old = per_task.get(task, (0.0, 0))
+        per_task[task] = (old[0] + total, old[1] + count)
+    return (coeffs * nll_sum).sum() / (len(tasks) * mean_target_tokens), per_task
 
 
 def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from tutorloop.loop.config import StudentSection, TinyModelSection
 DEFAULT_STUDENT_ALIAS = "smollm2-135m-instruct"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Bump when the tiny-model recipe changes so stale cached bases are not reused.
-TINY_BUILD_VERSION = 1
+TINY_BUILD_VERSION = 5
 TINY_VOCAB_SIZE = 512
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -137,16 +137,28 @@ def _pretrain_sentence(rng: random.Random) -> str:
     things = rng.choice(_THINGS)
     verb = {"+": "gets {b} more", "-": "gives away {b}", "*": "gets {b} times as many"}[op].format(b=b)
     word = {"+": "Add", "-": "Take away", "*": "Multiply by"}[op]
-    kind = rng.randrange(6)
+    story = f"{name} has {a} {things}. {pron.capitalize()} {verb}."
+    kind = rng.randrange(12)
     if kind <= 1:
         return f"{a} {op} {b} = {c}."
     if kind == 2:
         return f"{word} {b}: {a} {op} {b} = {c}."
     if kind == 3:
-        return f"{name} has {a} {things}. {pron.capitalize()} {verb}. {word} {b}: {a} {op} {b} = {c}. Now {name} has {c} {things}."
+        return f"{story} {word} {b}: {a} {op} {b} = {c}. Now {name} has {c} {things}."
     if kind == 4:
-        return f"{name} has {a} {things} and {verb}. {a} {op} {b} = {c}. The answer is {c}."
-    return f"How many {things} does {name} have if {pron} has {a} and {verb}? {word} {b}: {a} {op} {b} = {c}."
+        return f"{story} {a} {op} {b} = {c}.{rng.choice([' ', chr(10)])}Therefore, the answer is {c}."
+    if kind == 5:
+        return f"How many {things} does {name} have if {pron} has {a} and {verb}? {word} {b}: {a} {op} {b} = {c}."
+    if kind == 6:
+        return f"The question was how many {things} {name} has now. The known answer is {c}, because {a} {op} {b} = {c}."
+    if kind == 7:
+        return f"We explain the answer to the question. {story} The answer is {c}."
+    # Lines led by a task tag (the words of the student's prompt prefixes): a bare number after
+    # [answer], worked steps otherwise, so the base already conditions on a tag that came long before.
+    tag = rng.choice(["[answer]", "[explain]", "[rationalize]"])
+    known = f" Known answer: {c}." if tag == "[rationalize]" else ""
+    reply = f" {c}." if tag == "[answer]" else f" {word} {b}: {a} {op} {b} = {c}. Therefore, the answer is {c}."
+    return f"{tag} {story} How many {things} now?{known}{reply}"
 
 
 def _pretrain_corpus(n_lines: int, seed: int) -> list[str]:

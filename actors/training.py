@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import torch
 
-from tutorloop.actors.losses import (dpo_loss, last_token_states, multitask_loss, sequence_logprob,
-                                     sequence_mean_nll, triplet_loss)
+from tutorloop.actors.losses import (dpo_loss, last_token_states, multitask_loss, sequence_logprob, token_nll,
+                                     triplet_loss)
 from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, load_student, load_tokenizer,
                                      student_source)
 from tutorloop.loop.config import StudentSection, TrainingSection
@@ -177,10 +177,16 @@ class LoraTrainer:
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
               checkpoint_dir: str | None = None, on_step: Callable[[dict], None] | None = None,
-              on_plan: Callable[[int], None] | None = None) -> TrainResult:
+              on_plan: Callable[[int, int], None] | None = None) -> TrainResult:
         """Train and return the adapter (bytes of a peft save_pretrained folder) and per-step records.
 
-        `on_plan(total_steps)` is called once before the first step; `on_step(record)` after each step.
+        samples: {"example_id", "task", "input", "target", "weight"} (input = student_prompt, target =
+        student_target). pairs: {"example_id", "input", "anchor", "positive", "negative"}; a None
+        positive falls back to the anchor. Pairs are ignored when training.reflection is "none".
+        Samples or pairs with no target token left after max_length truncation are skipped.
+
+        `on_plan(total_steps, steps_already_done)` is called once before training (the second number is
+        non-zero after a resume); `on_step(record)` after each optimizer step.
         """
         _check_records(samples, SAMPLE_KEYS, "samples")
         use_pairs = self.cfg.reflection != "none"
@@ -199,6 +205,7 @@ class LoraTrainer:
         if not enc_samples and not enc_pairs:
             raise ValueError("training: no samples or contrast pairs with target tokens within max_length")
 
+        mean_target = sum(sum(x != -100 for x in e.labels) for e in enc_samples) / max(1, len(enc_samples))
         input_hash = self._input_hash(samples, pairs, init_adapter)
         order = self.plan([len(e.ids) for e in enc_samples], [sum(len(x.ids) for x in e) for e in enc_pairs])
         accum = self.cfg.grad_accum
@@ -229,22 +236,23 @@ class LoraTrainer:
             start_step, steps, elapsed_before = state["step"], state["steps"], state["elapsed_s"]
 
         if on_plan:
-            on_plan(total_steps)
+            on_plan(total_steps, start_step)
         device = next(model.parameters()).device
         per_epoch = len(order) / self.cfg.epochs
         t0 = time.perf_counter() - elapsed_before
         for step in range(start_step, total_steps):
             micro = order[step * accum:(step + 1) * accum]
-            task_values: dict[str, list[float]] = {}
+            task_values: dict[str, list[float]] = {}  # task -> [summed NLL, tokens]
             contrast: list[float] = []
             total_loss, tokens, pads = 0.0, 0, 0
             lr = sched.get_last_lr()[0]
             for kind, idx in micro:
                 if kind == "s":
-                    loss, per_task, n_tok, n_pad = self._sample_loss(model, [enc_samples[i] for i in idx],
-                                                                     [kept[i] for i in idx], device)
-                    for task, values in per_task.items():
-                        task_values.setdefault(task, []).extend(values)
+                    loss, per_task, n_tok, n_pad = self._sample_loss(
+                        model, [enc_samples[i] for i in idx], [kept[i] for i in idx], device, mean_target)
+                    for task, (total, count) in per_task.items():
+                        acc = task_values.setdefault(task, [0.0, 0])
+                        acc[0], acc[1] = acc[0] + total, acc[1] + count
                 else:
                     raw, n_tok, n_pad = self._pair_loss(model, [enc_pairs[i] for i in idx], device)
                     contrast.append(raw.item())
@@ -262,7 +270,7 @@ class LoraTrainer:
                 "epoch": (step + 1) * accum / per_epoch if step + 1 < total_steps else self.cfg.epochs,
                 "lr": lr,
                 "loss": total_loss,
-                "task_losses": {t: sum(v) / len(v) for t, v in sorted(task_values.items())},
+                "task_losses": {t: total / max(1, count) for t, (total, count) in sorted(task_values.items())},
                 "contrast_loss": sum(contrast) / len(contrast) if contrast else None,
                 "tokens": tokens,
                 "pad_fraction": pads / max(1, pads + tokens),
@@ -291,36 +299,52 @@ class LoraTrainer:
         real = int(mask.sum())
         return ids, mask, labels, real, mask.numel() - real
 
-    def _sample_loss(self, model, encoded: list[_Encoded], records: list[dict], device):
+    def _sample_loss(self, model, encoded: list[_Encoded], records: list[dict], device, mean_target_tokens: float):
         ids, mask, labels, real, pad = self._collate(encoded, device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        nll = sequence_mean_nll(logits, labels)
-        loss, per_task = multitask_loss(nll, [r["task"] for r in records], [float(r["weight"]) for r in records],
-                                        self.cfg.alpha)
+        nll_sum, counts = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+        loss, per_task = multitask_loss(nll_sum, counts, [r["task"] for r in records],
+                                        [float(r["weight"]) for r in records], self.cfg.alpha, mean_target_tokens)
         return loss, per_task, real, pad
 
-    def _pair_loss(self, model, encoded: list[tuple[_Encoded, _Encoded, _Encoded]], device):
-        """Reflection loss of a micro-batch of (anchor, positive, negative); one forward per role keeps padding low."""
+    def _per_sequence(self, model, encoded: list[_Encoded], device, hidden: bool):
+        """Last-token hidden state (hidden=True) or target log-likelihood of each sequence, in input order.
+
+        The sequences are sorted by length and run in three forward passes (as many as one per role),
+        so anchors, positives and negatives of similar length share a pass and padding stays low.
+        """
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+        size = max(1, math.ceil(len(encoded) / 3))
+        values: list[torch.Tensor | None] = [None] * len(encoded)
         real = pad = 0
-        outs = []
-        for role in range(3):
-            ids, mask, labels, r, p = self._collate([e[role] for e in encoded], device)
+        for start in range(0, len(order), size):
+            idx = order[start:start + size]
+            ids, mask, labels, r, p = self._collate([encoded[i] for i in idx], device)
             real, pad = real + r, pad + p
-            outs.append((ids, mask, labels))
-        if self.cfg.reflection == "triplet":
-            states = []
-            for ids, mask, _ in outs:
-                hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+            if hidden:
+                states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
                                logits_to_keep=1).hidden_states[-1]
-                states.append(last_token_states(hidden, mask))
-            return triplet_loss(*states, margin=self.cfg.reflection_margin), real, pad
+                out = last_token_states(states, mask)
+            else:
+                out = sequence_logprob(model(input_ids=ids, attention_mask=mask).logits, labels)
+            for j, i in enumerate(idx):
+                values[i] = out[j]
+        return torch.stack(values), real, pad
+
+    def _pair_loss(self, model, encoded: list[tuple[_Encoded, _Encoded, _Encoded]], device):
+        """Reflection loss of a micro-batch of (anchor, positive, negative) triples."""
+        n = len(encoded)
+        flat = [e[role] for role in range(3) for e in encoded]  # all anchors, then positives, then negatives
+        if self.cfg.reflection == "triplet":
+            states, real, pad = self._per_sequence(model, flat, device, hidden=True)
+            return triplet_loss(states[:n], states[n:2 * n], states[2 * n:], margin=self.cfg.reflection_margin), real, pad
         # DPO: the anchor (teacher) and the positive rationale are both preferred over the negative one;
         # the reference is the same network with the adapter switched off.
-        policy = [sequence_logprob(model(input_ids=i, attention_mask=m).logits, lab) for i, m, lab in outs]
+        policy, real, pad = self._per_sequence(model, flat, device, hidden=False)
         with torch.no_grad(), model.disable_adapter():
-            ref = [sequence_logprob(model(input_ids=i, attention_mask=m).logits, lab) for i, m, lab in outs]
-        loss = (dpo_loss(policy[0], policy[2], ref[0], ref[2], self.cfg.dpo_beta)
-                + dpo_loss(policy[1], policy[2], ref[1], ref[2], self.cfg.dpo_beta)) / 2
+            ref, _, _ = self._per_sequence(model, flat, device, hidden=False)
+        beta = self.cfg.dpo_beta
+        loss = (dpo_loss(policy[:n], policy[2 * n:], ref[:n], ref[2 * n:], beta)
+                + dpo_loss(policy[n:2 * n], policy[2 * n:], ref[n:2 * n], ref[2 * n:], beta)) / 2
         return loss, real, pad
 
 

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,8 +76,16 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_ray_env(address: str | None) -> None:
+    """A local Ray binds to loopback and sends no usage statistics; Ray reads these on import."""
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    _local_ray_env(args.address or cfg.ray.address)
     from tutorloop.loop.engine import run_from_config
 
     return run_from_config(cfg, args.config, run_dir=args.run_dir, overwrite=args.overwrite,
@@ -84,6 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    _local_ray_env(args.address)
     from tutorloop.loop.engine import resume_run
 
     return resume_run(Path(args.run_dir), overrides=args.set, address=args.address)

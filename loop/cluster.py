@@ -6,6 +6,7 @@ an existing cluster, which is also what `ray job submit -- tutorloop run ...` pr
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -22,22 +23,32 @@ def start_ray(cfg: Config, address: str | None = None) -> bool:
     if address:
         ray.init(address=address, log_to_driver=True)
         return False
-    # A local Ray stays on loopback and reports no usage statistics.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+    # Loopback needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray is imported (the CLI does).
+    ray.init(num_cpus=local_cpus(cfg), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=True, configure_logging=False)
     return True
 
 
-def cluster_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0))
+def local_cpus(cfg: Config) -> int:
+    """Logical CPUs of a local Ray: all cores, and at least what the actors reserve together.
+
+    The actors live for the whole run but work one phase at a time, so reserving more logical
+    CPUs than there are cores costs nothing and keeps the trainer from waiting for a CPU forever.
+    """
+    needed = (cfg.ray.num_students * cfg.ray.student_cpus + cfg.ray.trainer_cpus
+              + cfg.teacher.num_actors * cfg.ray.teacher_cpus)
+    return max(cfg.ray.num_cpus or os.cpu_count() or 1, math.ceil(needed))
 
 
 def actor_options(cfg: Config, kind: str) -> dict[str, Any]:
-    """Resources for a student or trainer actor: one GPU each where the cluster has GPUs (config -1)."""
-    gpus = cfg.ray.student_gpus if kind == "student" else cfg.ray.trainer_gpus
-    cpus = cfg.ray.student_cpus if kind == "student" else cfg.ray.trainer_cpus
-    if gpus < 0:
-        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
-    return {"num_cpus": cpus, "num_gpus": gpus}
+    """Ray options for a student or trainer actor: its resources, and its torch thread count.
+
+    Phases run one after another, so on CPU each model actor may use every core of its node
+    (ray.torch_threads = 0) although Ray would otherwise limit it to its reserved CPUs.
+    """
+    from tutorloop.actors.student import student_actor_options
+
+    options = student_actor_options(cfg.ray, kind)
+    threads = cfg.ray.torch_threads or os.cpu_count() or 1
+    options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
+    return options

@@ -70,7 +70,7 @@ class TinyModelSection(Section):
     n_embd: int = Field(64, ge=8)
     n_head: int = Field(4, ge=1)
     max_positions: int = Field(256, ge=16)
-    pretrain_steps: int = Field(0, ge=0, description="steps of full training on gold rationales before LoRA")
+    pretrain_steps: int = Field(0, ge=0, description="steps of full training on generic arithmetic text (built once, cached)")
     pretrain_lr: float = Field(3e-3, gt=0)
 
 
@@ -184,6 +184,7 @@ class RaySection(Section):
     trainer_cpus: float = Field(1, ge=0)
     teacher_cpus: float = Field(0.25, ge=0)
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (default: all)")
+    torch_threads: int = Field(0, ge=0, description="threads per model actor; 0 = all cores of its node")
 
 
 class Config(Section):
@@ -236,16 +237,33 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = _parse_override(text)
-        node = data
+        node: Any = data
         for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
+            node = _child(node, part, text)
+        if isinstance(node, list):
+            node[_list_index(node, path[-1], text)] = value
+        else:
+            node[path[-1]] = value
     return data
+
+
+def _list_index(node: list, part: str, text: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {text!r}: '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, text: str) -> Any:
+    """Step into a section or a list item (teacher.teachers.0.model), creating missing sections."""
+    if isinstance(node, list):
+        child = node[_list_index(node, part, text)]
+    else:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"--set {text!r}: '{part}' is not a section")
+    return child
 
 
 def _format_error(error: dict, source: str) -> str:

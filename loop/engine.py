@@ -98,6 +98,10 @@ class RoundEngine:
         self._teacher_pool = None
         self._owns_ray = False
         self._stop = False
+        # Where the wall time went, for scripts/bench_loop.py: teacher waits measured here, model
+        # time reported by the actors at shutdown.
+        self.seconds = {"teacher_wait_s": 0.0, "teacher_callbacks_s": 0.0}
+        self.actor_seconds: dict[str, float] = {}
 
     # ----- store helpers -------------------------------------------------------------------------
     def _phase_done(self, round_: int, name: str) -> bool:
@@ -166,10 +170,20 @@ class RoundEngine:
 
         if self._teacher_pool is None:
             self._teacher_pool = RayTeacherPool(self.cfg.teacher, self.cfg.teacher.num_actors,
-                                                num_cpus=self.cfg.ray.teacher_cpus)
+                                                data_dir=self.cfg.data.data_dir, num_cpus=self.cfg.ray.teacher_cpus)
         return self._teacher_pool
 
+    def _collect_actor_seconds(self) -> None:
+        actors = self._students + ([self._trainer] if self._trainer is not None else [])
+        try:
+            for timings in ray.get([a.timings.remote() for a in actors], timeout=30):
+                for key, value in timings.items():
+                    self.actor_seconds[key] = self.actor_seconds.get(key, 0.0) + value
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # accounting only; a dead actor must not stop the shutdown
+
     def _shutdown(self) -> None:
+        self._collect_actor_seconds()
         if self._teacher_pool is not None:
             self._teacher_pool.close()
         for actor in self._students + ([self._trainer] if self._trainer is not None else []):
@@ -270,7 +284,11 @@ class RoundEngine:
         spent = self.writer.fetch("SELECT coalesce(sum(cost_usd), 0) FROM teacher_calls")[0][0]
         session = TeachingSession(self.cfg.teacher, jobs, lookup=self._cached_calls, executor=self._executor(),
                                   persist=self._persist_calls, spent_usd=float(spent))
+        callbacks_before = self.seconds["teacher_callbacks_s"]
+        waited = time.monotonic()
         outcome = session.run()
+        self.seconds["teacher_wait_s"] += (time.monotonic() - waited
+                                           - (self.seconds["teacher_callbacks_s"] - callbacks_before))
         report.teacher_calls, report.cache_hits = outcome.calls_sent, outcome.cache_hits
         report.cost_usd, report.budget_exhausted = outcome.cost_usd, outcome.budget_exhausted
         if outcome.budget_exhausted:
@@ -305,6 +323,13 @@ class RoundEngine:
     def _cached_calls(self, hashes: list[str]) -> dict[str, dict]:
         if not hashes:
             return {}
+        started = time.monotonic()
+        try:
+            return self._stored_calls(hashes)
+        finally:
+            self.seconds["teacher_callbacks_s"] += time.monotonic() - started
+
+    def _stored_calls(self, hashes: list[str]) -> dict[str, dict]:
         rows = self.writer.fetch("SELECT * FROM teacher_calls WHERE request_hash IN (SELECT unnest(?))",
                                  [hashes])
         columns = [r[0] for r in self.writer.fetch(
@@ -313,10 +338,12 @@ class RoundEngine:
         return {row[0]: dict(zip(columns, row)) for row in rows}
 
     def _persist_calls(self, records: list[dict]) -> None:
+        started = time.monotonic()
         with self.writer.transaction() as tx:
             tx.insert("teacher_calls", records, ignore_duplicates=True)
             tx.execute("UPDATE phases SET progress = progress + ? WHERE status = 'running' AND name = 'teach'",
                        [len(records)])
+        self.seconds["teacher_callbacks_s"] += time.monotonic() - started
         if self._stop:
             raise StopRequested
 

@@ -114,4 +114,4 @@ class StoreWriter:
     def fetch(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple]:
         """Read through the writer's own connection (the driver needs this while it holds the file)."""
         with self._connection() as con:
-            return con.execute(sql, [_json_ready(p) for p in params] if params else None).fetchall()
+            return con.execute(sql, params).fetchall()

@@ -234,7 +234,10 @@ class TeacherServer:
 
 
 def main() -> None:
-    """Serve from a process of its own (scripts/bench_teacher.py): prints the base URL, stops at end of stdin."""
+    """Serve from a process of its own (scripts/bench_teacher.py).
+
+    Prints the base URL, serves until stdin closes, then prints one JSON line {"calls", "max_in_flight"}.
+    """
     import argparse
     import sys
 
@@ -244,6 +247,7 @@ def main() -> None:
     with TeacherServer(latency_s=args.latency) as server:
         print(server.base_url, flush=True)
         sys.stdin.read()
+        print(json.dumps({"calls": server.calls, "max_in_flight": server.max_in_flight}), flush=True)
 
 
 if __name__ == "__main__":

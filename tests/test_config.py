@@ -37,6 +37,8 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     assert cfg.student.lora.target_modules == ["c_attn"]
     assert cfg.teacher.max_cost_usd is None
     assert cfg.teacher.teachers[0].backend == "program"
+    cfg = load_config(path, ["teacher.teachers.0.model=gpt-4o-mini", "teacher.teachers.0.price.input_per_mtok=0.15"])
+    assert cfg.teacher.teachers[0].model == "gpt-4o-mini" and cfg.teacher.teachers[0].price.input_per_mtok == 0.15
     assert cfg.data.synthetic.max_steps == 2
 
 
@@ -65,6 +67,7 @@ BAD_INPUTS = [
     ("run:\n  name: x\n", ["run.name"], "expected KEY=VALUE"),
     ("run:\n  name: x\n", ["run.name.first=a"], "'name' is not a section"),
     ("student:\n  generation:\n    top_p: 0\n", [], "key 'student.generation.top_p'"),
+    ("teacher:\n  teachers:\n    - name: a\n", ["teacher.teachers.3.model=m"], "'3' is not an index"),
 ]
 
 
@@ -77,7 +80,7 @@ def test_bad_config_is_one_line_error_naming_key_and_file(tmp_path: Path, text: 
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
-    if not expected.startswith(("expected KEY", "'name' is not")):  # command-line mistakes name the --set
+    if not expected.startswith(("expected KEY", "'name' is not", "'3' is not")):  # command-line mistakes name the --set
         assert str(path) in message
 
 

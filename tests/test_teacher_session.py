@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import pytest
 
@@ -253,12 +252,13 @@ def test_planted_key_stays_out_of_session_output(teacher_server: TeacherServer, 
     assert "HTTP 401" in dumped
 
 
-def test_ray_pool_runs_requests(teacher_server: TeacherServer) -> None:
-    ray = pytest.importorskip("ray")
+def test_ray_pool_runs_requests(teacher_server: TeacherServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
     from tutorloop.actors.teacher import RayTeacherPool
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

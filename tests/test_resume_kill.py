@@ -1,0 +1,117 @@
+"""Kill -9 a run at points in every phase, resume it, and compare with an uninterrupted run.
+
+The teacher is the program teacher behind the local OpenAI-compatible server, so the server's call
+counter shows that no request was ever sent twice across the kills.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from teacher_server import TeacherServer
+from tutorloop.store.connect import StoreBusyError
+from tutorloop.store.query import fetch_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (round, phase) to kill in; None phase = between rounds (right after the round is marked done).
+KILL_POINTS = [(-1, "eval"), (0, "teach"), (0, "train"), (0, None), (1, "exam"), (1, "teach"), (1, "train"),
+               (2, "eval")]
+
+
+def overrides(server: TeacherServer) -> list[str]:
+    return ["--set", "teacher.teachers.0.backend=openai", "--set", f"teacher.teachers.0.base_url={server.base_url}",
+            "--set", "teacher.teachers.0.model=program", "--set", "training.checkpoint_every=3"]
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OPENAI_API_KEY": "EMPTY", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tutorloop.loop.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process of its session (the local Ray it started)."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    session = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    for line in session:
+        parts = line.split()
+        if len(parts) == 2 and int(parts[1]) == proc.pid:
+            try:
+                os.kill(int(parts[0]), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def reached(run_dir: Path, round_: int, phase: str | None) -> bool:
+    history = run_dir / "history.duckdb"
+    if not history.exists():
+        return False
+    try:
+        if phase is None:
+            rows = fetch_rows(history, "SELECT 1 FROM rounds WHERE round = ? AND status = 'done'", [round_],
+                              timeout_s=0.5)
+        else:
+            rows = fetch_rows(history, "SELECT 1 FROM phases WHERE round = ? AND name = ? AND status = 'running' "
+                                       "AND (progress > 0 OR name = 'train')", [round_, phase], timeout_s=0.5)
+    except (StoreBusyError, Exception):  # the writer holds the file, or it is being created
+        return False
+    return bool(rows)
+
+
+def snapshot(run_dir: Path) -> dict:
+    return {
+        "rounds": fetch_rows(run_dir, "SELECT round, kind, status FROM rounds ORDER BY round"),
+        "metrics": fetch_rows(run_dir, "SELECT round, split, name, round(value, 6) AS value FROM metrics "
+                                       "WHERE name NOT LIKE '%cache_hits%' AND name NOT LIKE 'teacher_calls' "
+                                       "ORDER BY round, split, name"),
+        "hashes": {r["request_hash"] for r in fetch_rows(run_dir, "SELECT request_hash FROM teacher_calls")},
+        "attempts": fetch_rows(run_dir, "SELECT count(*) AS n FROM attempts")[0]["n"],
+        "rationales": fetch_rows(run_dir, "SELECT round, example_id, accepted FROM rationales "
+                                          "ORDER BY round, example_id, sample_index"),
+    }
+
+
+@pytest.mark.slow
+def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    with TeacherServer() as server:
+        reference = tmp_path / "reference"
+        proc = start(["run", "configs/quick.yaml", "--run-dir", str(reference), *overrides(server)])
+        assert proc.wait(timeout=900) == 0
+        reference_calls = server.calls
+    expected = snapshot(reference)
+    assert reference_calls == len(expected["hashes"])
+
+    rng = random.Random(7)
+    with TeacherServer() as server:
+        killed = tmp_path / "killed"
+        proc = start(["run", "configs/quick.yaml", "--run-dir", str(killed), *overrides(server)])
+        kills = 0
+        for round_, phase in KILL_POINTS:
+            deadline = time.monotonic() + 600
+            while not reached(killed, round_, phase):
+                assert proc.poll() is None, f"run ended before the kill point {round_} {phase}"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+            if proc.poll() is None:
+                kill_tree(proc)
+                kills += 1
+            proc = start(["resume", str(killed)])
+        assert proc.wait(timeout=900) == 0
+        assert kills >= len(KILL_POINTS) - 1
+        got = snapshot(killed)
+        assert server.calls == len(got["hashes"]), "a teacher request was sent twice"
+    assert got["rounds"] == expected["rounds"]
+    assert got["hashes"] == expected["hashes"]
+    assert got["rationales"] == expected["rationales"]
+    assert got["metrics"] == expected["metrics"]
