@@ -1,4 +1,4 @@
-"""`tutorloop` command line: run, resume, status, sql, report.
+"""`tutorloop` command line: run, resume, status, sql, report, compare, export.
 
 Expected failures (bad config, bad data, a locked or missing history) end with one line on stderr
 and a non-zero exit code, never a traceback.
@@ -58,21 +58,108 @@ def format_result(table: pa.Table, fmt: str) -> str:
     raise CliError(f"unknown format {fmt!r}", EXIT_USAGE)
 
 
-def cmd_sql(args: argparse.Namespace) -> int:
-    from tutorloop.store.query import query
+def _is_history(target: str) -> bool:
+    """A run directory or a .duckdb file (a query too long for a path name is neither)."""
+    try:
+        path = Path(target)
+        return path.is_dir() or (path.is_file() and path.suffix == ".duckdb")
+    except OSError:
+        return False
 
-    if args.file:
-        sql = Path(args.file).read_text()
-    elif args.query:
-        sql = args.query
-    else:
-        raise CliError("give a query, e.g. tutorloop sql RUN_DIR \"SELECT * FROM round_summary\"", EXIT_USAGE)
-    table = query(args.run_dir, sql)
-    text = format_result(table, args.format)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+
+def split_sql_targets(targets: list[str]) -> tuple[list[str], str | None]:
+    """`sql` arguments -> (runs, query): the leading arguments that are run directories or history files
+    are runs; what follows (at most one argument) is the query."""
+    runs: list[str] = []
+    for index, target in enumerate(targets):
+        if _is_history(target):
+            runs.append(target)
+            continue
+        rest = targets[index:]
+        if not runs:
+            raise CliError(f"{target}: not a run directory or history file; usage: tutorloop sql RUN_DIR "
+                           f"[RUN_DIR ...] [\"QUERY\"]", EXIT_USAGE)
+        if len(rest) > 1:
+            raise CliError(f"{rest[1]}: give the query as one quoted argument, after the run directories",
+                           EXIT_USAGE)
+        return runs, rest[0]
+    return runs, None
+
+
+def write_result(table: pa.Table, fmt: str, out: str | None) -> None:
+    """Print or save a result; parquet goes to a file only (it is binary)."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        if not out:
+            raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
+        pq.write_table(table, out)
+        return
+    text = format_result(table, fmt)
+    if out:
+        Path(out).write_text(text + "\n")
     else:
         print(text)
+
+
+def read_statements(stream: io.TextIOBase, prompt: bool):
+    """Yield SQL statements from `stream`, each ending at a line that ends with `;`."""
+    lines: list[str] = []
+    while True:
+        if prompt:
+            print("sql> " if not lines else "...> ", end="", file=sys.stderr, flush=True)
+        line = stream.readline()
+        if not line:
+            break
+        if not lines and line.strip().lower() in (".quit", ".exit", "\\q", "quit", "exit"):
+            return
+        lines.append(line)
+        if line.rstrip().endswith(";"):
+            statement = "".join(lines).strip()
+            lines = []
+            if statement.strip("; \n"):
+                yield statement
+    rest = "".join(lines).strip()
+    if rest:
+        yield rest
+
+
+def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> int:
+    """Read statements until end of input; every statement opens and closes the files, so a prompt left
+    open never blocks a run. A bad statement prints its error and the prompt goes on."""
+    from tutorloop.store.connect import StoreBusyError
+    from tutorloop.store.query import ReadOnlyQueryError, query_runs
+
+    import duckdb
+
+    prompt = sys.stdin.isatty()
+    if prompt:
+        print(f"tutorloop sql on {', '.join(runs)}: end each query with ';', quit with .quit or Ctrl-D",
+              file=sys.stderr)
+    failures = 0
+    for statement in read_statements(sys.stdin, prompt):
+        try:
+            write_result(query_runs(runs, statement, timeout_s=wait), fmt, out)
+        except (ReadOnlyQueryError, StoreBusyError, CliError) as exc:
+            failures += 1
+            print(f"tutorloop: error: {exc}", file=sys.stderr)
+        except duckdb.Error as exc:
+            failures += 1
+            print(f"tutorloop: error: SQL: {str(exc).splitlines()[0]}", file=sys.stderr)
+    return EXIT_FAILURE if failures and not prompt else 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from tutorloop.store.query import query_runs
+
+    runs, sql = split_sql_targets(args.targets)
+    if args.file:
+        if sql:
+            raise CliError("give the query either as an argument or with -f, not both", EXIT_USAGE)
+        sql = Path(args.file).read_text()
+    if sql is None:
+        return interactive_sql(runs, args.format, args.out, args.wait)
+    write_result(query_runs(runs, sql, timeout_s=args.wait), args.format, args.out)
     return 0
 
 
@@ -107,7 +194,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    raise CliError("tutorloop report is not built yet; query the history with tutorloop sql meanwhile")
+    from tutorloop.loop.report import write_report
+
+    md_path, html_path = write_report(args.run_dir, examples=args.examples)
+    print(f"tutorloop: wrote {md_path} and {html_path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tutorloop.loop.compare import compare_runs
+
+    write_result(compare_runs(args.run_dirs), args.format, args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tutorloop.loop.export_run import export_run
+
+    result = export_run(args.run_dir, args.out, round_=args.round, merge=args.merge)
+    kind = "merged model" if result.merged else "peft adapter"
+    print(f"tutorloop: exported {kind} of {result.reason} to {result.out_dir}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,17 +245,39 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("run_dir")
     status.set_defaults(func=cmd_status)
 
-    sql = sub.add_parser("sql", help="read-only SQL over a run's history")
-    sql.add_argument("run_dir", help="run directory or history.duckdb file")
-    sql.add_argument("query", nargs="?", help="SQL query (or use -f)")
+    sql = sub.add_parser(
+        "sql", help="read-only SQL over one or more runs' histories",
+        usage="tutorloop sql [options] RUN_DIR [RUN_DIR ...] [QUERY]",
+        description="Read-only SQL. Arguments that are run directories (or history.duckdb files) come first; "
+                    "the query follows as one quoted argument. With several runs every table and view gets a "
+                    "`run` column (the run directory's name). Without a query (and without -f) statements are "
+                    "read from stdin, each ended by ';'.")
+    sql.add_argument("targets", nargs="+", metavar="RUN_DIR|QUERY",
+                     help="run directories or history files, then the query")
     sql.add_argument("-f", "--file", help="read the query from a file")
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    sql.add_argument("--out", help="write the result to this file instead of stdout")
+    sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    sql.add_argument("--out", help="write the result to this file instead of stdout (needed for parquet)")
+    sql.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                     help="how long to wait for a run's write to finish before giving up (default 10)")
     sql.set_defaults(func=cmd_sql)
 
     report = sub.add_parser("report", help="write report.md and report.html into the run directory")
     report.add_argument("run_dir")
+    report.add_argument("--examples", type=int, default=6, help="tailored feedback examples shown (default 6)")
     report.set_defaults(func=cmd_report)
+
+    compare = sub.add_parser("compare", help="runs side by side: accuracy per round, cost, calls, time")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    compare.add_argument("--out", help="write the table to this file instead of stdout")
+    compare.set_defaults(func=cmd_compare)
+
+    export = sub.add_parser("export", help="a round's adapter as a peft folder, or merged into the base")
+    export.add_argument("run_dir")
+    export.add_argument("--round", type=int, help="round to export (default: best test accuracy)")
+    export.add_argument("--out", required=True, help="new folder to write")
+    export.add_argument("--merge", action="store_true", help="merge into the base model (plain transformers folder)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
@@ -161,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import duckdb
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "targets", None) is not None and not any(e.startswith("-") for e in extra):
+        args.targets += extra  # `sql RUN --format csv "QUERY"`: argparse leaves a late positional over
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ConfigError, ReadOnlyQueryError) as exc:

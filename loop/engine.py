@@ -227,7 +227,7 @@ class RoundEngine:
                 with self.writer.transaction() as tx:
                     tx.insert("attempts", rows)
                     tx.execute("UPDATE phases SET progress = progress + ? WHERE round = ? AND name = ?",
-                               [len(part), round_, phase if phase != "eval" else "eval"])
+                               [len(part), round_, phase])
                 bar.update(len(part))
                 if self._stop:
                     raise StopRequested
@@ -274,10 +274,13 @@ class RoundEngine:
         else:
             ordered = order_mistakes(mistakes or {}, training.mistake_order, training.max_mistakes, seed)
             if training.selection == "random":
+                # Ablation without tailoring: as many questions, drawn at random, taught as in round 0.
                 ordered = random_selection(self.pool, len(ordered), seed)
+                strategies, job_mistakes = list(self.cfg.teacher.strategies), None
+            else:
+                strategies = self._tailored_strategies()
+                job_mistakes = {i: mistakes[i] for i in ordered}
             targets = [self.examples[i] for i in ordered]
-            strategies = self._tailored_strategies()
-            job_mistakes = {i: mistakes[i] for i in ordered if mistakes and i in mistakes}
         report.mistakes = len(mistakes) if mistakes is not None else None
         jobs = plan_jobs(targets, self.cfg.teacher, round_, strategies=strategies, mistakes=job_mistakes)
         started = self._begin_phase(round_, "teach", len(jobs))
@@ -377,15 +380,22 @@ class RoundEngine:
         init = None
         if round_ > 0 and self.cfg.training.continue_from_previous:
             init = self._adapter(round_ - 1)
-        checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
-        result = ray.get(self._trainer_actor().train.remote(samples, pairs, init, str(checkpoint_dir)))
+        if samples or pairs:
+            checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
+            result = ray.get(self._trainer_actor().train.remote(samples, pairs, init, str(checkpoint_dir)))
+            adapter, steps = result["adapter"], [dict(s, round=round_) for s in result["steps"]]
+        elif round_ > 0:
+            # Nothing new to learn (no mistakes, or no usable rationale): keep the previous adapter.
+            adapter, steps = self._adapter(round_ - 1), []
+        else:
+            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on; "
+                           f"see `tutorloop sql {self.run_dir} \"SELECT * FROM teacher_yield\"`")
         relative = Path("adapters") / f"round-{round_}"
         target = self.run_dir / relative
         if target.exists():
             shutil.rmtree(target)
-        adapter_from_bytes(result["adapter"], target)
-        digest = hashlib.sha256(result["adapter"]).hexdigest()
-        steps = [dict(s, round=round_) for s in result["steps"]]
+        adapter_from_bytes(adapter, target)
+        digest = hashlib.sha256(adapter).hexdigest()
         with self.writer.transaction() as tx:
             tx.execute("DELETE FROM train_steps WHERE round = ?", [round_])
             tx.insert("train_steps", steps)
@@ -395,7 +405,7 @@ class RoundEngine:
                 self._metrics(tx, round_, "train", {"train_loss_last": steps[-1]["loss"],
                                                    "train_loss_first": steps[0]["loss"]})
             self._finish_phase(tx, round_, "train", started, {"steps": len(steps)})
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        shutil.rmtree(self.run_dir / "checkpoints" / f"round-{round_}", ignore_errors=True)
 
     def _evaluate(self, round_: int, report: RoundReport) -> None:
         modes = self.cfg.student.eval_modes
@@ -486,6 +496,10 @@ class RoundEngine:
             print(f"\ntutorloop: stopped at a safe point. Resume with: tutorloop resume {self.run_dir}",
                   file=sys.stderr, flush=True)
             return 130
+        except Exception as exc:
+            self.writer.execute("UPDATE phases SET status = 'failed' WHERE status = 'running'")
+            self.writer.execute("UPDATE runs SET status = 'failed', message = ?", [str(exc).splitlines()[0][:500]])
+            raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
             self._shutdown()

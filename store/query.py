@@ -1,22 +1,28 @@
-"""Read-only access to a run's history, safe while a run is writing (bounded lock wait)."""
+"""Read-only access to a run's history, safe while a run is writing (bounded lock wait).
+
+One run: its file opened read-only. Several runs: an in-memory DuckDB that ATTACHes each history
+READ_ONLY and exposes every table and view under its usual name as the union of the runs, with a
+`run` column in front, so one query compares runs (the views are this version's views.sql, rebuilt
+over each run's tables). Every query opens and closes its files, so a
+reader never holds a lock the run needs for longer than that query.
+"""
 
 from __future__ import annotations
 
-import re
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import duckdb
 import pyarrow as pa
 
-from .connect import connect
+from .connect import StoreBusyError, _is_lock_conflict, connect
+from .schema import TABLES, views_sql
 
 HISTORY_FILE = "history.duckdb"
-
-_WRITE_WORDS = re.compile(
-    r"^\s*(INSERT|UPDATE|DELETE|DROP|CREATE|ALTER|ATTACH|DETACH|COPY|EXPORT|IMPORT|INSTALL|LOAD|"
-    r"PRAGMA|SET|CALL|CHECKPOINT|VACUUM|TRUNCATE|MERGE|UPSERT|REPLACE|BEGIN|COMMIT|ROLLBACK)\b",
-    re.IGNORECASE,
-)
+VIEWS = ("round_summary", "question_history", "transitions", "teacher_yield", "training_curves")
+# Statement kinds a reader may run (DESCRIBE, SHOW and SUMMARIZE parse as SELECT).
+_READ_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 
 class ReadOnlyQueryError(ValueError):
@@ -34,12 +40,31 @@ def history_path(run_or_file: str | Path) -> Path:
 
 
 def check_read_only(sql: str) -> None:
-    for statement in filter(str.strip, sql.split(";")):
-        match = _WRITE_WORDS.match(statement)
-        if match:
-            raise ReadOnlyQueryError(
-                f"refused: {match.group(1).upper()} changes the history; tutorloop sql only reads"
-            )
+    """Refuse any statement that is not a read, naming its first keyword.
+
+    DuckDB's own parser classifies the statements, so a `;` inside a string or a comment in front
+    does not fool the check; text that does not parse is left for the query to report.
+    """
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return
+    for statement in statements:
+        # A PIVOT without an IN list parses as MULTI (DuckDB collects the column names first): a read.
+        pivot = statement.type.name == "MULTI" and statement.query.lstrip().upper().startswith("PIVOT")
+        if statement.type.name not in _READ_STATEMENTS and not pivot:
+            words = statement.query.split()
+            keyword = words[0].upper() if words else statement.type.name
+            raise ReadOnlyQueryError(f"refused: {keyword} changes the history; tutorloop sql only reads")
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None) -> pa.Table:
+    try:
+        return con.sql(sql, params=params).to_arrow_table()
+    except duckdb.Error as exc:
+        if "read-only" in str(exc):  # the connection's own guard, behind check_read_only
+            raise ReadOnlyQueryError(f"refused: {str(exc).splitlines()[0]}; tutorloop sql only reads") from None
+        raise
 
 
 def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None,
@@ -48,7 +73,7 @@ def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None
     check_read_only(sql)
     con = connect(history_path(run_or_file), read_only=True, timeout_s=timeout_s)
     try:
-        return con.sql(sql, params=params).to_arrow_table()
+        return _run(con, sql, params)
     finally:
         con.close()
 
@@ -56,3 +81,67 @@ def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None
 def fetch_rows(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None,
                *, timeout_s: float = 10.0) -> list[dict]:
     return query(run_or_file, sql, params, timeout_s=timeout_s).to_pylist()
+
+
+def run_names(runs: Sequence[str | Path]) -> list[str]:
+    """The `run` column's values: each run directory's name, or the path as given where names repeat."""
+    paths = [Path(r) for r in runs]
+    names = [(p.parent.name if p.is_file() else p.name) or str(p) for p in paths]
+    return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _attach(con: duckdb.DuckDBPyConnection, path: Path, alias: str, deadline: float, timeout_s: float) -> None:
+    """ATTACH read-only with the same bounded lock wait as connect()."""
+    delay = 0.02
+    while True:
+        try:
+            con.execute(f"ATTACH {_literal(str(path))} AS {alias} (READ_ONLY)")
+            return
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusyError(f"{path}: the history is locked (a run is writing to it); "
+                                     f"waited {timeout_s:.0f} s, try again") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,
+                *, timeout_s: float = 10.0) -> pa.Table:
+    """Query several runs at once: every table and view is the union of the runs plus a `run` column."""
+    check_read_only(sql)
+    paths = [history_path(r) for r in runs]
+    names = run_names(runs)
+    con = duckdb.connect(":memory:")
+    try:
+        deadline = time.monotonic() + timeout_s
+        for index, path in enumerate(paths):
+            _attach(con, path, f"run{index}", deadline, timeout_s)
+            # Each run gets a schema of its own with its tables and the views rebuilt on them: a view
+            # resolves its unqualified table names there, never in the unions below.
+            con.execute(f"CREATE SCHEMA r{index}")
+            for table in TABLES:
+                con.execute(f"CREATE VIEW r{index}.{table} AS SELECT * FROM run{index}.main.{table}")
+            con.execute(f"USE memory.r{index}")
+            con.execute(views_sql())
+        con.execute("USE memory.main")
+        for relation in (*TABLES, *VIEWS):
+            # BY NAME: files from different tutorloop versions may order or lack columns differently.
+            parts = [f"SELECT {_literal(name)} AS run, * FROM r{i}.{relation}" for i, name in enumerate(names)]
+            con.execute(f"CREATE VIEW {relation} AS " + " UNION ALL BY NAME ".join(parts))
+        return _run(con, sql, params)
+    finally:
+        con.close()
+
+
+def query_runs(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,
+               *, timeout_s: float = 10.0) -> pa.Table:
+    """One run: its own tables. Several: the unions with a `run` column (multi_query)."""
+    if len(runs) == 1:
+        return query(runs[0], sql, params, timeout_s=timeout_s)
+    return multi_query(runs, sql, params, timeout_s=timeout_s)

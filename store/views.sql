@@ -15,9 +15,11 @@ SELECT
     CAST(max(m.value) FILTER (WHERE m.name = 'rationales_accepted') AS INTEGER) AS rationales_accepted,
     CAST(max(m.value) FILTER (WHERE m.name = 'samples') AS INTEGER) AS samples,
     CAST(max(m.value) FILTER (WHERE m.name = 'contrast_pairs') AS INTEGER) AS contrast_pairs,
-    CAST(max(m.value) FILTER (WHERE m.name = 'teacher_calls') AS INTEGER) AS teacher_calls,
+    -- Calls and cost from teacher_calls itself: a teach phase resumed halfway reports only its second
+    -- half in metrics (the first half are cache hits then), but every paid call has its row.
+    (SELECT CAST(count(*) AS INTEGER) FROM teacher_calls t WHERE t.round = r.round) AS teacher_calls,
     CAST(max(m.value) FILTER (WHERE m.name = 'cache_hits') AS INTEGER) AS cache_hits,
-    max(m.value) FILTER (WHERE m.name = 'teacher_cost_usd') AS teacher_cost_usd,
+    (SELECT coalesce(sum(t.cost_usd), 0) FROM teacher_calls t WHERE t.round = r.round) AS teacher_cost_usd,
     max(m.value) FILTER (WHERE m.name = 'train_loss_last') AS train_loss_last,
     (SELECT p.seconds FROM phases p WHERE p.round = r.round AND p.name = 'exam') AS exam_s,
     (SELECT p.seconds FROM phases p WHERE p.round = r.round AND p.name = 'teach') AS teach_s,
@@ -68,8 +70,10 @@ SELECT
     count(*) FILTER (WHERE p1.correct AND NOT p2.correct) AS right_to_wrong,
     count(*) FILTER (WHERE p1.correct AND p2.correct) AS stayed_right,
     count(*) FILTER (WHERE NOT p1.correct AND NOT p2.correct) AS stayed_wrong,
-    list(p1.example_id ORDER BY p1.example_id) FILTER (WHERE NOT p1.correct AND p2.correct) AS wrong_to_right_ids,
-    list(p1.example_id ORDER BY p1.example_id) FILTER (WHERE p1.correct AND NOT p2.correct) AS right_to_wrong_ids
+    coalesce(list(p1.example_id ORDER BY p1.example_id) FILTER (WHERE NOT p1.correct AND p2.correct), [])
+        AS wrong_to_right_ids,
+    coalesce(list(p1.example_id ORDER BY p1.example_id) FILTER (WHERE p1.correct AND NOT p2.correct), [])
+        AS right_to_wrong_ids
 FROM consecutive c
 JOIN per_round p1 ON p1.round = c.from_round
 JOIN per_round p2 ON p2.round = c.to_round AND p2.example_id = p1.example_id AND p2.mode = p1.mode
