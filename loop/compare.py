@@ -16,6 +16,22 @@ import pyarrow as pa
 from tutorloop.store.query import multi_query, run_names
 
 
+def strategies_by_round(rows: Sequence[dict]) -> str:
+    """'round 0: cote; rounds 1-2: tailored' from rows with round and strategy (teacher_yield, rationales)."""
+    by_round: dict[int, set[str]] = {}
+    for row in rows:
+        if row["strategy"]:
+            by_round.setdefault(row["round"], set()).add(row["strategy"])
+    spans: list[list] = []  # [first round, last round, strategies], consecutive rounds merged
+    for round_ in sorted(by_round):
+        names = ", ".join(sorted(by_round[round_]))
+        if spans and spans[-1][2] == names and spans[-1][1] == round_ - 1:
+            spans[-1][1] = round_
+        else:
+            spans.append([round_, round_, names])
+    return "; ".join(f"round {a}: {n}" if a == b else f"rounds {a}-{b}: {n}" for a, b, n in spans)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -25,6 +41,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
     names = run_names(run_dirs)
     summary = multi_query(run_dirs, "SELECT * FROM round_summary ORDER BY run, round").to_pylist()
     runs = {r["run"]: r for r in multi_query(run_dirs, "SELECT run, status, config FROM runs").to_pylist()}
+    strategies = multi_query(run_dirs, "SELECT DISTINCT run, round, strategy FROM rationales").to_pylist()
     by_run = {name: [r for r in summary if r["run"] == name] for name in names}
     all_rounds = sorted({r["round"] for r in summary})
     measures: list[tuple[str, dict[str, str]]] = []
@@ -40,6 +57,7 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
     add("teacher", lambda n: ", ".join(f"{t['name']} ({t['model']})"
                                       for t in config(n).get("teacher", {}).get("teachers", [])) or "-")
     add("task", lambda n: str(config(n).get("data", {}).get("task", "-")))
+    add("teaching strategies", lambda n: strategies_by_round([r for r in strategies if r["run"] == n]) or "-")
     add("rounds done", lambda n: str(sum(1 for r in by_run[n] if r["status"] == "done" and r["round"] >= 0)))
     for round_ in all_rounds:
         label = "baseline test accuracy" if round_ < 0 else f"round {round_} test accuracy"

@@ -30,6 +30,7 @@ class RunSection(Section):
     run_dir: str = "runs"
     baseline: bool = Field(True, description="zero-shot evaluation of the untrained student (round -1)")
     patience: int | None = Field(None, ge=1, description="stop after this many rounds without test gain")
+    report: bool = Field(True, description="write report.md and report.html when the run finishes")
 
 
 class SyntheticSection(Section):
@@ -208,7 +209,7 @@ class Config(Section):
 
 # Keys a user may change between a kill and `tutorloop resume` without invalidating stored work.
 RESUME_SAFE_KEYS = (
-    "run.rounds", "run.patience", "run.run_dir", "teacher.max_cost_usd", "teacher.concurrency",
+    "run.rounds", "run.patience", "run.run_dir", "run.report", "teacher.max_cost_usd", "teacher.concurrency",
     "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
     "teacher.retry_backoff_s", "teacher.retry_backoff_max_s",
     "teacher.num_actors", "ray", "student.generation.batch_size",

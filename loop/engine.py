@@ -352,7 +352,7 @@ class RoundEngine:
 
     def _earlier_rationales(self, round_: int) -> dict[str, list[str]]:
         rows = self.writer.fetch("SELECT example_id, rationale FROM rationales WHERE accepted AND round < ? "
-                                 "ORDER BY round, sample_index", [round_])
+                                 "ORDER BY round, sample_index, strategy, teacher, rationale", [round_])
         found: dict[str, list[str]] = {}
         for example_id, text in rows:
             found.setdefault(example_id, []).append(text)
@@ -360,7 +360,8 @@ class RoundEngine:
 
     def _earlier_samples(self, round_: int) -> list[dict]:
         rows = self.writer.fetch("SELECT round, example_id, task, source, input, target, weight FROM samples "
-                                 "WHERE round < ? AND source NOT LIKE 'replay:%' ORDER BY round, example_id, task",
+                                 "WHERE round < ? AND source NOT LIKE 'replay:%' "
+                                 "ORDER BY round, example_id, task, source, target, input",
                                  [round_])
         keys = ("round", "example_id", "task", "source", "input", "target", "weight")
         return [dict(zip(keys, r)) for r in rows]
@@ -372,10 +373,12 @@ class RoundEngine:
 
         keys = ("example_id", "task", "input", "target", "weight")
         samples = [dict(zip(keys, r)) for r in self.writer.fetch(
-            f"SELECT {', '.join(keys)} FROM samples WHERE round = ? ORDER BY example_id, task, source", [round_])]
+            f"SELECT {', '.join(keys)} FROM samples WHERE round = ? ORDER BY example_id, task, source, target, input",
+            [round_])]
         pair_keys = ("example_id", "input", "anchor", "positive", "negative")
         pairs = [dict(zip(pair_keys, r)) for r in self.writer.fetch(
-            f"SELECT {', '.join(pair_keys)} FROM contrast_pairs WHERE round = ? ORDER BY example_id", [round_])]
+            f"SELECT {', '.join(pair_keys)} FROM contrast_pairs WHERE round = ? "
+            "ORDER BY example_id, anchor, positive, negative", [round_])]
         started = self._begin_phase(round_, "train", len(samples))
         init = None
         if round_ > 0 and self.cfg.training.continue_from_previous:
@@ -489,6 +492,12 @@ class RoundEngine:
             message = f"stopped early: {stop_reason}" if stop_reason else "finished"
             self.writer.execute("UPDATE runs SET status = 'finished', message = ?", [message])
             print(f"tutorloop: {message}. History: {self.run_dir / HISTORY}", flush=True)
+            if self.cfg.run.report:
+                from tutorloop.loop.report import write_report
+
+                _, html = write_report(self.run_dir)
+                print(f"tutorloop: report: {html}", flush=True)
+            print(next_steps(self.run_dir), flush=True)
             return 0
         except (KeyboardInterrupt, StopRequested):
             self.writer.execute("UPDATE phases SET status = 'stopped' WHERE status = 'running'")
@@ -506,6 +515,16 @@ class RoundEngine:
 
     def _request_stop(self, *_: object) -> None:
         self._stop = True
+
+
+def next_steps(run_dir: Path) -> str:
+    """Three queries worth running on a finished run."""
+    queries = [
+        "SELECT round, kind, test_accuracy, mistakes, teacher_calls, round_s FROM round_summary",
+        "SELECT from_round, to_round, mode, wrong_to_right, right_to_wrong FROM transitions",
+        "SELECT round, teacher, strategy, calls, accepted, rejections, cost_usd FROM teacher_yield",
+    ]
+    return "Try:\n" + "\n".join(f'  tutorloop sql {run_dir} "{q}"' for q in queries)
 
 
 # ----- run directories -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tutorloop.loop.compare import strategies_by_round
 from tutorloop.loop.config import config_from_dict
 from tutorloop.loop.errors import RunError
 from tutorloop.loop.prompts import student_prompt
@@ -61,7 +62,7 @@ def _base_description(student: dict[str, Any]) -> str:
 
 
 def model_card(cfg: dict[str, Any], rounds: list[dict[str, Any]], chosen: int, reason: str, merged: bool,
-               run_name: str) -> str:
+               run_name: str, strategies: str, base_source: str) -> str:
     """README.md for the exported folder (Hugging Face model card layout with YAML front matter)."""
     student = cfg.get("student", {})
     teacher = cfg.get("teacher", {})
@@ -75,10 +76,9 @@ def model_card(cfg: dict[str, Any], rounds: list[dict[str, Any]], chosen: int, r
              "A student model trained by tutorloop from a teacher LLM's explanations over "
              "rounds (multi-task rationale learning in round 0, tailored corrections of the student's own mistakes "
              "with self-reflection afterwards).", "",
-             f"- **Base model**: {base}",
+             f"- **Base model**: {base}; weights loaded from `{base_source}`",
              f"- **Teacher**: {'; '.join(teachers) or '-'}",
-             f"- **Teaching strategies**: {', '.join(teacher.get('strategies', []))} in round 0, tailored "
-             f"corrections from round 1",
+             f"- **Teaching strategies**: {strategies or '-'}",
              f"- **Task**: {data.get('task')}",
              f"- **Rounds**: {', '.join(str(r['round']) for r in rounds if r['round'] >= 0)} trained; this folder "
              f"holds round {chosen}",
@@ -99,7 +99,7 @@ def model_card(cfg: dict[str, Any], rounds: list[dict[str, Any]], chosen: int, r
                 "tokenizer = AutoTokenizer.from_pretrained('THIS_FOLDER')"]
     else:
         load = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-                "base = AutoModelForCausalLM.from_pretrained('BASE_MODEL')  # the base model above",
+                f"base = AutoModelForCausalLM.from_pretrained({base_source!r})  # the base model above",
                 "model = PeftModel.from_pretrained(base, 'THIS_FOLDER')",
                 "tokenizer = AutoTokenizer.from_pretrained('THIS_FOLDER')"]
     lines += ["", "## Use", "", "```python", *load,
@@ -139,18 +139,22 @@ def export_run(run_dir: str | Path, out_dir: str | Path, round_: int | None = No
     folder = run_dir / adapters[chosen]["path"]
     _check_adapter(folder, adapters[chosen]["sha256"])
     out.mkdir(parents=True, exist_ok=True)
+    from tutorloop.actors.models import load_tokenizer, student_source
+
+    base_source = student_source(cfg.student)
     if merge:
         from tutorloop.actors.export import merge_adapter
 
         merge_adapter(cfg.student, str(folder), out)
     else:
-        from tutorloop.actors.models import load_tokenizer, student_source
-
         shutil.copytree(folder, out, dirs_exist_ok=True)
         # The tokenizer travels with the adapter: the tiny student's tokenizer exists nowhere else.
-        load_tokenizer(student_source(cfg.student)).save_pretrained(out)
+        load_tokenizer(base_source).save_pretrained(out)
     rows = [m for m in measured if m["round"] < 0 or m["round"] in adapters]
-    (out / "README.md").write_text(model_card(cfg_dict, rows, chosen, reason, merge, runs[0]["name"]))
+    strategies = strategies_by_round(fetch_rows(path, "SELECT DISTINCT round, strategy FROM rationales "
+                                                      "WHERE round <= ?", [chosen]))
+    (out / "README.md").write_text(model_card(cfg_dict, rows, chosen, reason, merge, runs[0]["name"], strategies,
+                                              base_source))
     accuracy = next((m["test_accuracy"] for m in measured if m["round"] == chosen), None)
     return ExportResult(out, chosen, merge, reason, accuracy)
 

@@ -21,6 +21,7 @@ matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tutorloop.loop.compare import strategies_by_round  # noqa: E402
 from tutorloop.loop.errors import RunError  # noqa: E402
 from tutorloop.store.query import fetch_rows, history_path  # noqa: E402
 
@@ -105,9 +106,10 @@ def pick_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]
     fixed = [r for r in unique if r["after_round"] is not None and r["after_share"] > 0]
     still = [r for r in unique if r["after_round"] is not None and r["after_share"] == 0]
     later = [r for r in unique if r["after_round"] is None]
-    chosen = fixed[: (limit + 1) // 2]
+    half = (limit + 1) // 2
+    chosen = fixed[:half]
     chosen += still[: limit - len(chosen)]
-    chosen += fixed[len(chosen):][: limit - len(chosen)]
+    chosen += fixed[half:][: limit - len(chosen)]  # too few still wrong: more of the fixed ones
     chosen += later[: limit - len(chosen)]
     return sorted(chosen, key=lambda r: (r["round"], r["example_id"]))
 
@@ -129,8 +131,8 @@ def num(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def round_label(round_: int, kind: str | None = None) -> str:
-    return {-1: "-1 baseline", 0: "0 core"}.get(round_, str(round_)) if kind != "tailored" else str(round_)
+def round_label(round_: int) -> str:
+    return {-1: "-1 baseline", 0: "0 core"}.get(round_, str(round_))
 
 
 def _accuracy_column(mode: str) -> str:
@@ -340,7 +342,7 @@ def _describe(data: ReportData) -> list[tuple[str, str]]:
         ("started", f"{data.run['created_at']:%Y-%m-%d %H:%M}"),
         ("student", str(student.get("model"))),
         ("teacher(s)", teachers or "-"),
-        ("strategies", ", ".join(cfg.get("teacher", {}).get("strategies", [])) + " (round 0); tailored after"),
+        ("teaching strategies", strategies_by_round(data.yield_rows) or "-"),
         ("task", str(data_cfg.get("task"))),
         ("rounds done", ", ".join(str(r["round"]) for r in data.rounds if r["status"] == "done") or "-"),
         (f"test accuracy ({data.modes[0]})",
@@ -355,7 +357,7 @@ def _describe(data: ReportData) -> list[tuple[str, str]]:
 def _accuracy_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["round", "kind"] + [f"test {m}" for m in data.modes] + ["pool exam", "mistakes", "accepted rationales",
                                                                      "samples", "contrast pairs"]
-    rows = [[round_label(r["round"], r["kind"]), r["kind"]] + [pct(r.get(_accuracy_column(m))) for m in data.modes]
+    rows = [[round_label(r["round"]), r["kind"]] + [pct(r.get(_accuracy_column(m))) for m in data.modes]
             + [pct(r["pool_accuracy"]), num(r["mistakes"]), num(r["rationales_accepted"]), num(r["samples"]),
                num(r["contrast_pairs"])] for r in data.rounds]
     return head, rows
@@ -382,7 +384,7 @@ def _cost_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
 
 def _time_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["round"] + [f"{p} (s)" for p in PHASES] + ["round (s)", "teacher calls", "cache hits", "cost"]
-    rows = [[round_label(r["round"], r["kind"])] + [num(r[f"{p}_s"]) for p in PHASES]
+    rows = [[round_label(r["round"])] + [num(r[f"{p}_s"]) for p in PHASES]
             + [num(r["round_s"]), num(r["teacher_calls"]), num(r["cache_hits"]), usd(r["teacher_cost_usd"])]
             for r in data.rounds]
     return head, rows

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import duckdb
+
+
+T = TypeVar("T")
 
 
 class StoreBusyError(RuntimeError):
@@ -21,13 +25,13 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
     return "Could not set lock" in text or "Conflicting lock" in text
 
 
-def connect(path: str | Path, *, read_only: bool, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
-    """Open `path`, retrying a lock conflict for up to `timeout_s` seconds, then StoreBusyError."""
+def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bool, timeout_s: float) -> T:
+    """Call `open_file`, retrying a lock conflict on `path` for up to `timeout_s` seconds, then StoreBusyError."""
     deadline = time.monotonic() + timeout_s
     delay = 0.02
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return open_file()
         except duckdb.IOException as exc:
             if not _is_lock_conflict(exc):
                 raise
@@ -38,3 +42,9 @@ def connect(path: str | Path, *, read_only: bool, timeout_s: float = 30.0) -> du
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def connect(path: str | Path, *, read_only: bool, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Open `path`, retrying a lock conflict for up to `timeout_s` seconds, then StoreBusyError."""
+    return retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, read_only=read_only,
+                         timeout_s=timeout_s)

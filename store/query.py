@@ -9,14 +9,13 @@ reader never holds a lock the run needs for longer than that query.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import duckdb
 import pyarrow as pa
 
-from .connect import StoreBusyError, _is_lock_conflict, connect
+from .connect import connect, retry_on_lock
 from .schema import TABLES, views_sql
 
 HISTORY_FILE = "history.duckdb"
@@ -94,23 +93,6 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _attach(con: duckdb.DuckDBPyConnection, path: Path, alias: str, deadline: float, timeout_s: float) -> None:
-    """ATTACH read-only with the same bounded lock wait as connect()."""
-    delay = 0.02
-    while True:
-        try:
-            con.execute(f"ATTACH {_literal(str(path))} AS {alias} (READ_ONLY)")
-            return
-        except duckdb.IOException as exc:
-            if not _is_lock_conflict(exc):
-                raise
-            if time.monotonic() >= deadline:
-                raise StoreBusyError(f"{path}: the history is locked (a run is writing to it); "
-                                     f"waited {timeout_s:.0f} s, try again") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-
 def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,
                 *, timeout_s: float = 10.0) -> pa.Table:
     """Query several runs at once: every table and view is the union of the runs plus a `run` column."""
@@ -119,9 +101,9 @@ def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | No
     names = run_names(runs)
     con = duckdb.connect(":memory:")
     try:
-        deadline = time.monotonic() + timeout_s
         for index, path in enumerate(paths):
-            _attach(con, path, f"run{index}", deadline, timeout_s)
+            attach = f"ATTACH {_literal(str(path))} AS run{index} (READ_ONLY)"
+            retry_on_lock(lambda: con.execute(attach), path, read_only=True, timeout_s=timeout_s)  # noqa: B023
             # Each run gets a schema of its own with its tables and the views rebuilt on them: a view
             # resolves its unqualified table names there, never in the unions below.
             con.execute(f"CREATE SCHEMA r{index}")
