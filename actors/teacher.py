@@ -442,14 +442,23 @@ class LocalExecutor:
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-executor", daemon=True)
         self._thread.start()
 
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[dict[str, Any]]:
+    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
+        """Yields lists of call records: each list holds everything that finished since the last one."""
         done: queue.Queue = queue.Queue()
         futures = [asyncio.run_coroutine_threadsafe(self._router.complete(r), self._loop) for r in requests]
         for future in futures:
             future.add_done_callback(done.put)
         try:
-            for _ in futures:
-                yield done.get().result()
+            left = len(futures)
+            while left:
+                group = [done.get()]
+                while True:
+                    try:
+                        group.append(done.get_nowait())
+                    except queue.Empty:
+                        break
+                left -= len(group)
+                yield [future.result() for future in group]
         finally:  # the caller stopped early: do not leave requests running
             for future in futures:
                 future.cancel()
@@ -498,7 +507,8 @@ class RayTeacherPool:
         actor_cls = ray.remote(num_cpus=num_cpus)(TeacherActor)
         self._actors = [actor_cls.remote(teacher_cfg.model_dump(mode="json"), data_dir, count) for _ in range(count)]
 
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[dict[str, Any]]:
+    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
+        """Yields lists of call records: each list holds everything that finished since the last one."""
         ray = self._ray
         pending = [self._actors[i % len(self._actors)].complete.remote(r) for i, r in enumerate(requests)]
         try:
@@ -508,8 +518,7 @@ class RayTeacherPool:
                 if pending:
                     more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                     ready += more
-                for record in ray.get(ready):
-                    yield record
+                yield ray.get(ready)
         finally:
             for ref in pending:
                 ray.cancel(ref)

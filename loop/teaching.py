@@ -18,7 +18,6 @@ reason; exactly one rationale record per job.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Protocol
 
@@ -37,15 +36,13 @@ RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", 
                   "accepted", "reject_reason", "feedback", "request_hash", "task")
 SINGLE_STAGE = ("few_shot_cot", "cote", "rp", "teacher_forcing")
 ANSWER_STAGE_MAX_TOKENS = 32  # stage 2 of zero-shot CoT only states the answer
-PERSIST_BATCH = 16  # call records per persist() call (smaller: less lost on a kill; larger: fewer writes)
-PERSIST_EVERY_S = 1.0
 # reject_reason of a call that ended unusable, by the reason code its error starts with
 _UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices": "empty",
                     "malformed_json": "malformed"}
 
 
 class Executor(Protocol):
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[dict[str, Any]]: ...
+    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
@@ -309,25 +306,14 @@ class TeachingSession:
                     continue
                 reserved += estimate
                 to_send.append(request)
-            buffer: list[dict[str, Any]] = []
-            last_flush = time.monotonic()
-
-            def flush() -> None:
-                nonlocal cost, last_flush
-                if buffer:
-                    self.persist(list(buffer))  # stored before any job reads it
-                    for record in buffer:
-                        cost += record["cost_usd"]
-                        deliver(waiting.pop(record["request_hash"], []), record, upcoming)
-                    buffer.clear()
-                last_flush = time.monotonic()
-
-            for record in self.executor.execute(to_send):
-                sent += 1
-                buffer.append(record)
-                if len(buffer) >= PERSIST_BATCH or time.monotonic() - last_flush >= PERSIST_EVERY_S:
-                    flush()
-            flush()
+            # Each group holds every answer that arrived while the previous group was being stored,
+            # so a kill loses only requests still in flight, and fast teachers get bigger batches.
+            for group in self.executor.execute(to_send):
+                sent += len(group)
+                self.persist(group)  # stored before any job reads it
+                for record in group:
+                    cost += record["cost_usd"]
+                    deliver(waiting.pop(record["request_hash"], []), record, upcoming)
             ready = upcoming
         bar.close()
         rationales = [run.result for run in runs]

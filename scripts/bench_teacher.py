@@ -49,7 +49,7 @@ def main() -> None:
             # one warm-up request creates the client outside the timing
             list(executor.execute([TeacherRequest(**{**requests[0].__dict__, "sample_index": -1})]))
             started = time.perf_counter()
-            records = list(executor.execute(requests))
+            records = [r for group in executor.execute(requests) for r in group]
             wall = time.perf_counter() - started
         server.stdin.close()
         counts = json.loads(server.stdout.readline())

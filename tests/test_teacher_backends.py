@@ -40,7 +40,7 @@ def request_for(question: str, api: str = "chat", backend: str = "openai", suffi
 
 def run_all(cfg: TeacherSection, requests: list[TeacherRequest]) -> dict[str, dict]:
     with LocalExecutor(cfg) as executor:
-        records = list(executor.execute(requests))
+        records = [r for group in executor.execute(requests) for r in group]
     by_hash = {r["request_hash"]: r for r in records}
     assert len(records) == len(requests) == len(by_hash)  # nothing lost, nothing duplicated
     assert set(by_hash) == {r.request_hash for r in requests}
