@@ -438,18 +438,31 @@ class LocalExecutor:
 
     def __init__(self, teacher_cfg: TeacherSection, data_dir: str = "data") -> None:
         self._router = TeacherRouter(teacher_cfg, data_dir)
+        self._window = teacher_cfg.concurrency
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-executor", daemon=True)
         self._thread.start()
 
     def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
-        """Yields lists of call records: each list holds everything that finished since the last one."""
+        """Yields lists of call records, each holding everything that finished since the last one.
+
+        At most `concurrency` requests are out at once and the next ones go out only when the caller
+        asks for more (after storing what it got), so a killed driver loses at most that many answers.
+        """
         done: queue.Queue = queue.Queue()
-        futures = [asyncio.run_coroutine_threadsafe(self._router.complete(r), self._loop) for r in requests]
-        for future in futures:
-            future.add_done_callback(done.put)
+        queued = list(requests)
+        futures: list = []
+
+        def submit(count: int) -> None:
+            for request in queued[:count]:
+                future = asyncio.run_coroutine_threadsafe(self._router.complete(request), self._loop)
+                future.add_done_callback(done.put)
+                futures.append(future)
+            del queued[:count]
+
+        submit(self._window)
         try:
-            left = len(futures)
+            left = len(requests)
             while left:
                 group = [done.get()]
                 while True:
@@ -459,6 +472,7 @@ class LocalExecutor:
                         break
                 left -= len(group)
                 yield [future.result() for future in group]
+                submit(len(group))
         finally:  # the caller stopped early: do not leave requests running
             for future in futures:
                 future.cancel()
@@ -504,21 +518,36 @@ class RayTeacherPool:
 
         self._ray = ray
         count = num_actors or teacher_cfg.num_actors
+        self._window = teacher_cfg.concurrency
         actor_cls = ray.remote(num_cpus=num_cpus)(TeacherActor)
         self._actors = [actor_cls.remote(teacher_cfg.model_dump(mode="json"), data_dir, count) for _ in range(count)]
 
     def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
-        """Yields lists of call records: each list holds everything that finished since the last one."""
+        """Yields lists of call records, each holding everything that finished since the last one.
+
+        Like LocalExecutor: at most `concurrency` requests out at once, refilled only when the caller
+        comes back for more, so a killed driver loses at most that many answers.
+        """
         ray = self._ray
-        pending = [self._actors[i % len(self._actors)].complete.remote(r) for i, r in enumerate(requests)]
+        queued = list(enumerate(requests))
+        pending: list = []
+
+        def submit(count: int) -> None:
+            for i, request in queued[:count]:
+                pending.append(self._actors[i % len(self._actors)].complete.remote(request))
+            del queued[:count]
+
+        submit(self._window)
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                ready, rest = ray.wait(pending, num_returns=1)
                 # Take whatever else is already done too, without waiting.
-                if pending:
-                    more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                if rest:
+                    more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)
                     ready += more
+                pending[:] = rest
                 yield ray.get(ready)
+                submit(len(ready))
         finally:
             for ref in pending:
                 ray.cancel(ref)

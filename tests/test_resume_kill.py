@@ -44,18 +44,31 @@ def start(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def descendants(pid: int) -> set[int]:
+    table = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.split()
+    children: dict[int, list[int]] = {}
+    for child, parent in zip(map(int, table[::2]), map(int, table[1::2])):
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the run and every process of its session (the local Ray it started)."""
+    """SIGKILL the run and, at the same instant, every process under it (the local Ray it started,
+    its actors), as when the machine's run dies: nothing of the old run keeps talking to the teacher."""
+    victims = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
-    session = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
-    for line in session:
-        parts = line.split()
-        if len(parts) == 2 and int(parts[1]) == proc.pid:
-            try:
-                os.kill(int(parts[0]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def reached(run_dir: Path, round_: int, phase: str | None) -> bool:
