@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psutil
 import ray
 
 from tutorloop.actors.exam import Examiner
@@ -31,7 +32,8 @@ class StudentActor:
     def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0) -> None:
         started = time.perf_counter()
         self.examiner = Examiner(student_cfg, answer_type, seed=seed)
-        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0}
+        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0,
+                        "boot_s": time.time() - psutil.Process().create_time()}
 
     def exam(self, examples: list[Example], mode: str, num_samples: int = 1, greedy: bool = True,
              seed: int = 0, adapter: bytes | None = None) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import psutil
 import ray
 
 from tutorloop.actors.training import LoraTrainer
@@ -16,7 +17,8 @@ class TrainerActor:
     def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0) -> None:
         started = time.perf_counter()
         self.trainer = LoraTrainer(student_cfg, training_cfg, seed=seed)
-        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0}
+        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0,
+                        "boot_s": time.time() - psutil.Process().create_time()}
 
     def timings(self) -> dict[str, float]:
         """Seconds spent setting up and training (the driver's overhead accounting)."""

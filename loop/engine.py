@@ -89,6 +89,7 @@ class RoundEngine:
         self.run_dir = run_dir
         self.address = address
         self.writer = StoreWriter(run_dir / HISTORY)
+        self.writer.hold()  # released before every wait on actors or the teacher
         self.answer_type = answer_type_of(cfg.data)
         self.pool = load_examples(cfg.data, "train")
         self.test = load_examples(cfg.data, "test")
@@ -149,13 +150,16 @@ class RoundEngine:
         from tutorloop.actors.student import StudentActor
         from tutorloop.actors.trainer import TrainerActor
 
+        started = time.monotonic()
         self._owns_ray = cluster.start_ray(self.cfg, self.address)
+        self.seconds["ray_start_s"] = time.monotonic() - started
         student_opts = cluster.actor_options(self.cfg, "student")
         self._students = [
             StudentActor.options(**student_opts).remote(self.cfg.student, self.answer_type, self.cfg.run.seed)
             for _ in range(self.cfg.ray.num_students)
         ]
         self._trainer_opts = cluster.actor_options(self.cfg, "trainer")
+        self._trainer_actor()  # starts now, so its start-up overlaps the students'
 
     def _trainer_actor(self):
         from tutorloop.actors.trainer import TrainerActor
@@ -178,7 +182,9 @@ class RoundEngine:
         try:
             for timings in ray.get([a.timings.remote() for a in actors], timeout=30):
                 for key, value in timings.items():
-                    self.actor_seconds[key] = self.actor_seconds.get(key, 0.0) + value
+                    # Actors boot side by side, so the wall time their boots take is the longest one.
+                    merge = max if key == "boot_s" else float.__add__
+                    self.actor_seconds[key] = merge(self.actor_seconds.get(key, 0.0), float(value))
         except (ray.exceptions.RayError, TimeoutError):
             pass  # accounting only; a dead actor must not stop the shutdown
 
@@ -219,6 +225,7 @@ class RoundEngine:
                     actor = idle.pop()
                     ref = actor.exam.remote(part, mode, num_samples, greedy, seed, adapter_ref)
                     pending[ref] = (index, part, actor)
+                self.writer.release()
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 index, part, actor = pending.pop(ready[0])
                 idle.append(actor)
@@ -330,6 +337,7 @@ class RoundEngine:
         try:
             return self._stored_calls(hashes)
         finally:
+            self.writer.release()  # the teacher is waited on next
             self.seconds["teacher_callbacks_s"] += time.monotonic() - started
 
     def _stored_calls(self, hashes: list[str]) -> dict[str, dict]:
@@ -346,6 +354,7 @@ class RoundEngine:
             tx.insert("teacher_calls", records, ignore_duplicates=True)
             tx.execute("UPDATE phases SET progress = progress + ? WHERE status = 'running' AND name = 'teach'",
                        [len(records)])
+        self.writer.release()  # the teacher is waited on next
         self.seconds["teacher_callbacks_s"] += time.monotonic() - started
         if self._stop:
             raise StopRequested
@@ -385,6 +394,7 @@ class RoundEngine:
             init = self._adapter(round_ - 1)
         if samples or pairs:
             checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
+            self.writer.release()
             result = ray.get(self._trainer_actor().train.remote(samples, pairs, init, str(checkpoint_dir)))
             adapter, steps = result["adapter"], [dict(s, round=round_) for s in result["steps"]]
         elif round_ > 0:
@@ -492,6 +502,7 @@ class RoundEngine:
             message = f"stopped early: {stop_reason}" if stop_reason else "finished"
             self.writer.execute("UPDATE runs SET status = 'finished', message = ?", [message])
             print(f"tutorloop: {message}. History: {self.run_dir / HISTORY}", flush=True)
+            self.writer.release()  # the report reads the file read-only
             if self.cfg.run.report:
                 from tutorloop.loop.report import write_report
 
@@ -511,6 +522,7 @@ class RoundEngine:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            self.writer.release()
             self._shutdown()
 
     def _request_stop(self, *_: object) -> None:

@@ -62,12 +62,28 @@ class StoreWriter:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._holding = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as con:
             migrate(con, str(self.path))
 
+    def hold(self) -> None:
+        """Keep the connection open across transactions until `release()`.
+
+        Opening the file costs ~25 ms; the driver holds it through its bookkeeping and releases it
+        whenever it waits on models or the teacher, which is when readers get their turn.
+        """
+        self._holding = True
+
+    def release(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is None and self._holding:
+            self._con = connect(self.path, read_only=False, timeout_s=self.lock_timeout_s)
         if self._con is not None:
             yield self._con
             return
