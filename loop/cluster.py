@@ -29,15 +29,24 @@ def start_ray(cfg: Config, address: str | None = None) -> bool:
     return True
 
 
+def needed_cpus(cfg: Config) -> float:
+    """CPUs the run's actors reserve together (they all live for the whole run)."""
+    return (cfg.ray.num_students * cfg.ray.student_cpus + cfg.ray.trainer_cpus
+            + cfg.teacher.num_actors * cfg.ray.teacher_cpus)
+
+
 def local_cpus(cfg: Config) -> int:
     """Logical CPUs of a local Ray: all cores, and at least what the actors reserve together.
 
-    The actors live for the whole run but work one phase at a time, so reserving more logical
-    CPUs than there are cores costs nothing and keeps the trainer from waiting for a CPU forever.
+    The actors work one phase at a time, so reserving more logical CPUs than there are cores
+    costs nothing and keeps the trainer from waiting for a CPU forever.
     """
-    needed = (cfg.ray.num_students * cfg.ray.student_cpus + cfg.ray.trainer_cpus
-              + cfg.teacher.num_actors * cfg.ray.teacher_cpus)
-    return max(cfg.ray.num_cpus or os.cpu_count() or 1, math.ceil(needed))
+    return max(cfg.ray.num_cpus or os.cpu_count() or 1, math.ceil(needed_cpus(cfg)))
+
+
+def missing_cpus(cfg: Config) -> float:
+    """How many CPUs the cluster lacks for the run's actors (0 when they all fit)."""
+    return max(needed_cpus(cfg) - float(ray.cluster_resources().get("CPU", 0)), 0.0)
 
 
 def actor_options(cfg: Config, kind: str) -> dict[str, Any]:

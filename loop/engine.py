@@ -153,6 +153,10 @@ class RoundEngine:
         started = time.monotonic()
         self._owns_ray = cluster.start_ray(self.cfg, self.address)
         self.seconds["ray_start_s"] = time.monotonic() - started
+        missing = cluster.missing_cpus(self.cfg)
+        if missing > 0:
+            raise RunError(f"the Ray cluster has {missing:g} CPU(s) too few for the actors this config asks for "
+                           f"(ray.*_cpus, ray.num_students, teacher.num_actors); add nodes or lower them")
         student_opts = cluster.actor_options(self.cfg, "student")
         self._students = [
             StudentActor.options(**student_opts).remote(self.cfg.student, self.answer_type, self.cfg.run.seed)
@@ -476,10 +480,12 @@ class RoundEngine:
 
     def execute(self) -> int:
         rounds = ([-1] if self.cfg.run.baseline else []) + list(range(0, self.cfg.run.rounds + 1))
-        previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        previous_handler = signal.getsignal(signal.SIGTERM)
         self.writer.execute("UPDATE runs SET status = 'running', message = NULL")
         try:
             self._start_cluster()
+            # After Ray's start: Ray installs its own SIGTERM handler, which would abort the driver.
+            signal.signal(signal.SIGTERM, self._request_stop)
             history: list[float] = []
             print(f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} "
                   f"| pool {len(self.pool)} | test {len(self.test)}", flush=True)

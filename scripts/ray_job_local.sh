@@ -11,13 +11,19 @@ export PATH="$REPO/.venv/bin:$PATH"             # the cluster and its jobs use t
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
 export RAY_AUTH_MODE=token                       # a head node enables token auth for job submission
 DASHBOARD_PORT=${DASHBOARD_PORT:-8265}
+# Logical CPUs: the student, trainer and teacher actors reserve 2.25 together (phases take turns).
 TEMP_DIR=$(mktemp -d /tmp/tutorloop-ray-XXXX)
 
-ray start --head --block --node-ip-address=127.0.0.1 --port=0 --num-cpus="${NUM_CPUS:-2}" \
+ray start --head --block --node-ip-address=127.0.0.1 --port=0 --num-cpus="${NUM_CPUS:-4}" \
     --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" \
     --temp-dir="$TEMP_DIR" --disable-usage-stats >"$TEMP_DIR/head.log" 2>&1 &
 HEAD_PID=$!
-trap 'kill "$HEAD_PID" 2>/dev/null; wait "$HEAD_PID" 2>/dev/null; rm -rf "$TEMP_DIR"' EXIT
+stop_head() {  # only the head node this script started; its exit status is not the script's
+    kill "$HEAD_PID" 2>/dev/null || true
+    wait "$HEAD_PID" 2>/dev/null || true
+    rm -rf "$TEMP_DIR"
+}
+trap stop_head EXIT
 
 for _ in $(seq 1 60); do
     if ray job list --address "http://127.0.0.1:$DASHBOARD_PORT" >/dev/null 2>&1; then break; fi
