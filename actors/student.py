@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import psutil
 import ray
 
 from tutorloop.actors.exam import Examiner
+from tutorloop.actors.timing import ActorClock
 from tutorloop.loop.config import RaySection, StudentSection
 from tutorloop.loop.tasks import Example
 
@@ -30,19 +29,16 @@ class StudentActor:
     """Loads the student once; each exam may bring a different adapter (swapped without reloading)."""
 
     def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0) -> None:
-        started = time.perf_counter()
+        self.clock = ActorClock()
         self.examiner = Examiner(student_cfg, answer_type, seed=seed)
-        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0,
-                        "boot_s": time.time() - psutil.Process().create_time()}
+        self.clock.loaded()
 
     def exam(self, examples: list[Example], mode: str, num_samples: int = 1, greedy: bool = True,
              seed: int = 0, adapter: bytes | None = None) -> list[dict]:
-        started = time.perf_counter()
-        self.examiner.set_adapter(adapter)
-        records = self.examiner.run(examples, mode, num_samples=num_samples, greedy=greedy, seed=seed)
-        self.seconds["compute_s"] += time.perf_counter() - started
-        return records
+        with self.clock.computing():
+            self.examiner.set_adapter(adapter)
+            return self.examiner.run(examples, mode, num_samples=num_samples, greedy=greedy, seed=seed)
 
     def timings(self) -> dict[str, float]:
-        """Seconds spent loading the model and running exams (the driver's overhead accounting)."""
-        return dict(self.seconds)
+        """Seconds spent starting and running exams (the driver's overhead accounting)."""
+        return dict(self.clock.seconds)

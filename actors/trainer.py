@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import psutil
 import ray
 
+from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.config import StudentSection, TrainingSection
 
@@ -15,14 +14,13 @@ from tutorloop.loop.config import StudentSection, TrainingSection
 @ray.remote
 class TrainerActor:
     def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0) -> None:
-        started = time.perf_counter()
+        self.clock = ActorClock()
         self.trainer = LoraTrainer(student_cfg, training_cfg, seed=seed)
-        self.seconds = {"load_s": time.perf_counter() - started, "compute_s": 0.0,
-                        "boot_s": time.time() - psutil.Process().create_time()}
+        self.clock.loaded()
 
     def timings(self) -> dict[str, float]:
         """Seconds spent setting up and training (the driver's overhead accounting)."""
-        return dict(self.seconds)
+        return dict(self.clock.seconds)
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
               checkpoint_dir: str | None = None, desc: str = "training") -> dict[str, Any]:
@@ -39,12 +37,11 @@ class TrainerActor:
             bar[0].set_description(f"{desc} loss {record['loss']:.3f}")
             bar[0].update(1)
 
-        started = time.perf_counter()
         try:
-            result = self.trainer.train(samples, pairs, init_adapter=init_adapter, checkpoint_dir=checkpoint_dir,
-                                        on_step=on_step, on_plan=on_plan)
+            with self.clock.computing():
+                result = self.trainer.train(samples, pairs, init_adapter=init_adapter,
+                                            checkpoint_dir=checkpoint_dir, on_step=on_step, on_plan=on_plan)
         finally:
-            self.seconds["compute_s"] += time.perf_counter() - started
             if bar:
                 bar[0].close()
         return {"adapter": result.adapter, "steps": result.steps}

@@ -163,7 +163,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_ray_env(address: str | None) -> None:
+def prefer_local_ray_env(address: str | None) -> None:
     """A local Ray binds to loopback and sends no usage statistics; Ray reads these on import."""
     if not (address or os.environ.get("RAY_ADDRESS")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -172,7 +172,7 @@ def _local_ray_env(address: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
-    _local_ray_env(args.address or cfg.ray.address)
+    prefer_local_ray_env(args.address or cfg.ray.address)
     from tutorloop.loop.engine import run_from_config
 
     return run_from_config(cfg, args.config, run_dir=args.run_dir, overwrite=args.overwrite,
@@ -180,7 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    _local_ray_env(args.address)
+    prefer_local_ray_env(args.address)
     from tutorloop.loop.engine import resume_run
 
     return resume_run(Path(args.run_dir), overrides=args.set, address=args.address)

@@ -127,7 +127,6 @@ class RoundEngine:
     def _metrics(self, tx, round_: int, split: str, values: dict[str, float]) -> None:
         tx.insert("metrics", [{"round": round_, "split": split, "name": k, "value": float(v)}
                               for k, v in values.items() if v is not None])
-        # Re-run phases replace their metrics rather than duplicating them.
 
     def _metric(self, round_: int, split: str, name: str) -> float | None:
         rows = self.writer.fetch("SELECT value FROM metrics WHERE round = ? AND split = ? AND name = ?",

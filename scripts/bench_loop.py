@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
-# A local Ray binds to loopback; Ray reads this when it is imported.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+from tutorloop.loop.cli import prefer_local_ray_env
+
+prefer_local_ray_env(None)  # before Ray is imported: a local Ray on loopback
 
 from tutorloop.actors.models import load_student  # noqa: E402
 from tutorloop.loop.config import load_config  # noqa: E402
