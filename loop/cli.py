@@ -186,6 +186,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return resume_run(Path(args.run_dir), overrides=args.set, address=args.address)
 
 
+def cmd_fork(args: argparse.Namespace) -> int:
+    prefer_local_ray_env(args.address)
+    from tutorloop.loop.engine import RoundEngine
+    from tutorloop.loop.fork import fork_run
+
+    parent = Path(args.parent_dir)
+    run_dir = Path(args.run_dir) if args.run_dir else parent.parent / args.name
+    cfg = fork_run(parent, run_dir, args.after_round, overrides=args.set, overwrite=args.overwrite)
+    print(f"tutorloop: forked {parent} after round {args.after_round} into {run_dir}", flush=True)
+    return RoundEngine(cfg, run_dir, args.address).execute()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from tutorloop.loop.status import describe_run
 
@@ -240,6 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="change a resume-safe key, e.g. --set run.rounds=4")
     resume.add_argument("--address", help="Ray cluster address")
     resume.set_defaults(func=cmd_resume)
+
+    fork = sub.add_parser("fork", help="a new run continuing from a finished round of another run (ablations)")
+    fork.add_argument("parent_dir", metavar="RUN_DIR", help="the run to branch from (left untouched)")
+    fork.add_argument("--after-round", type=int, required=True,
+                      help="last round to inherit (-1 = only the zero-shot baseline)")
+    where = fork.add_mutually_exclusive_group(required=True)
+    where.add_argument("--name", help="the fork's name; its directory is next to the parent's")
+    where.add_argument("--run-dir", help="the fork's run directory")
+    fork.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="what the fork does differently, e.g. --set training.selection=random (repeatable)")
+    fork.add_argument("--overwrite", action="store_true", help="delete an existing fork directory first")
+    fork.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    fork.set_defaults(func=cmd_fork)
 
     status = sub.add_parser("status", help="where a run is: round, phase, progress (works while it runs)")
     status.add_argument("run_dir")

@@ -163,7 +163,7 @@ class TrainingSection(Section):
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of answer loss vs explanation loss")
-    tasks: list[Literal["answer", "explain", "rationalize"]] = ["answer", "explain"]
+    tasks: list[Literal["answer", "explain", "rationalize"]] = Field(["answer", "explain"], min_length=1)
     reflection: Literal["none", "triplet", "dpo"] = "triplet"
     reflection_weight: float = Field(0.5, ge=0)
     reflection_margin: float = Field(1.0, ge=0)
@@ -214,6 +214,18 @@ RESUME_SAFE_KEYS = (
     "teacher.retry_backoff_s", "teacher.retry_backoff_max_s",
     "teacher.num_actors", "ray", "student.generation.batch_size",
 )
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> set[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = set()
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys |= changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.add(f"{prefix}{key}")
+    return keys
 
 
 def _delete_dotted(data: dict, key: str) -> None:

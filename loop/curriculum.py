@@ -46,15 +46,17 @@ def random_selection(pool: list[Example], count: int, seed: int) -> list[str]:
 
 
 def build_samples(round_: int, examples: dict[str, Example], rationales: Iterable[dict], tasks: list[str],
-                  teacher_weights: dict[str, float]) -> list[dict]:
+                  teacher_weights: dict[str, float], taught: Iterable[str]) -> list[dict]:
     """Multi-task samples from accepted teacher rationales (Li et al. 2022).
 
-    Each accepted rationale becomes an explanation sample under its teacher's task tag; each taught
-    question also gets one answer-prediction sample, and rationalization samples come from rationales
-    the teacher wrote knowing the gold answer.
+    Each accepted rationale becomes an explanation sample under its teacher's task tag, and
+    rationalization samples come from rationales the teacher wrote knowing the gold answer. Every
+    taught question gets one answer-prediction sample: its gold answer is known even where the
+    teacher's rationale was rejected.
     """
     samples: list[dict] = []
-    answered: set[str] = set()
+    if "answer" in tasks:
+        samples += [_sample(round_, examples[i], "answer", "gold", None, 1.0) for i in dict.fromkeys(taught)]
     for r in rationales:
         if not r["accepted"]:
             continue
@@ -65,9 +67,6 @@ def build_samples(round_: int, examples: dict[str, Example], rationales: Iterabl
             samples.append(_sample(round_, example, explain_task, r["teacher"], r["rationale"], weight))
         if "rationalize" in tasks and r["strategy"] in EXPLANATION_SOURCES_FOR_RATIONALIZE:
             samples.append(_sample(round_, example, "rationalize", r["teacher"], r["rationale"], weight))
-        if "answer" in tasks and example.id not in answered:
-            answered.add(example.id)
-            samples.append(_sample(round_, example, "answer", "gold", None, 1.0))
     return samples
 
 

@@ -23,7 +23,8 @@ import yaml
 from tqdm import tqdm
 
 from tutorloop.loop import cluster
-from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, ConfigError, apply_overrides, config_from_dict
+from tutorloop.loop.config import (RESUME_SAFE_KEYS, Config, ConfigError, apply_overrides, changed_keys,
+                                   config_from_dict)
 from tutorloop.loop.errors import RunError
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
@@ -293,6 +294,8 @@ class RoundEngine:
             targets = [self.examples[i] for i in ordered]
         report.mistakes = len(mistakes) if mistakes is not None else None
         jobs = plan_jobs(targets, self.cfg.teacher, round_, strategies=strategies, mistakes=job_mistakes)
+        if set(training.tasks) == {"answer"}:
+            jobs = []  # fine-tuning on gold answers alone (the answer-only baseline) needs no teacher
         started = self._begin_phase(round_, "teach", len(jobs))
         spent = self.writer.fetch("SELECT coalesce(sum(cost_usd), 0) FROM teacher_calls")[0][0]
         session = TeachingSession(self.cfg.teacher, jobs, lookup=self._cached_calls, executor=self._executor(),
@@ -308,7 +311,8 @@ class RoundEngine:
             report.notes.append(outcome.message)
         rationales = [dict(r, round=round_) for r in outcome.rationales]
         weights = {t.name: t.loss_weight for t in self.cfg.teacher.teachers}
-        samples = build_samples(round_, self.examples, rationales, training.tasks, weights)
+        samples = build_samples(round_, self.examples, rationales, training.tasks, weights,
+                                [t.id for t in targets])
         pairs: list[dict] = []
         if round_ > 0 and training.reflection != "none":
             pairs = build_contrast_pairs(round_, self.examples, rationales, mistakes or {},
@@ -317,6 +321,9 @@ class RoundEngine:
             earlier = self._earlier_samples(round_)
             samples += replay_samples(round_, earlier, len(samples), training.replay_fraction, seed)
         accepted = sum(1 for r in rationales if r["accepted"])
+        if round_ == 0 and not accepted and set(training.tasks) - {"answer"}:
+            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on; "
+                           f"see `tutorloop sql {self.run_dir} \"SELECT * FROM teacher_yield\"`")
         with self.writer.transaction() as tx:
             tx.insert("rationales", rationales)
             tx.insert("samples", samples)
@@ -404,8 +411,8 @@ class RoundEngine:
             # Nothing new to learn (no mistakes, or no usable rationale): keep the previous adapter.
             adapter, steps = self._adapter(round_ - 1), []
         else:
-            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on; "
-                           f"see `tutorloop sql {self.run_dir} \"SELECT * FROM teacher_yield\"`")
+            raise RunError(f"{self.run_dir}: round 0 built no training samples for training.tasks="
+                           f"{self.cfg.training.tasks} from its teacher rationales")
         relative = Path("adapters") / f"round-{round_}"
         target = self.run_dir / relative
         if target.exists():
@@ -545,7 +552,7 @@ def next_steps(run_dir: Path) -> str:
 
 
 # ----- run directories -----------------------------------------------------------------------------
-def _stored_config(run_dir: Path) -> tuple[Config, str]:
+def stored_config(run_dir: Path) -> tuple[Config, str]:
     from tutorloop.store.query import fetch_rows
 
     rows = fetch_rows(run_dir / HISTORY, "SELECT config, config_hash, status FROM runs")
@@ -581,7 +588,7 @@ def run_from_config(cfg: Config, config_path: str | Path, run_dir: str | Path | 
     run_dir = Path(run_dir) if run_dir else Path(cfg.run.run_dir) / cfg.run.name
     if (run_dir / HISTORY).exists():
         if resume:
-            stored, _ = _stored_config(run_dir)
+            stored, _ = stored_config(run_dir)
             _check_resumable(stored, cfg, run_dir)
             _update_config(run_dir, cfg)
             return RoundEngine(cfg, run_dir, address).execute()
@@ -598,21 +605,10 @@ def run_from_config(cfg: Config, config_path: str | Path, run_dir: str | Path | 
 def _check_resumable(stored: Config, new: Config, run_dir: Path) -> None:
     if stored.fingerprint(RESUME_SAFE_KEYS) != new.fingerprint(RESUME_SAFE_KEYS):
         old, cur = stored.to_dict(), new.to_dict()
-        changed = sorted(_diff_keys(old, cur))
+        changed = sorted(changed_keys(old, cur))
         changed = [k for k in changed if not any(k == s or k.startswith(s + ".") for s in RESUME_SAFE_KEYS)]
         raise RunError(f"{run_dir}: config changed since the run started ({', '.join(changed)}); only "
                        f"{', '.join(RESUME_SAFE_KEYS)} may change on resume")
-
-
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
-    keys = set()
-    for key in set(a) | set(b):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            keys |= _diff_keys(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            keys.add(f"{prefix}{key}")
-    return keys
 
 
 def _update_config(run_dir: Path, cfg: Config) -> None:
@@ -623,7 +619,7 @@ def _update_config(run_dir: Path, cfg: Config) -> None:
 def resume_run(run_dir: Path, overrides: list[str] | None = None, address: str | None = None) -> int:
     if not (run_dir / HISTORY).exists():
         raise RunError(f"{run_dir}: no run history here (expected {run_dir / HISTORY})")
-    stored, status = _stored_config(run_dir)
+    stored, status = stored_config(run_dir)
     cfg = config_from_dict(apply_overrides(stored.to_dict(), overrides or []), "--set")
     _check_resumable(stored, cfg, run_dir)
     planned = ([-1] if cfg.run.baseline else []) + list(range(0, cfg.run.rounds + 1))

@@ -10,7 +10,7 @@ from importlib import resources
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaError(RuntimeError):
@@ -155,8 +155,11 @@ CREATE TABLE checkpoints (
 );
 """
 
+# Version 2: a forked run names the run and round it continues from (`tutorloop fork`).
+_V2_RUN_PARENT = "ALTER TABLE runs ADD COLUMN parent VARCHAR;"
+
 # Each entry upgrades the file from version i to i + 1. Version 0 is an empty file.
-MIGRATIONS: list[str] = [_V1_TABLES]
+MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT]
 
 TABLES = ("runs", "rounds", "phases", "examples", "attempts", "teacher_calls", "rationales", "samples",
           "contrast_pairs", "train_steps", "metrics", "checkpoints")

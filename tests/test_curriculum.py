@@ -45,16 +45,18 @@ def test_build_samples_multitask_and_weights() -> None:
     ids = sorted(examples)
     rationales = [rationale(ids[0]), rationale(ids[0], teacher="u", task="u"), rationale(ids[1], accepted=False),
                   rationale(ids[2], strategy="rp")]
-    samples = build_samples(0, examples, rationales, ["answer", "explain", "rationalize"], {"t": 1.0, "u": 0.5})
+    samples = build_samples(0, examples, rationales, ["answer", "explain", "rationalize"], {"t": 1.0, "u": 0.5},
+                            taught=ids)
     by_task = {}
     for s in samples:
         by_task.setdefault(s["task"], []).append(s)
-    assert len(by_task["answer"]) == 2  # one per taught question, none for the rejected one
+    # One answer sample per taught question (gold answers), also where the teacher's rationale was rejected.
+    assert [s["example_id"] for s in by_task["answer"]] == ids
     assert len(by_task["explain"]) == 2 and len(by_task["u"]) == 1 and len(by_task["rationalize"]) == 1
     assert by_task["u"][0]["weight"] == 0.5 and by_task["u"][0]["input"].startswith("[explain:u]")
     assert all(ANSWER_TRIGGER in s["target"] for s in by_task["explain"])
     assert "Known answer" in by_task["rationalize"][0]["input"]
-    assert all(s["example_id"] != ids[1] for s in samples)
+    assert all(s["example_id"] != ids[1] for s in samples if s["task"] != "answer")
 
 
 def test_contrast_pairs_use_the_students_own_wrong_rationale() -> None:

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from tiny_student import (PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, pairs_for, problems, samples_for,
                           student_cfg, training_cfg)
 from tutorloop.actors.exam import Examiner
-from tutorloop.actors.losses import multitask_loss, sequence_logprob, task_coefficient
+from tutorloop.actors.losses import multitask_loss, sequence_logprob, task_coefficient, token_nll
 from tutorloop.actors.models import adapter_from_bytes, load_student
-from tutorloop.actors.training import LoraTrainer, resolve_target_modules
+from tutorloop.actors.training import LoraTrainer, resolve_target_modules, target_logits
 
 STEP_KEYS = {"step", "epoch", "lr", "loss", "task_losses", "contrast_loss", "tokens", "pad_fraction", "elapsed_s"}
 
@@ -46,6 +46,21 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     # The task prefix steers the output: the answer task gives a bare number.
     answers = examiner.run(test, "answer")
     assert sum(r["output"].strip().rstrip(".").isdigit() for r in answers) >= 0.8 * len(test)
+
+
+@pytest.mark.parametrize("source", [RANDOM_GPT2, RANDOM_LLAMA])
+def test_target_logits_give_the_full_forward_loss(source) -> None:
+    trainer = LoraTrainer(student_cfg(source), training_cfg())
+    model, _ = load_student(student_cfg(source))
+    records = samples_for(problems(6))
+    encoded = [trainer.encode(r["input"], r["target"]) for r in records]
+    ids, mask, labels, _, _ = trainer._collate(encoded, torch.device("cpu"))
+    logits, kept_labels = target_logits(model, ids, mask, labels)
+    assert logits.shape[1] < ids.shape[1]  # the prompt positions were skipped
+    with torch.no_grad():
+        full = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+        part = token_nll(logits, kept_labels)
+    assert torch.allclose(full[0], part[0], atol=1e-4) and torch.equal(full[1], part[1])
 
 
 def test_task_coefficients_follow_alpha() -> None:

@@ -1,0 +1,105 @@
+"""`tutorloop fork`: a new run that starts from a finished round of another run.
+
+Ablations change what happens after round 0 (tailoring, self-reflection, replay) while round 0 itself
+is the expensive part; a fork copies the parent's history and adapters up to that round, so both
+branches share exactly the same starting point and the shared rounds are neither retrained nor
+re-bought from the teacher.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import yaml
+
+from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
+from tutorloop.loop.errors import RunError
+from tutorloop.store.connect import connect
+from tutorloop.store.writer import StoreWriter
+
+# What the copied rounds were made with: changing any of these would make the fork's history
+# describe a different student, data or evaluation than the rounds it inherits.
+FORK_FIXED_KEYS = ("data", "student", "run.baseline", "run.seed")
+
+# Tables whose rows belong to a round; rows of later rounds are dropped from the fork.
+ROUND_TABLES = ("rounds", "phases", "attempts", "teacher_calls", "rationales", "samples", "contrast_pairs",
+                "train_steps", "metrics", "checkpoints")
+
+
+def fork_config(parent: Config, overrides: list[str], name: str) -> Config:
+    """The parent's config with `overrides`; refuses changes to what the inherited rounds depend on."""
+    cfg = config_from_dict(apply_overrides(parent.to_dict(), [*overrides, f"run.name={name}"]), "--set")
+    fixed = sorted(k for k in changed_keys(parent.to_dict(), cfg.to_dict())
+                   if any(k == f or k.startswith(f + ".") for f in FORK_FIXED_KEYS))
+    if fixed:
+        raise RunError(f"--set {', '.join(fixed)}: a fork keeps the parent's {', '.join(FORK_FIXED_KEYS)} "
+                       f"(its inherited rounds were made with them); start a new run instead")
+    return cfg
+
+
+def fork_run(parent_dir: Path, run_dir: Path, after_round: int, overrides: list[str] | None = None,
+             overwrite: bool = False) -> Config:
+    """Create `run_dir` holding `parent_dir`'s rounds up to `after_round` (inclusive); returns its config.
+
+    The parent is read through a read-only attach (a consistent snapshot, also while the parent runs
+    between writes) and is never modified.
+    """
+    from tutorloop.loop.engine import CONFIG_FILE, HISTORY, stored_config
+
+    history = parent_dir / HISTORY
+    if not history.exists():
+        raise RunError(f"{parent_dir}: no run history here (expected {history})")
+    if run_dir.resolve() == parent_dir.resolve():
+        raise RunError(f"{run_dir}: a fork needs its own run directory")
+    parent, _ = stored_config(parent_dir)
+    cfg = fork_config(parent, overrides or [], run_dir.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run_dir}: folder exists; choose another directory or pass --overwrite")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / HISTORY
+    try:
+        _copy_history(history, target, after_round)
+        adapters = StoreWriter(target).fetch("SELECT path FROM checkpoints WHERE kind = 'adapter'")
+        for (relative,) in adapters:
+            shutil.copytree(parent_dir / relative, run_dir / relative)
+        StoreWriter(target).execute(
+            "UPDATE runs SET run_id = ?, name = ?, created_at = current_timestamp, status = 'created', "
+            "message = NULL, config = ?, config_hash = ?, parent = ?",
+            [uuid.uuid4().hex, cfg.run.name, cfg.to_dict(), cfg.fingerprint(RESUME_SAFE_KEYS),
+             f"{parent_dir}@round {after_round}"])
+        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # never leave a half-made fork behind
+        raise
+    return cfg
+
+
+def _copy_history(source: Path, target: Path, after_round: int) -> None:
+    con = connect(target, read_only=False)
+    try:
+        con.execute(f"ATTACH '{_sql_string(source)}' AS parent (READ_ONLY)")
+        done = {r[0] for r in con.execute("SELECT round FROM parent.rounds WHERE status = 'done'").fetchall()}
+        if after_round not in done:
+            finished = ", ".join(str(r) for r in sorted(done)) or "none"
+            raise RunError(f"{source.parent}: round {after_round} is not finished there "
+                           f"(finished rounds: {finished})")
+        con.execute(f"COPY FROM DATABASE parent TO {_catalog(con)}")
+        con.execute("DETACH parent")
+        con.execute("BEGIN TRANSACTION")
+        for table in ROUND_TABLES:
+            con.execute(f"DELETE FROM {table} WHERE round > ?", [after_round])
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _catalog(con) -> str:
+    return con.execute("SELECT current_database()").fetchone()[0]
+
+
+def _sql_string(path: Path) -> str:
+    return str(path).replace("'", "''")

@@ -1,0 +1,90 @@
+"""`tutorloop fork` on a real quick-config run: the fork inherits the parent's rounds up to the chosen one
+(same metrics, same adapter bytes, nothing retrained), runs its own later rounds under the changed
+config through real local Ray, records its parent, and leaves the parent untouched. Forks that would
+change what the inherited rounds were made with are refused in one line, leaving nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from shared_run import cli, shared_quick_run
+from tutorloop.store.query import fetch_rows
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_quick_run(tmp_path_factory)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def metrics(run_dir: Path, max_round: int) -> list[dict]:
+    return fetch_rows(run_dir, "SELECT round, split, name, value FROM metrics WHERE round <= ? "
+                               "AND name NOT LIKE '%seconds%' ORDER BY ALL", [max_round])
+
+
+def taught(run_dir: Path, round_: int) -> set[str]:
+    return {r["example_id"] for r in fetch_rows(
+        run_dir, "SELECT DISTINCT example_id FROM rationales WHERE round = ?", [round_])}
+
+
+def test_fork_after_round_0_runs_the_random_selection_ablation(parent: Path, tmp_path: Path) -> None:
+    parent_summary = fetch_rows(parent, "SELECT * FROM round_summary ORDER BY round")
+    parent_history = (parent / "history.duckdb").read_bytes()
+    fork = tmp_path / "random"
+    result = cli("fork", str(parent), "--after-round", "0", "--run-dir", str(fork),
+                 "--set", "training.selection=random", "--set", "run.rounds=1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"forked {parent} after round 0" in result.stdout
+    assert "round -1 (baseline): done earlier" in result.stdout
+    assert "round  0 (core): done earlier" in result.stdout
+    assert "round  1 (tailored): test accuracy" in result.stdout
+
+    # The inherited rounds are the parent's, byte for byte; nothing of them was recomputed.
+    assert metrics(fork, 0) == metrics(parent, 0)
+    assert tree_digest(fork / "adapters" / "round-0") == tree_digest(parent / "adapters" / "round-0")
+    assert fetch_rows(fork, "SELECT count(*) AS n FROM train_steps WHERE round = 0") == \
+        fetch_rows(parent, "SELECT count(*) AS n FROM train_steps WHERE round = 0")
+    assert [r["round"] for r in fetch_rows(fork, "SELECT round FROM rounds ORDER BY round")] == [-1, 0, 1]
+
+    # Round 1 ran under the fork's config: as many questions as the parent's mistakes, drawn at random.
+    run = fetch_rows(fork, "SELECT name, status, parent, config->>'$.training.selection' AS selection FROM runs")[0]
+    assert run == {"name": "random", "status": "finished", "parent": f"{parent}@round 0", "selection": "random"}
+    pool = fetch_rows(parent, "SELECT count(*) AS n FROM examples WHERE split = 'train'")[0]["n"]
+    assert len(taught(fork, 1)) == len(taught(parent, 1))
+    if len(taught(parent, 1)) < pool:
+        assert taught(fork, 1) != taught(parent, 1)
+    assert fetch_rows(fork, "SELECT count(*) AS n FROM train_steps WHERE round = 1")[0]["n"] > 0
+    assert (fork / "adapters" / "round-1" / "adapter_config.json").exists()
+
+    # The parent is untouched.
+    assert (parent / "history.duckdb").read_bytes() == parent_history
+    assert fetch_rows(parent, "SELECT * FROM round_summary ORDER BY round") == parent_summary
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--after-round", "0", "--set", "data.task=addsub"], "--set data.task: a fork keeps the parent's data"),
+    (["--after-round", "0", "--set", "student.lora.r=4"], "--set student.lora.r: a fork keeps"),
+    (["--after-round", "7"], "round 7 is not finished there (finished rounds: -1, 0, 1, 2)"),
+    (["--after-round", "0", "--set", "training.selection=sometimes"], "training.selection"),
+])
+def test_bad_fork_is_refused_in_one_line(parent: Path, tmp_path: Path, args: list[str], expected: str) -> None:
+    fork = tmp_path / "bad"
+    result = cli("fork", str(parent), "--run-dir", str(fork), *args)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not fork.exists()
+
+
+def test_fork_of_a_missing_run_is_refused(tmp_path: Path) -> None:
+    result = cli("fork", str(tmp_path / "nothing"), "--after-round", "0", "--name", "x")
+    assert result.returncode != 0
+    assert "no run history here" in result.stderr
+    assert not (tmp_path / "x").exists()
