@@ -40,7 +40,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tutorloop.actors import program_teacher
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
@@ -433,6 +433,11 @@ class TeacherRouter:
                 await backend.aclose()
 
 
+# How long an executor waits for answers before it calls `on_wait` (the driver then lets readers
+# have the history): fast teachers (replay, a local server) answer within it and never cause a release.
+WAIT_GRACE_S = 0.02
+
+
 class LocalExecutor:
     """Runs requests in-process on an asyncio loop in a background thread; yields records as they finish."""
 
@@ -443,11 +448,13 @@ class LocalExecutor:
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-executor", daemon=True)
         self._thread.start()
 
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
+    def execute(self, requests: list[TeacherRequest],
+                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         At most `concurrency` requests are out at once and the next ones go out only when the caller
         asks for more (after storing what it got), so a killed driver loses at most that many answers.
+        `on_wait` is called before a wait longer than WAIT_GRACE_S.
         """
         done: queue.Queue = queue.Queue()
         queued = list(requests)
@@ -464,7 +471,12 @@ class LocalExecutor:
         try:
             left = len(requests)
             while left:
-                group = [done.get()]
+                try:
+                    group = [done.get(timeout=WAIT_GRACE_S)]
+                except queue.Empty:
+                    if on_wait is not None:
+                        on_wait()
+                    group = [done.get()]
                 while True:
                     try:
                         group.append(done.get_nowait())
@@ -522,11 +534,12 @@ class RayTeacherPool:
         actor_cls = ray.remote(num_cpus=num_cpus)(TeacherActor)
         self._actors = [actor_cls.remote(teacher_cfg.model_dump(mode="json"), data_dir, count) for _ in range(count)]
 
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]:
+    def execute(self, requests: list[TeacherRequest],
+                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         Like LocalExecutor: at most `concurrency` requests out at once, refilled only when the caller
-        comes back for more, so a killed driver loses at most that many answers.
+        comes back for more, so a killed driver loses at most that many answers; `on_wait` likewise.
         """
         ray = self._ray
         queued = list(enumerate(requests))
@@ -540,7 +553,11 @@ class RayTeacherPool:
         submit(self._window)
         try:
             while pending:
-                ready, rest = ray.wait(pending, num_returns=1)
+                ready, rest = ray.wait(pending, num_returns=1, timeout=WAIT_GRACE_S)
+                if not ready:
+                    if on_wait is not None:
+                        on_wait()
+                    ready, rest = ray.wait(pending, num_returns=1)
                 # Take whatever else is already done too, without waiting.
                 if rest:
                     more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)

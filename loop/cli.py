@@ -43,9 +43,22 @@ def format_table(table: pa.Table, max_width: int = 60) -> str:
     return "\n".join(out)
 
 
+def format_markdown(table: pa.Table) -> str:
+    """A pipe table for notes and results pages; floats to 4 significant digits."""
+    def cell(v) -> str:
+        text = "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out = ["| " + " | ".join(table.column_names) + " |", "|" + "---|" * table.num_columns]
+    out += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in table.to_pylist()]
+    return "\n".join(out)
+
+
 def format_result(table: pa.Table, fmt: str) -> str:
     if fmt == "table":
         return format_table(table)
+    if fmt == "markdown":
+        return format_markdown(table)
     if fmt == "json":
         return json.dumps(table.to_pylist(), default=str, indent=1)
     if fmt == "csv":
@@ -280,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("targets", nargs="+", metavar="RUN_DIR|QUERY",
                      help="run directories or history files, then the query")
     sql.add_argument("-f", "--file", help="read the query from a file")
-    sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    sql.add_argument("--format", choices=["table", "markdown", "csv", "json", "parquet"], default="table")
     sql.add_argument("--out", help="write the result to this file instead of stdout (needed for parquet)")
     sql.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                      help="how long to wait for a run's write to finish before giving up (default 10)")
@@ -293,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="runs side by side: accuracy per round, cost, calls, time")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    compare.add_argument("--format", choices=["table", "markdown", "csv", "json", "parquet"], default="table")
     compare.add_argument("--out", help="write the table to this file instead of stdout")
     compare.set_defaults(func=cmd_compare)
 

@@ -29,11 +29,13 @@ from tutorloop.loop.errors import RunError
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
 from tutorloop.loop.tasks import Example, answer_type_of, load_examples
+from tutorloop.actors.teacher import WAIT_GRACE_S
 from tutorloop.store.writer import StoreWriter
 
 HISTORY = "history.duckdb"
 CONFIG_FILE = "config.yaml"
 EXAM_CHUNK_BATCHES = 4  # exam work is stored every this many generation batches
+READERS_EVERY_S = 1.0  # a driver busy storing fast teacher answers still lets readers in this often
 
 
 class StopRequested(Exception):
@@ -145,6 +147,14 @@ class RoundEngine:
             raise RunError(f"{self.run_dir}: round {round_} has no stored adapter")
         return adapter_to_bytes(self.run_dir / rows[0][0])
 
+    def _wait_releasing(self, refs: list) -> list:
+        """ray.wait for one result; the history is let go (readers get their turn) only for a real wait."""
+        ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_GRACE_S)
+        if not ready:
+            self.writer.release()
+            ready, _ = ray.wait(refs, num_returns=1)
+        return ready
+
     # ----- actors ----------------------------------------------------------------------------------
     def _start_cluster(self) -> None:
         from tutorloop.actors.student import StudentActor
@@ -229,8 +239,7 @@ class RoundEngine:
                     actor = idle.pop()
                     ref = actor.exam.remote(part, mode, num_samples, greedy, seed, adapter_ref)
                     pending[ref] = (index, part, actor)
-                self.writer.release()
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready = self._wait_releasing(list(pending))
                 index, part, actor = pending.pop(ready[0])
                 idle.append(actor)
                 records = ray.get(ready[0])
@@ -299,7 +308,7 @@ class RoundEngine:
         started = self._begin_phase(round_, "teach", len(jobs))
         spent = self.writer.fetch("SELECT coalesce(sum(cost_usd), 0) FROM teacher_calls")[0][0]
         session = TeachingSession(self.cfg.teacher, jobs, lookup=self._cached_calls, executor=self._executor(),
-                                  persist=self._persist_calls, spent_usd=float(spent))
+                                  persist=self._persist_calls, spent_usd=float(spent), on_wait=self.writer.release)
         callbacks_before = self.seconds["teacher_callbacks_s"]
         waited = time.monotonic()
         outcome = session.run()
@@ -347,7 +356,6 @@ class RoundEngine:
         try:
             return self._stored_calls(hashes)
         finally:
-            self.writer.release()  # the teacher is waited on next
             self.seconds["teacher_callbacks_s"] += time.monotonic() - started
 
     def _stored_calls(self, hashes: list[str]) -> dict[str, dict]:
@@ -364,7 +372,7 @@ class RoundEngine:
             tx.insert("teacher_calls", records, ignore_duplicates=True)
             tx.execute("UPDATE phases SET progress = progress + ? WHERE status = 'running' AND name = 'teach'",
                        [len(records)])
-        self.writer.release()  # the teacher is waited on next
+        self.writer.release_if_held(READERS_EVERY_S)
         self.seconds["teacher_callbacks_s"] += time.monotonic() - started
         if self._stop:
             raise StopRequested

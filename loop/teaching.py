@@ -42,7 +42,8 @@ _UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices
 
 
 class Executor(Protocol):
-    def execute(self, requests: list[TeacherRequest]) -> Iterator[list[dict[str, Any]]]: ...
+    def execute(self, requests: list[TeacherRequest],
+                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
@@ -249,8 +250,9 @@ class TeachingSession:
     def __init__(self, teacher_cfg: TeacherSection, jobs: list[TeachingJob],
                  lookup: Callable[[list[str]], dict[str, dict[str, Any]]], executor: Executor,
                  persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
-                 progress: bool = True) -> None:
+                 progress: bool = True, on_wait: Callable[[], None] | None = None) -> None:
         self.cfg = teacher_cfg
+        self.on_wait = on_wait  # called before the executor blocks on the teacher
         self.jobs = jobs
         self.lookup = lookup
         self.executor = executor
@@ -308,7 +310,7 @@ class TeachingSession:
                 to_send.append(request)
             # Each group holds every answer that arrived while the previous group was being stored,
             # so a kill loses only requests still in flight, and fast teachers get bigger batches.
-            for group in self.executor.execute(to_send):
+            for group in self.executor.execute(to_send, on_wait=self.on_wait):
                 sent += len(group)
                 self.persist(group)  # stored before any job reads it
                 for record in group:

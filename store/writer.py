@@ -9,6 +9,7 @@ closed after it, unless a `session()` keeps it open for a burst of writes, so re
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -62,6 +63,7 @@ class StoreWriter:
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
         self._holding = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connection() as con:
@@ -80,10 +82,17 @@ class StoreWriter:
             self._con.close()
             self._con = None
 
+    def release_if_held(self, longer_than_s: float) -> None:
+        """Let readers in when the held connection has been open that long (a busy writer that never
+        waits would otherwise keep `tutorloop status` out)."""
+        if self._con is not None and time.monotonic() - self._opened_at > longer_than_s:
+            self.release()
+
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         if self._con is None and self._holding:
             self._con = connect(self.path, read_only=False, timeout_s=self.lock_timeout_s)
+            self._opened_at = time.monotonic()
         if self._con is not None:
             yield self._con
             return
@@ -100,6 +109,7 @@ class StoreWriter:
             yield self
             return
         self._con = connect(self.path, read_only=False, timeout_s=self.lock_timeout_s)
+        self._opened_at = time.monotonic()
         try:
             yield self
         finally:

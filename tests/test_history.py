@@ -227,6 +227,9 @@ def test_cli_several_runs_formats(tmp_path: Path, history: Path, capsys: pytest.
                           "WHERE mode = 'explain' ORDER BY from_round;\n")
     assert main(["sql", str(history), "-f", str(query_file), "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["from_round,wrong_to_right", "-1,1", "0,1"]
+    assert main(["sql", str(history), "-f", str(query_file), "--format", "markdown"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["| from_round | wrong_to_right |", "|---|---|", "| -1 | 1 |",
+                                                    "| 0 | 1 |"]
     assert main(["sql", str(history), "SELECT 1", "SELECT 2"]) == 2
     assert "one quoted argument" in capsys.readouterr().err
     assert main(["sql", str(history), "--format", "parquet", "SELECT 1"]) == 2

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The runs behind RESULTS.md, one after another on this machine (CPU); safe to re-run: a finished run
+# is skipped, a killed one is resumed, so a long session can be continued later.
+#   scripts/reproduce_results.sh [STEP ...]   (default: all steps, in the order below)
+# Steps: demo (the coin_flip main run, as `make demo` makes it) coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$(pwd)/.venv/bin:$PATH"
+RUNS=${RUNS:-runs}
+
+finished() { [ -f "$RUNS/$1/history.duckdb" ] && tutorloop sql "$RUNS/$1" --format csv \
+    "SELECT status FROM runs" 2>/dev/null | grep -q finished; }
+
+run() {  # run NAME CONFIG [--set ...]: start, or resume what an earlier call left unfinished
+    local name=$1 config=$2; shift 2
+    if finished "$name"; then echo "== $name: finished earlier"; return; fi
+    echo "== $name: tutorloop run $config --set run.name=$name $*"
+    if [ -f "$RUNS/$name/history.duckdb" ]; then
+        tutorloop run "$config" --set run.name="$name" --set run.run_dir="$RUNS" "$@" --resume
+    else
+        tutorloop run "$config" --set run.name="$name" --set run.run_dir="$RUNS" "$@" --overwrite
+    fi
+}
+
+fork() {  # fork NAME PARENT [--set ...]: the parent's baseline and round 0, then its own tailored rounds
+    local name=$1 parent=$2; shift 2
+    if finished "$name"; then echo "== $name: finished earlier"; return; fi
+    echo "== $name: tutorloop fork $RUNS/$parent --after-round 0 --name $name $*"
+    if [ -f "$RUNS/$name/history.duckdb" ]; then
+        tutorloop resume "$RUNS/$name"
+    else
+        tutorloop fork "$RUNS/$parent" --after-round 0 --name "$name" "$@"
+    fi
+}
+
+ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
+
+step() {
+    case $1 in
+        demo) run demo configs/demo.yaml ;;
+        coin-random) fork coin-random demo --set training.selection=random ;;
+        coin-noreflect) fork coin-noreflect demo --set training.reflection=none ;;
+        coin-answer) run coin-answer configs/demo.yaml "${ANSWER_ONLY[@]}" ;;
+        ma-answer) run ma-answer configs/multiarith_cpu.yaml "${ANSWER_ONLY[@]}" ;;
+        ma-main) run ma-main configs/multiarith_cpu.yaml ;;
+        ma-random) fork ma-random ma-main --set training.selection=random ;;
+        ma-noreflect) fork ma-noreflect ma-main --set training.reflection=none ;;
+        *) echo "unknown step: $1" >&2; exit 2 ;;
+    esac
+}
+
+STEPS=("$@")
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect)
+for s in "${STEPS[@]}"; do
+    start=$(date +%s)
+    step "$s"
+    echo "== $s: $(( $(date +%s) - start )) s"
+done
