@@ -34,6 +34,17 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
+def set_torch_threads(requested: int = 0) -> int:
+    """Threads for this process's torch ops: `requested`, or every core of this node for 0.
+
+    Set in the actor itself rather than through OMP_NUM_THREADS in a runtime_env: the actor's own node
+    decides "all cores", and an actor without a runtime_env can start in a worker Ray has already booted.
+    """
+    threads = requested or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("TUTORLOOP_CACHE", Path.home() / ".cache" / "tutorloop")).expanduser()
 

@@ -7,6 +7,7 @@ from typing import Any
 import ray
 
 from tutorloop.actors.exam import Examiner
+from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
 from tutorloop.loop.config import RaySection, StudentSection
 from tutorloop.loop.tasks import Example
@@ -28,8 +29,9 @@ def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:
 class StudentActor:
     """Loads the student once; each exam may bring a different adapter (swapped without reloading)."""
 
-    def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0) -> None:
+    def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0, torch_threads: int = 0) -> None:
         self.clock = ActorClock()
+        set_torch_threads(torch_threads)
         self.examiner = Examiner(student_cfg, answer_type, seed=seed)
         self.clock.loaded()
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import ray
 
+from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.config import StudentSection, TrainingSection
@@ -13,8 +14,10 @@ from tutorloop.loop.config import StudentSection, TrainingSection
 
 @ray.remote
 class TrainerActor:
-    def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0) -> None:
+    def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0,
+                 torch_threads: int = 0) -> None:
         self.clock = ActorClock()
+        set_torch_threads(torch_threads)
         self.trainer = LoraTrainer(student_cfg, training_cfg, seed=seed)
         self.clock.loaded()
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
-
 import ray
 
 from tutorloop.loop.config import Config
@@ -47,17 +45,3 @@ def local_cpus(cfg: Config) -> int:
 def missing_cpus(cfg: Config) -> float:
     """How many CPUs the cluster lacks for the run's actors (0 when they all fit)."""
     return max(needed_cpus(cfg) - float(ray.cluster_resources().get("CPU", 0)), 0.0)
-
-
-def actor_options(cfg: Config, kind: str) -> dict[str, Any]:
-    """Ray options for a student or trainer actor: its resources, and its torch thread count.
-
-    Phases run one after another, so on CPU each model actor may use every core of its node
-    (ray.torch_threads = 0) although Ray would otherwise limit it to its reserved CPUs.
-    """
-    from tutorloop.actors.student import student_actor_options
-
-    options = student_actor_options(cfg.ray, kind)
-    threads = cfg.ray.torch_threads or os.cpu_count() or 1
-    options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
-    return options

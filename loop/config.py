@@ -171,6 +171,8 @@ class TrainingSection(Section):
     continue_from_previous: bool = True
     replay_fraction: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' samples mixed in")
     checkpoint_every: int = Field(20, ge=1)
+    exam_size: int | None = Field(None, ge=1, description="pool questions a tailored round examines, a fresh "
+                                                        "seeded draw each round; default: the whole pool")
     max_mistakes: int | None = Field(None, ge=1, description="mistakes taught per tailored round")
     mistake_order: Literal["hardest", "random", "pool"] = "hardest"
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")

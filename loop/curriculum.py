@@ -39,7 +39,10 @@ def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | Non
 
 
 def random_selection(pool: list[Example], count: int, seed: int) -> list[str]:
-    """Ablation without tailoring: the same number of questions, drawn at random from the pool."""
+    """Ids of `count` questions drawn at random from the pool (seeded, independent of pool order).
+
+    Used for the ablation without tailoring (as many questions as there were mistakes) and for the
+    part of the pool a tailored round examines (`training.exam_size`)."""
     ids = sorted(e.id for e in pool)
     random.Random(seed).shuffle(ids)
     return ids[:count]

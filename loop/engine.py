@@ -157,8 +157,7 @@ class RoundEngine:
 
     # ----- actors ----------------------------------------------------------------------------------
     def _start_cluster(self) -> None:
-        from tutorloop.actors.student import StudentActor
-        from tutorloop.actors.trainer import TrainerActor
+        from tutorloop.actors.student import StudentActor, student_actor_options
 
         started = time.monotonic()
         self._owns_ray = cluster.start_ray(self.cfg, self.address)
@@ -167,12 +166,13 @@ class RoundEngine:
         if missing > 0:
             raise RunError(f"the Ray cluster has {missing:g} CPU(s) too few for the actors this config asks for "
                            f"(ray.*_cpus, ray.num_students, teacher.num_actors); add nodes or lower them")
-        student_opts = cluster.actor_options(self.cfg, "student")
+        student_opts = student_actor_options(self.cfg.ray, "student")
         self._students = [
-            StudentActor.options(**student_opts).remote(self.cfg.student, self.answer_type, self.cfg.run.seed)
+            StudentActor.options(**student_opts).remote(self.cfg.student, self.answer_type, self.cfg.run.seed,
+                                                        self.cfg.ray.torch_threads)
             for _ in range(self.cfg.ray.num_students)
         ]
-        self._trainer_opts = cluster.actor_options(self.cfg, "trainer")
+        self._trainer_opts = student_actor_options(self.cfg.ray, "trainer")
         self._trainer_actor()  # starts now, so its start-up overlaps the students'
 
     def _trainer_actor(self):
@@ -180,7 +180,7 @@ class RoundEngine:
 
         if self._trainer is None:
             self._trainer = TrainerActor.options(**self._trainer_opts).remote(
-                self.cfg.student, self.cfg.training, self.cfg.run.seed)
+                self.cfg.student, self.cfg.training, self.cfg.run.seed, self.cfg.ray.torch_threads)
         return self._trainer
 
     def _executor(self):
@@ -266,9 +266,14 @@ class RoundEngine:
             attempts = self.exam(round_, "exam", [], mode, 1, True, None)
             return find_mistakes(attempts)
         gen = self.cfg.student.generation
-        started = self._begin_phase(round_, "exam", len(self.pool))
+        examined = self.pool
+        size = self.cfg.training.exam_size
+        if size is not None and size < len(self.pool):
+            drawn = random_selection(self.pool, size, derive_seed(self.cfg.run.seed, round_, "exam-draw"))
+            examined = [self.examples[i] for i in drawn]
+        started = self._begin_phase(round_, "exam", len(examined))
         greedy = gen.num_samples == 1
-        attempts = self.exam(round_, "exam", self.pool, mode, gen.num_samples, greedy, adapter)
+        attempts = self.exam(round_, "exam", examined, mode, gen.num_samples, greedy, adapter)
         mistakes = find_mistakes(attempts)
         accuracy = sum(a["correct"] for a in attempts) / max(len(attempts), 1)
         with self.writer.transaction() as tx:

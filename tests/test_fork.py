@@ -6,11 +6,16 @@ change what the inherited rounds were made with are refused in one line, leaving
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from shared_run import cli, shared_quick_run
+from tutorloop.loop.config import config_from_dict
+from tutorloop.loop.curriculum import random_selection
+from tutorloop.loop.engine import derive_seed
+from tutorloop.loop.tasks import load_examples
 from tutorloop.store.query import fetch_rows
 
 
@@ -39,7 +44,7 @@ def test_fork_after_round_0_runs_the_random_selection_ablation(parent: Path, tmp
     parent_history = (parent / "history.duckdb").read_bytes()
     fork = tmp_path / "random"
     result = cli("fork", str(parent), "--after-round", "0", "--run-dir", str(fork),
-                 "--set", "training.selection=random", "--set", "run.rounds=1")
+                 "--set", "training.selection=random", "--set", "training.exam_size=20", "--set", "run.rounds=1")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"forked {parent} after round 0" in result.stdout
     assert "round -1 (baseline): done earlier" in result.stdout
@@ -53,13 +58,18 @@ def test_fork_after_round_0_runs_the_random_selection_ablation(parent: Path, tmp
         fetch_rows(parent, "SELECT count(*) AS n FROM train_steps WHERE round = 0")
     assert [r["round"] for r in fetch_rows(fork, "SELECT round FROM rounds ORDER BY round")] == [-1, 0, 1]
 
-    # Round 1 ran under the fork's config: as many questions as the parent's mistakes, drawn at random.
-    run = fetch_rows(fork, "SELECT name, status, parent, config->>'$.training.selection' AS selection FROM runs")[0]
-    assert run == {"name": "random", "status": "finished", "parent": f"{parent}@round 0", "selection": "random"}
-    pool = fetch_rows(parent, "SELECT count(*) AS n FROM examples WHERE split = 'train'")[0]["n"]
-    assert len(taught(fork, 1)) == len(taught(parent, 1))
-    if len(taught(parent, 1)) < pool:
-        assert taught(fork, 1) != taught(parent, 1)
+    # Round 1 ran under the fork's config: it examined a seeded draw of 20 pool questions and taught as
+    # many questions as it found mistakes there (capped), drawn at random from the whole pool.
+    run = fetch_rows(fork, "SELECT name, status, parent, config FROM runs")[0]
+    assert (run["name"], run["status"], run["parent"]) == ("random", "finished", f"{parent}@round 0")
+    cfg = config_from_dict(json.loads(run["config"]))
+    assert (cfg.training.selection, cfg.training.exam_size) == ("random", 20)
+    pool = load_examples(cfg.data, "train")
+    exam = fetch_rows(fork, "SELECT example_id, bool_or(NOT correct) AS wrong FROM attempts "
+                            "WHERE round = 1 AND phase = 'exam' GROUP BY example_id")
+    assert {r["example_id"] for r in exam} == set(random_selection(pool, 20, derive_seed(cfg.run.seed, 1, "exam-draw")))
+    count = min(sum(r["wrong"] for r in exam), cfg.training.max_mistakes)
+    assert taught(fork, 1) == set(random_selection(pool, count, derive_seed(cfg.run.seed, 1, "teach")))
     assert fetch_rows(fork, "SELECT count(*) AS n FROM train_steps WHERE round = 1")[0]["n"] > 0
     assert (fork / "adapters" / "round-1" / "adapter_config.json").exists()
 
