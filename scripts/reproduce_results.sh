@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
 RUNS=${RUNS:-runs}
+# Tailored rounds of the ablation forks; more later with: tutorloop resume runs/NAME --set run.rounds=2
+ABLATION_ROUNDS=${ABLATION_ROUNDS:-2}
 
 finished() { [ -f "$RUNS/$1/history.duckdb" ] && tutorloop sql "$RUNS/$1" --format csv \
     "SELECT status FROM runs" 2>/dev/null | grep -q finished; }
@@ -38,13 +40,13 @@ ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]"
 step() {
     case $1 in
         demo) run demo configs/demo.yaml ;;
-        coin-random) fork coin-random demo --set training.selection=random ;;
-        coin-noreflect) fork coin-noreflect demo --set training.reflection=none ;;
+        coin-random) fork coin-random demo --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
+        coin-noreflect) fork coin-noreflect demo --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         coin-answer) run coin-answer configs/demo.yaml "${ANSWER_ONLY[@]}" ;;
         ma-answer) run ma-answer configs/multiarith_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         ma-main) run ma-main configs/multiarith_cpu.yaml ;;
-        ma-random) fork ma-random ma-main --set training.selection=random ;;
-        ma-noreflect) fork ma-noreflect ma-main --set training.reflection=none ;;
+        ma-random) fork ma-random ma-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
+        ma-noreflect) fork ma-noreflect ma-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         *) echo "unknown step: $1" >&2; exit 2 ;;
     esac
 }
