@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator
 
 from tutorloop.actors import program_teacher
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.store.journal import TeacherJournal
 
 log = logging.getLogger("tutorloop.teacher")
 
@@ -448,22 +449,30 @@ class LocalExecutor:
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-executor", daemon=True)
         self._thread.start()
 
-    def execute(self, requests: list[TeacherRequest],
-                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]:
+    def execute(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
+                journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         At most `concurrency` requests are out at once and the next ones go out only when the caller
-        asks for more (after storing what it got), so a killed driver loses at most that many answers.
-        `on_wait` is called before a wait longer than WAIT_GRACE_S.
+        asks for more. `journal` records each request as it goes out and each answer the instant it
+        arrives, so a killed driver loses only the answers still in flight. `on_wait` is called
+        before a wait longer than WAIT_GRACE_S.
         """
         done: queue.Queue = queue.Queue()
         queued = list(requests)
         futures: list = []
 
+        def arrived(future: Any) -> None:
+            if journal is not None and not future.cancelled() and future.exception() is None:
+                journal.answered([future.result()])
+            done.put(future)
+
         def submit(count: int) -> None:
+            if journal is not None:
+                journal.sent(request.request_hash for request in queued[:count])
             for request in queued[:count]:
                 future = asyncio.run_coroutine_threadsafe(self._router.complete(request), self._loop)
-                future.add_done_callback(done.put)
+                future.add_done_callback(arrived)
                 futures.append(future)
             del queued[:count]
 
@@ -534,18 +543,21 @@ class RayTeacherPool:
         actor_cls = ray.remote(num_cpus=num_cpus)(TeacherActor)
         self._actors = [actor_cls.remote(teacher_cfg.model_dump(mode="json"), data_dir, count) for _ in range(count)]
 
-    def execute(self, requests: list[TeacherRequest],
-                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]:
+    def execute(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
+                journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         Like LocalExecutor: at most `concurrency` requests out at once, refilled only when the caller
-        comes back for more, so a killed driver loses at most that many answers; `on_wait` likewise.
+        comes back for more; `journal` and `on_wait` likewise (answers are journaled as soon as
+        they reach the driver).
         """
         ray = self._ray
         queued = list(enumerate(requests))
         pending: list = []
 
         def submit(count: int) -> None:
+            if journal is not None:
+                journal.sent(request.request_hash for _, request in queued[:count])
             for i, request in queued[:count]:
                 pending.append(self._actors[i % len(self._actors)].complete.remote(request))
             del queued[:count]
@@ -563,7 +575,10 @@ class RayTeacherPool:
                     more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)
                     ready += more
                 pending[:] = rest
-                yield ray.get(ready)
+                records = ray.get(ready)
+                if journal is not None:
+                    journal.answered(records)
+                yield records
                 submit(len(ready))
         finally:
             for ref in pending:

@@ -30,6 +30,7 @@ from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find
                                        random_selection, replay_samples)
 from tutorloop.loop.tasks import Example, answer_type_of, load_examples
 from tutorloop.actors.teacher import WAIT_GRACE_S
+from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.writer import StoreWriter
 
 HISTORY = "history.duckdb"
@@ -93,6 +94,7 @@ class RoundEngine:
         self.address = address
         self.writer = StoreWriter(run_dir / HISTORY)
         self.writer.hold()  # released before every wait on actors or the teacher
+        self.journal = TeacherJournal(run_dir)
         self.answer_type = answer_type_of(cfg.data)
         self.pool = load_examples(cfg.data, "train")
         self.test = load_examples(cfg.data, "test")
@@ -204,6 +206,7 @@ class RoundEngine:
 
     def _shutdown(self) -> None:
         self._collect_actor_seconds()
+        self.journal.close()
         if self._teacher_pool is not None:
             self._teacher_pool.close()
         for actor in self._students + ([self._trainer] if self._trainer is not None else []):
@@ -286,6 +289,7 @@ class RoundEngine:
         from tutorloop.loop.teaching import TeachingSession, plan_jobs
 
         if self._phase_done(round_, "teach"):
+            self.journal.clear()  # left by a kill between the phase's commit and its clean-up
             report.teacher_calls = int(self._metric(round_, "train", "teacher_calls") or 0)
             report.cache_hits = int(self._metric(round_, "train", "cache_hits") or 0)
             report.cost_usd = float(self._metric(round_, "train", "teacher_cost_usd") or 0)
@@ -311,9 +315,11 @@ class RoundEngine:
         if set(training.tasks) == {"answer"}:
             jobs = []  # fine-tuning on gold answers alone (the answer-only baseline) needs no teacher
         started = self._begin_phase(round_, "teach", len(jobs))
+        self._recover_journal(report)
         spent = self.writer.fetch("SELECT coalesce(sum(cost_usd), 0) FROM teacher_calls")[0][0]
         session = TeachingSession(self.cfg.teacher, jobs, lookup=self._cached_calls, executor=self._executor(),
-                                  persist=self._persist_calls, spent_usd=float(spent), on_wait=self.writer.release)
+                                  persist=self._persist_calls, spent_usd=float(spent), on_wait=self.writer.release,
+                                  journal=self.journal)
         callbacks_before = self.seconds["teacher_callbacks_s"]
         waited = time.monotonic()
         outcome = session.run()
@@ -348,6 +354,19 @@ class RoundEngine:
                 "samples": len(samples), "contrast_pairs": len(pairs),
                 "budget_exhausted": float(outcome.budget_exhausted)})
             self._finish_phase(tx, round_, "teach", started, {"message": outcome.message})
+        self.journal.clear()
+
+    def _recover_journal(self, report: RoundReport) -> None:
+        """After a kill: store the answers that arrived but missed the history, and say what goes out again."""
+        recovered = self.journal.recover()
+        if not recovered.answers and not recovered.in_flight:
+            return
+        stored = self._stored_calls([a["request_hash"] for a in recovered.answers])
+        missing = [a for a in recovered.answers if a["request_hash"] not in stored]
+        if missing:
+            self._persist_calls(missing)
+        report.notes.append(f"resumed teaching: {len(missing)} answers recovered from {self.journal.path.name}; "
+                            f"{len(recovered.in_flight)} requests were in flight at the stop and are sent again")
 
     def _tailored_strategies(self) -> list[str]:
         """`tailored` where a teacher can write corrections; a replay teacher can only re-explain."""

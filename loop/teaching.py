@@ -5,6 +5,9 @@ machine: it issues one request per stage and advances only after that stage's ca
 handed to `persist` (the driver's store writer), so no teacher answer is ever used before it is
 stored. Requests go out in waves (all ready stages at once); identical requests (same hash) are
 sent once; a request whose hash `lookup` finds is not sent at all.
+With a `journal`, every request is
+recorded as it goes out and every answer the instant it arrives, so a killed run loses no answer
+it received; only requests in flight at the kill are sent again (store/journal.py).
 
 Budget: `teacher.max_cost_usd` minus what the run already spent. Before a wave, each new request
 reserves its worst-case cost (estimated prompt tokens + max_tokens at the endpoint's prices); the
@@ -27,6 +30,7 @@ from tqdm import tqdm
 from tutorloop.actors.teacher import LocalExecutor, RayTeacherPool, TeacherRequest  # noqa: F401
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.store.journal import TeacherJournal
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
@@ -42,8 +46,8 @@ _UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices
 
 
 class Executor(Protocol):
-    def execute(self, requests: list[TeacherRequest],
-                on_wait: Callable[[], None] | None = None) -> Iterator[list[dict[str, Any]]]: ...
+    def execute(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
+                journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
@@ -250,9 +254,11 @@ class TeachingSession:
     def __init__(self, teacher_cfg: TeacherSection, jobs: list[TeachingJob],
                  lookup: Callable[[list[str]], dict[str, dict[str, Any]]], executor: Executor,
                  persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
-                 progress: bool = True, on_wait: Callable[[], None] | None = None) -> None:
+                 progress: bool = True, on_wait: Callable[[], None] | None = None,
+                 journal: TeacherJournal | None = None) -> None:
         self.cfg = teacher_cfg
         self.on_wait = on_wait  # called before the executor blocks on the teacher
+        self.journal = journal  # makes each answer durable on arrival, before `persist` batches it
         self.jobs = jobs
         self.lookup = lookup
         self.executor = executor
@@ -309,8 +315,8 @@ class TeachingSession:
                 reserved += estimate
                 to_send.append(request)
             # Each group holds every answer that arrived while the previous group was being stored,
-            # so a kill loses only requests still in flight, and fast teachers get bigger batches.
-            for group in self.executor.execute(to_send, on_wait=self.on_wait):
+            # so fast teachers get bigger batches; the journal already holds each answer.
+            for group in self.executor.execute(to_send, on_wait=self.on_wait, journal=self.journal):
                 sent += len(group)
                 self.persist(group)  # stored before any job reads it
                 for record in group:

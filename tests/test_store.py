@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from tutorloop.store.connect import StoreBusyError
+from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.query import ReadOnlyQueryError, fetch_rows, query
 from tutorloop.store.schema import SCHEMA_VERSION, TABLES, SchemaError
 from tutorloop.store.writer import StoreWriter
@@ -170,3 +171,22 @@ def test_cli_sql_formats_and_refusal(tmp_path: Path) -> None:
     assert out.returncode == 2 and "only reads" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run(cli + ["SELECT nope FROM metrics"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_journal_recovers_answers_and_in_flight_past_a_torn_line(tmp_path: Path) -> None:
+    journal = TeacherJournal(tmp_path)
+    journal.sent(["a", "b", "c"])
+    journal.answered([{"request_hash": "b", "response": "ok"}])
+    journal.sent(["d"])
+    journal.close()
+    with journal.path.open("a") as f:
+        f.write('{"answer": {"request_hash": "c", "resp')  # the write a SIGKILL cut short
+    recovered = TeacherJournal(tmp_path).recover()
+    assert recovered.answers == [{"request_hash": "b", "response": "ok"}]
+    assert recovered.in_flight == ["a", "c", "d"]
+    resumed = TeacherJournal(tmp_path)
+    resumed.answered([{"request_hash": "a", "response": "again"}])
+    resumed.close()
+    assert TeacherJournal(tmp_path).recover().in_flight == ["c", "d"]
+    TeacherJournal(tmp_path).clear()
+    assert not journal.path.exists() and TeacherJournal(tmp_path).recover().answers == []

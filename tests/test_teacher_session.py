@@ -281,3 +281,39 @@ def test_ray_pool_runs_requests(teacher_server: TeacherServer, monkeypatch: pyte
     finally:
         if started_here:
             ray.shutdown()
+
+
+class Killed(Exception):
+    """Stands for the driver dying between an answer's arrival and its store write."""
+
+
+def test_journal_keeps_answers_that_never_reached_the_store(teacher_server: TeacherServer, tmp_path) -> None:
+    from tutorloop.store.journal import TeacherJournal
+
+    cfg = server_cfg(teacher_server, strategies=["cote"], concurrency=3)
+    jobs = plan_jobs(EXAMPLES, cfg, 0)
+
+    def die(records: list[dict]) -> None:
+        raise Killed
+
+    journal = TeacherJournal(tmp_path)
+    with LocalExecutor(cfg) as executor, pytest.raises(Killed):
+        TeachingSession(cfg, jobs, DictCache().lookup, executor, die, progress=False, journal=journal).run()
+    journal.close()
+    recovered = TeacherJournal(tmp_path).recover()
+    first_calls = teacher_server.calls
+    assert recovered.answers and len(recovered.answers) + len(recovered.in_flight) == 3
+    assert {a["request_hash"] for a in recovered.answers}.isdisjoint(recovered.in_flight)
+
+    # Resuming as the engine does: the recovered answers are stored first and never asked for again.
+    cache = DictCache()
+    cache.persist(recovered.answers)
+    with LocalExecutor(cfg) as executor:
+        outcome = TeachingSession(cfg, jobs, cache.lookup, executor, cache.persist, progress=False,
+                                  journal=TeacherJournal(tmp_path)).run()
+    assert all(r["accepted"] for r in outcome.rationales) and len(outcome.rationales) == 6
+    assert outcome.cache_hits == len(recovered.answers)
+    assert teacher_server.calls - first_calls == outcome.calls_sent == 6 - len(recovered.answers)
+    answered_prompts = {json.loads(a["request"])["messages"][-1]["content"] for a in recovered.answers}
+    sent_again = [r["prompt"] for r in teacher_server.requests[first_calls:]]
+    assert answered_prompts.isdisjoint(sent_again)
