@@ -362,7 +362,7 @@ def load_student(student_cfg: StudentSection, *, for_training: bool = False,
     if for_training and quant != "none":
         from peft import prepare_model_for_kbit_training
 
-        # Gradient checkpointing trades compute for memory; the students here are small enough without it.
+        # Gradient checkpointing is the trainer's choice (training.gradient_checkpointing).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if adapter is not None:
         model = attach_adapter(model, adapter, trainable=for_training)

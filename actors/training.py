@@ -149,6 +149,9 @@ class LoraTrainer:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         model, _ = load_student(self.student_cfg, for_training=True, seed=self.seed)
+        if self.cfg.gradient_checkpointing:
+            # Non-reentrant: works with frozen embeddings (LoRA) and keeps dropout's RNG on recompute.
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if init_adapter is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 folder = adapter_from_bytes(init_adapter, tmp)
@@ -169,7 +172,8 @@ class LoraTrainer:
             "samples": [[s[k] for k in SAMPLE_KEYS] for s in samples],
             "pairs": [[p[k] for k in PAIR_KEYS] for p in pairs],
             "init": hashlib.sha256(init_adapter).hexdigest() if init_adapter else None,
-            "training": self.cfg.model_dump(mode="json", exclude={"checkpoint_every"}),
+            # Keys that change neither the data nor the math may change between a kill and its resume.
+            "training": self.cfg.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing"}),
             "student": self.student_cfg.model_dump(mode="json", exclude={"generation", "eval_modes", "exam_mode"}),
             "seed": self.seed,
         }

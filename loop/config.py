@@ -171,6 +171,9 @@ class TrainingSection(Section):
     continue_from_previous: bool = True
     replay_fraction: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' samples mixed in")
     checkpoint_every: int = Field(20, ge=1)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much "
+                                                            "less memory (long sequences, contrast triples) "
+                                                            "for about a third more compute")
     exam_size: int | None = Field(None, ge=1, description="pool questions a tailored round examines, a fresh "
                                                         "seeded draw each round; default: the whole pool")
     max_mistakes: int | None = Field(None, ge=1, description="mistakes taught per tailored round")
@@ -214,7 +217,7 @@ RESUME_SAFE_KEYS = (
     "run.rounds", "run.patience", "run.run_dir", "run.report", "teacher.max_cost_usd", "teacher.concurrency",
     "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
     "teacher.retry_backoff_s", "teacher.retry_backoff_max_s",
-    "teacher.num_actors", "ray", "student.generation.batch_size",
+    "teacher.num_actors", "ray", "student.generation.batch_size", "training.gradient_checkpointing",
 )
 
 

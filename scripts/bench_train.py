@@ -3,7 +3,9 @@
 
 Default: SmolLM2-135M-Instruct (converted folder), LoRA r=8 on q_proj/v_proj, batch 4, answer +
 explain samples (with an optional triplet term). Prints a few lines, then one JSON object as the last
-line with `tokens_per_s` (real, non-pad tokens through forward+backward per second) and `pad_fraction`.
+line with `tokens_per_s` (real, non-pad tokens through forward+backward per second), `pad_fraction`
+and `peak_rss_gb` (this process's peak resident memory; compare runs with and without
+`--gradient-checkpointing`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 
 import torch
 
@@ -30,6 +33,7 @@ def main() -> None:
     parser.add_argument("--reflection", default="none", choices=["none", "triplet", "dpo"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
 
     examples = [ex for ex in load_examples(DataSection(task="gsm8k"), "train") if ex.rationale][: args.questions]
@@ -44,7 +48,8 @@ def main() -> None:
                          lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})
     batches = math.ceil(len(samples) / args.batch_size) + math.ceil(len(pairs) / args.batch_size)
     tcfg = TrainingSection(batch_size=args.batch_size, max_length=args.max_length, reflection=args.reflection,
-                           epochs=min(1.0, args.steps / batches), checkpoint_every=10_000)
+                           epochs=min(1.0, args.steps / batches), checkpoint_every=10_000,
+                           gradient_checkpointing=args.gradient_checkpointing)
     result = LoraTrainer(cfg, tcfg).train(samples, pairs)
     steps = result.steps[1:] or result.steps  # the first step pays one-off costs (allocation, warm-up)
     seconds = steps[-1]["elapsed_s"] - (result.steps[0]["elapsed_s"] if len(result.steps) > 1 else 0.0)
@@ -54,10 +59,12 @@ def main() -> None:
         "quantization": args.quantization, "reflection": args.reflection, "batch_size": args.batch_size,
         "steps": len(result.steps), "tokens": tokens, "seconds": round(seconds, 2),
         "seconds_per_step": round(seconds / len(steps), 3), "tokens_per_s": round(tokens / seconds, 1),
-        "pad_fraction": round(result.pad_fraction, 4),
+        "pad_fraction": round(result.pad_fraction, 4), "gradient_checkpointing": args.gradient_checkpointing,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # ru_maxrss is KiB
         "loss_first": round(result.steps[0]["loss"], 4), "loss_last": round(result.steps[-1]["loss"], 4),
     }
-    print(f"{out['tokens_per_s']} tokens/s, {out['seconds_per_step']} s/step, pad fraction {out['pad_fraction']:.1%}")
+    print(f"{out['tokens_per_s']} tokens/s, {out['seconds_per_step']} s/step, pad fraction {out['pad_fraction']:.1%}, "
+          f"peak memory {out['peak_rss_gb']} GB")
     print(json.dumps(out))
 
 

@@ -218,6 +218,21 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path) -> None:
     assert plan[-1][1] == 0 and len(other.steps) == plan[-1][0]
 
 
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path) -> None:
+    cfg = student_cfg(RANDOM_LLAMA, lora={"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"})
+    examples = problems(16, max_steps=2)
+    samples, pairs = samples_for(examples), pairs_for(examples[:8])
+    plain = LoraTrainer(cfg, training_cfg(epochs=1, batch_size=4, reflection="triplet"), seed=3)
+    recomputed = LoraTrainer(cfg, training_cfg(epochs=1, batch_size=4, reflection="triplet",
+                                               gradient_checkpointing=True), seed=3)
+    assert recomputed._build_model(None).is_activation_checkpointing
+    a = _adapter_tensors(plain.train(samples, pairs).adapter, tmp_path, "plain")
+    b = _adapter_tensors(recomputed.train(samples, pairs).adapter, tmp_path, "recomputed")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
 def test_length_grouping_keeps_padding_low() -> None:
     examples = problems(64, max_steps=3)
     samples = samples_for(examples, ("answer", "explain", "rationalize"))
