@@ -18,12 +18,17 @@ import shutil
 import tarfile
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tutorloop.loop.config import StudentSection, TinyModelSection
+
+# peft still reads `is_gradient_checkpointing`, which transformers 5 deprecates: without this, every
+# adapter a model actor loads prints the same FutureWarning into the run's output.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_STUDENT_ALIAS = "smollm2-135m-instruct"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
