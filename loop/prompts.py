@@ -34,4 +34,7 @@ def student_target(task: str, answer: str, rationale: str | None = None) -> str:
         return f" {answer}"
     if rationale is None:
         raise ValueError(f"task {task!r} needs a rationale")
-    return f" {rationale.strip()}\n{ANSWER_TRIGGER} {answer}."
+    # Exams stop at a blank line (student.generation.stop): a target with one would teach the student
+    # to end its answer before the answer sentence. Paragraphs become lines.
+    steps = "\n".join(line.strip() for line in rationale.splitlines() if line.strip())
+    return f" {steps}\n{ANSWER_TRIGGER} {answer}."

@@ -3,7 +3,7 @@
 # is skipped, a killed one is resumed, so a long session can be continued later.
 #   scripts/reproduce_results.sh [STEP ...]   (default: all steps, in the order below)
 # Steps: demo (the coin_flip main run, as `make demo` makes it) coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
-#        tracking-main tracking-answer
+#        tracking-main tracking-random tracking-noreflect tracking-answer
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -49,6 +49,8 @@ step() {
         ma-random) fork ma-random ma-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
         ma-noreflect) fork ma-noreflect ma-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-main) run tracking-main configs/tracking_cpu.yaml ;;
+        tracking-random) fork tracking-random tracking-main --set training.selection=random --set run.rounds=1 ;;
+        tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds=1 ;;
         tracking-answer) run tracking-answer configs/tracking_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         *) echo "unknown step: $1" >&2; exit 2 ;;
     esac
@@ -56,7 +58,7 @@ step() {
 
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
-                                  tracking-main tracking-answer)
+                                  tracking-main tracking-random tracking-noreflect tracking-answer)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
-from tutorloop.loop.prompts import ANSWER_TRIGGER
+from tutorloop.loop.prompts import ANSWER_TRIGGER, student_target
 from tutorloop.loop.synthetic import generate_problems
 
 
@@ -81,3 +81,17 @@ def test_replay_mixes_share_of_earlier_samples() -> None:
     assert all(s["round"] == 2 and s["source"] == "replay:round-0" for s in mixed)
     assert replay_samples(2, earlier, 10, 0.5, 0) == mixed
     assert replay_samples(2, [], 10, 0.5, 0) == []
+
+
+def test_targets_hold_no_blank_line_where_the_exam_stops() -> None:
+    from tutorloop.loop.answers import extract_answer
+    from tutorloop.loop.config import GenerationSection
+
+    # text-davinci-002 writes paragraphs: 97% of its tracking_shuffled_objects rationales have blank lines.
+    rationale = "First, Alice and Bob swap balls.  \n\nThen, Bob and Claire swap balls.\n \n\nSo Alice has the blue ball."
+    target = student_target("explain", "C", rationale)
+    assert target == (" First, Alice and Bob swap balls.\nThen, Bob and Claire swap balls.\n"
+                      f"So Alice has the blue ball.\n{ANSWER_TRIGGER} C.")
+    # A student that reproduces the target exactly keeps its answer under the exam's stop strings.
+    cut = min((target.find(stop) for stop in GenerationSection().stop if stop in target), default=len(target))
+    assert extract_answer(target[:cut], "choice") == "C"
