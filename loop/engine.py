@@ -252,8 +252,7 @@ class RoundEngine:
                     tx.execute("UPDATE phases SET progress = progress + ? WHERE round = ? AND name = ?",
                                [len(part), round_, phase])
                 bar.update(len(part))
-                if self._stop:
-                    raise StopRequested
+                self._check_stop()
         finally:
             bar.close()
         rows = self.writer.fetch(
@@ -398,8 +397,7 @@ class RoundEngine:
                        [len(records)])
         self.writer.release_if_held(READERS_EVERY_S)
         self.seconds["teacher_callbacks_s"] += time.monotonic() - started
-        if self._stop:
-            raise StopRequested
+        self._check_stop()
 
     def _earlier_rationales(self, round_: int) -> dict[str, list[str]]:
         rows = self.writer.fetch("SELECT example_id, rationale FROM rationales WHERE accepted AND round < ? "
@@ -437,7 +435,8 @@ class RoundEngine:
         if samples or pairs:
             checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
             self.writer.release()
-            result = ray.get(self._trainer_actor().train.remote(samples, pairs, init, str(checkpoint_dir)))
+            result = self._await_training(self._trainer_actor().train.remote(samples, pairs, init,
+                                                                             str(checkpoint_dir)))
             adapter, steps = result["adapter"], [dict(s, round=round_) for s in result["steps"]]
         elif round_ > 0:
             # Nothing new to learn (no mistakes, or no usable rationale): keep the previous adapter.
@@ -461,6 +460,18 @@ class RoundEngine:
                                                    "train_loss_first": steps[0]["loss"]})
             self._finish_phase(tx, round_, "train", started, {"steps": len(steps)})
         shutil.rmtree(self.run_dir / "checkpoints" / f"round-{round_}", ignore_errors=True)
+
+    def _await_training(self, ref) -> dict:
+        """The trainer's result; a stop request ends the wait at once (training resumes from its
+        last checkpoint), instead of after the whole training phase."""
+        while True:
+            ready, _ = ray.wait([ref], timeout=0.5)
+            if ready:
+                return ray.get(ready[0])
+            if self._stop:
+                ray.kill(self._trainer)
+                self._trainer = None
+                raise StopRequested
 
     def _evaluate(self, round_: int, report: RoundReport) -> None:
         modes = self.cfg.student.eval_modes
@@ -494,8 +505,11 @@ class RoundEngine:
             mistakes = None
             if round_ > 0:
                 mistakes = self._pool_exam(round_, self._adapter(round_ - 1))
+            self._check_stop()
             self._teach(round_, report, mistakes)
+            self._check_stop()
             self._train(round_)
+            self._check_stop()
         self._evaluate(round_, report)
         self._close_round(round_, report, started)
         return report
@@ -518,12 +532,13 @@ class RoundEngine:
 
     def execute(self) -> int:
         rounds = ([-1] if self.cfg.run.baseline else []) + list(range(0, self.cfg.run.rounds + 1))
-        previous_handler = signal.getsignal(signal.SIGTERM)
+        previous_handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.writer.execute("UPDATE runs SET status = 'running', message = NULL")
         try:
             self._start_cluster()
-            # After Ray's start: Ray installs its own SIGTERM handler, which would abort the driver.
+            # After Ray's start: Ray installs its own handlers, which would abort the driver mid-write.
             signal.signal(signal.SIGTERM, self._request_stop)
+            signal.signal(signal.SIGINT, self._request_stop)
             history: list[float] = []
             print(f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} "
                   f"| pool {len(self.pool)} | test {len(self.test)}", flush=True)
@@ -536,6 +551,7 @@ class RoundEngine:
                 else:
                     if stop_reason:
                         break
+                    self._check_stop()
                     report = self.run_round(round_)
                     print(report.line(), flush=True)
                     for note in report.notes:
@@ -565,12 +581,22 @@ class RoundEngine:
             self.writer.execute("UPDATE runs SET status = 'failed', message = ?", [str(exc).splitlines()[0][:500]])
             raise
         finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self.writer.release()
             self._shutdown()
 
     def _request_stop(self, *_: object) -> None:
+        """Ctrl-C or SIGTERM: stop at the next safe point; a second Ctrl-C stops at once."""
+        if self._stop:
+            raise KeyboardInterrupt
         self._stop = True
+        print("\ntutorloop: stopping at the next safe point (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise StopRequested
 
 
 def next_steps(run_dir: Path) -> str:

@@ -84,3 +84,36 @@ def test_status_sql_and_refusals(quick_run: Path) -> None:
     assert finished.returncode == 0 and "already finished" in finished.stdout
     changed = cli("resume", str(quick_run), "--set", "training.lr=0.5", timeout=120)
     assert changed.returncode == 1 and "training.lr" in changed.stderr
+
+
+def test_ctrl_c_during_training_stops_at_once_and_resume_finishes(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    run_dir = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "tutorloop.loop.cli", "run", "configs/quick.yaml", "--run-dir",
+                             str(run_dir), "--set", "run.rounds=1", "--set", "run.baseline=false",
+                             "--set", "run.report=false"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    deadline = time.monotonic() + 600
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its training began"
+        try:
+            if fetch_rows(run_dir, "SELECT 1 FROM phases WHERE round = 0 AND name = 'train' AND status = 'running'",
+                          timeout_s=0.2):
+                break
+        except Exception:  # not created yet, or the writer holds it
+            pass
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the driver
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopping at the next safe point" in err and f"Resume with: tutorloop resume {run_dir}" in err
+    assert "Traceback" not in err
+    # Stopped inside the training phase, not after it.
+    assert fetch_rows(run_dir, "SELECT status FROM runs")[0]["status"] == "stopped"
+    assert fetch_rows(run_dir, "SELECT status FROM phases WHERE round = 0 AND name = 'train'")[0]["status"] == "stopped"
+    resumed = cli("resume", str(run_dir), timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rounds = fetch_rows(run_dir, "SELECT round, status FROM rounds ORDER BY round")
+    assert rounds == [{"round": 0, "status": "done"}, {"round": 1, "status": "done"}]
