@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
 RUNS=${RUNS:-runs}
 # Tailored rounds of the ablation forks; more later with: tutorloop resume runs/NAME --set run.rounds=2
-ABLATION_ROUNDS=${ABLATION_ROUNDS:-2}
+ABLATION_ROUNDS=${ABLATION_ROUNDS:-1}
 
 finished() { [ -f "$RUNS/$1/history.duckdb" ] && tutorloop sql "$RUNS/$1" --format csv \
     "SELECT status FROM runs" 2>/dev/null | grep -q finished; }
@@ -52,8 +52,8 @@ step() {
         ma-random) fork ma-random ma-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
         ma-noreflect) fork ma-noreflect ma-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-main) run tracking-main configs/tracking_cpu.yaml ;;
-        tracking-random) fork tracking-random tracking-main --set training.selection=random --set run.rounds=1 ;;
-        tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds=1 ;;
+        tracking-random) fork tracking-random tracking-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
+        tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-answer) run tracking-answer configs/tracking_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         *) echo "unknown step: $1" >&2; exit 2 ;;
     esac
