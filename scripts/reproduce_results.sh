@@ -2,7 +2,9 @@
 # The runs behind RESULTS.md, one after another on this machine (CPU); safe to re-run: a finished run
 # is skipped, a killed one is resumed, so a long session can be continued later.
 #   scripts/reproduce_results.sh [STEP ...]   (default: all steps, in the order below)
-# Steps: coin-main (configs/demo.yaml on the whole pool, 128 examined and up to 64 taught per round) coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
+# Steps: demo (what `make demo` runs), coin-explain-only (its round 0 on explanations only),
+#        coin-main (configs/demo.yaml on the whole pool, 128 examined and up to 64 taught per round),
+#        coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
 #        tracking-main tracking-random tracking-noreflect tracking-answer
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +28,17 @@ run() {  # run NAME CONFIG [--set ...]: start, or resume what an earlier call le
 }
 
 fork() {  # fork NAME PARENT [--set ...]: the parent's baseline and round 0, then its own tailored rounds
-    local name=$1 parent=$2; shift 2
+    fork_after 0 "$@"
+}
+
+fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds up to ROUND, then its own
+    local after=$1 name=$2 parent=$3; shift 3
     if finished "$name"; then echo "== $name: finished earlier"; return; fi
-    echo "== $name: tutorloop fork $RUNS/$parent --after-round 0 --name $name $*"
+    echo "== $name: tutorloop fork $RUNS/$parent --after-round $after --name $name $*"
     if [ -f "$RUNS/$name/history.duckdb" ]; then
         tutorloop resume "$RUNS/$name"
     else
-        tutorloop fork "$RUNS/$parent" --after-round 0 --name "$name" "$@"
+        tutorloop fork "$RUNS/$parent" --after-round "$after" --name "$name" "$@"
     fi
 }
 
@@ -46,6 +52,8 @@ step() {
                        --set training.max_mistakes=64 ;;
         coin-random) fork coin-random coin-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
         coin-noreflect) fork coin-noreflect coin-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
+        demo) run demo configs/demo.yaml ;;
+        coin-explain-only) fork_after -1 coin-explain-only demo --set "training.tasks=[explain]" --set run.rounds=0 ;;
         coin-answer) run coin-answer configs/demo.yaml "${COIN_WHOLE_POOL[@]}" "${ANSWER_ONLY[@]}" ;;
         ma-answer) run ma-answer configs/multiarith_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         ma-main) run ma-main configs/multiarith_cpu.yaml ;;
@@ -60,7 +68,7 @@ step() {
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
