@@ -3,7 +3,7 @@
 # is skipped, a killed one is resumed, so a long session can be continued later.
 #   scripts/reproduce_results.sh [STEP ...]   (default: all steps, in the order below)
 # Steps: demo (what `make demo` runs), coin-explain-only (its round 0 on explanations only),
-#        coin-explain-only-tailored (two tailored rounds after it),
+#        coin-explain-only-tailored (two tailored rounds after it), demo-alpha (round 0 with alpha 0.1),
 #        coin-main (configs/demo.yaml on the whole pool, 128 examined and up to 64 taught per round),
 #        coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
 #        tracking-main tracking-random tracking-noreflect tracking-answer
@@ -56,6 +56,7 @@ step() {
         demo) run demo configs/demo.yaml ;;
         coin-explain-only) fork_after -1 coin-explain-only demo --set "training.tasks=[explain]" --set run.rounds=0 ;;
         coin-explain-only-tailored) fork coin-explain-only-tailored coin-explain-only --set run.rounds=2 ;;
+        demo-alpha) run demo-alpha configs/demo.yaml --set training.alpha=0.1 --set run.rounds=0 ;;
         coin-answer) run coin-answer configs/demo.yaml "${COIN_WHOLE_POOL[@]}" "${ANSWER_ONLY[@]}" ;;
         ma-answer) run ma-answer configs/multiarith_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         ma-main) run ma-main configs/multiarith_cpu.yaml ;;
@@ -70,7 +71,8 @@ step() {
 }
 
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
+                                  coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
