@@ -4,9 +4,8 @@ Runs in the driver. Each job (one example, teacher, strategy and sample index) i
 machine: it issues one request per stage and advances only after that stage's call record has been
 handed to `persist` (the driver's store writer), so no teacher answer is ever used before it is
 stored. Requests go out in waves (all ready stages at once); identical requests (same hash) are
-sent once; a request whose hash `lookup` finds is not sent at all.
-With a `journal`, every request is
-recorded as it goes out and every answer the instant it arrives, so a killed run loses no answer
+sent once; a request whose hash `lookup` finds is not sent at all. With a `journal`, every request
+is recorded as it goes out and every answer the instant it arrives, so a killed run loses no answer
 it received; only requests in flight at the kill are sent again (store/journal.py).
 
 Budget: `teacher.max_cost_usd` minus what the run already spent. Before a wave, each new request
@@ -30,11 +29,11 @@ from tqdm import tqdm
 from tutorloop.actors.teacher import LocalExecutor, RayTeacherPool, TeacherRequest  # noqa: F401
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
-from tutorloop.store.journal import TeacherJournal
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
 from tutorloop.loop.tasks import Example
+from tutorloop.store.journal import TeacherJournal
 
 RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",
                   "accepted", "reject_reason", "feedback", "request_hash", "task")
