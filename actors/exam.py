@@ -23,8 +23,8 @@ import torch
 from tutorloop.actors.models import adapter_from_bytes, attach_adapter, load_student
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import StudentSection
-from tutorloop.loop.prompts import student_prompt
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.loop.datasets import Example
 
 EXAM_MODES = ("answer", "explain")
 

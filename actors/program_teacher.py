@@ -25,7 +25,7 @@ from typing import Any
 # the two in step if a phrase changes.
 from tutorloop.loop.synthetic import _OP_PHRASES, _OP_WORDS, apply_op, parse_rationale_steps, solve_steps
 
-# Labels of the tailored prompt (loop/prompts/tailored.txt) and of its answer format.
+# Labels of the tailored prompt (loop/teacher_prompts/tailored.txt) and of its answer format.
 STUDENT_REASONING = "Student's reasoning:"
 STUDENT_ANSWER = "Student's answer:"
 MISTAKE = "Mistake:"

@@ -10,7 +10,7 @@ from tutorloop.actors.exam import Examiner
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
 from tutorloop.loop.config import RaySection, StudentSection
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.datasets import Example
 
 
 def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:

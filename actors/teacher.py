@@ -358,7 +358,7 @@ class ReplayBackend:
         self._recordings: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
     def _lookup(self, request: TeacherRequest) -> dict[str, Any] | None:
-        from tutorloop.loop.tasks import load_recorded_teacher, normalize_question
+        from tutorloop.loop.datasets import load_recorded_teacher, normalize_question
 
         if request.dataset not in self._recordings:
             self._recordings[request.dataset] = load_recorded_teacher(self.data_dir, request.dataset)

@@ -16,18 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tutorloop.loop.config import ConfigError, load_config
+from tutorloop.loop.config import load_config
 
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
-
-
-class CliError(RuntimeError):
-    """An expected failure; its message is printed as one line."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.code = code
+from tutorloop.loop.errors import EXIT_FAILURE, EXIT_USAGE, TutorloopError
 
 
 def format_table(table: pa.Table, max_width: int = 60) -> str:
@@ -68,7 +59,7 @@ def format_result(table: pa.Table, fmt: str) -> str:
         for row in table.to_pylist():
             writer.writerow(["" if v is None else v for v in row.values()])
         return buffer.getvalue().rstrip("\n")
-    raise CliError(f"unknown format {fmt!r}", EXIT_USAGE)
+    raise TutorloopError(f"unknown format {fmt!r}", EXIT_USAGE)
 
 
 def _is_history(target: str) -> bool:
@@ -90,10 +81,10 @@ def split_sql_targets(targets: list[str]) -> tuple[list[str], str | None]:
             continue
         rest = targets[index:]
         if not runs:
-            raise CliError(f"{target}: not a run directory or history file; usage: tutorloop sql RUN_DIR "
+            raise TutorloopError(f"{target}: not a run directory or history file; usage: tutorloop sql RUN_DIR "
                            f"[RUN_DIR ...] [\"QUERY\"]", EXIT_USAGE)
         if len(rest) > 1:
-            raise CliError(f"{rest[1]}: give the query as one quoted argument, after the run directories",
+            raise TutorloopError(f"{rest[1]}: give the query as one quoted argument, after the run directories",
                            EXIT_USAGE)
         return runs, rest[0]
     return runs, None
@@ -105,7 +96,7 @@ def write_result(table: pa.Table, fmt: str, out: str | None) -> None:
         import pyarrow.parquet as pq
 
         if not out:
-            raise CliError("--format parquet needs --out FILE", EXIT_USAGE)
+            raise TutorloopError("--format parquet needs --out FILE", EXIT_USAGE)
         pq.write_table(table, out)
         return
     text = format_result(table, fmt)
@@ -140,8 +131,7 @@ def read_statements(stream: io.TextIOBase, prompt: bool):
 def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> int:
     """Read statements until end of input; every statement opens and closes the files, so a prompt left
     open never blocks a run. A bad statement prints its error and the prompt goes on."""
-    from tutorloop.store.connect import StoreBusyError
-    from tutorloop.store.query import ReadOnlyQueryError, query_runs
+    from tutorloop.store.query import query_runs
 
     import duckdb
 
@@ -153,7 +143,7 @@ def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> 
     for statement in read_statements(sys.stdin, prompt):
         try:
             write_result(query_runs(runs, statement, timeout_s=wait), fmt, out)
-        except (ReadOnlyQueryError, StoreBusyError, CliError) as exc:
+        except TutorloopError as exc:
             failures += 1
             print(f"tutorloop: error: {exc}", file=sys.stderr)
         except duckdb.Error as exc:
@@ -168,7 +158,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     runs, sql = split_sql_targets(args.targets)
     if args.file:
         if sql:
-            raise CliError("give the query either as an argument or with -f, not both", EXIT_USAGE)
+            raise TutorloopError("give the query either as an argument or with -f, not both", EXIT_USAGE)
         sql = Path(args.file).read_text()
     if sql is None:
         return interactive_sql(runs, args.format, args.out, args.wait)
@@ -320,12 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tutorloop.loop.errors import RunError
-    from tutorloop.loop.tasks import DataError
-    from tutorloop.store.connect import StoreBusyError
-    from tutorloop.store.query import ReadOnlyQueryError
-    from tutorloop.store.schema import SchemaError
-
     import duckdb
 
     parser = build_parser()
@@ -336,15 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (ConfigError, ReadOnlyQueryError) as exc:
+    except TutorloopError as exc:
         print(f"tutorloop: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except CliError as exc:
-        print(f"tutorloop: error: {exc}", file=sys.stderr)
-        return exc.code
-    except (RunError, DataError, StoreBusyError, SchemaError, FileNotFoundError) as exc:
-        print(f"tutorloop: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exc.exit_code
     except duckdb.Error as exc:
         print(f"tutorloop: error: SQL: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_FAILURE

@@ -14,9 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message is one line naming the file and key."""
+from tutorloop.loop.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -108,6 +106,10 @@ class PriceSection(Section):
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
 
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        """Dollars for a call of these token counts (prices are per million tokens)."""
+        return (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / 1e6
+
 
 class TeacherEndpoint(Section):
     name: str = "teacher"
@@ -138,7 +140,6 @@ class TeacherSection(Section):
     retry_backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay (also on Retry-After)")
     retry_unusable: bool = Field(True, description="retry empty, malformed or truncated responses")
     max_cost_usd: float | None = Field(None, ge=0)
-    cache_path: str | None = Field(None, description="shared teacher cache (DuckDB); default: the run's history")
     prompts_dir: str | None = Field(None, description="folder of prompt templates overriding the built-in ones")
     num_actors: int = Field(1, ge=1)
     exemplars: int = Field(4, ge=1, description="in-context examples in few_shot_cot and teacher_forcing prompts")
@@ -203,6 +204,10 @@ class Config(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def write_yaml(self, path: Path) -> None:
+        """The resolved config as YAML (no secrets: API keys stay in the environment)."""
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def fingerprint(self, ignore: tuple[str, ...] = ()) -> str:
         """Hash of the config without the dotted keys in `ignore` (keys safe to change on resume)."""

@@ -9,8 +9,8 @@ import random
 from collections import defaultdict
 from typing import Iterable
 
-from tutorloop.loop.prompts import student_prompt, student_target
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.datasets import Example
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
 

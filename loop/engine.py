@@ -28,7 +28,7 @@ from tutorloop.loop.config import (RESUME_SAFE_KEYS, Config, ConfigError, apply_
 from tutorloop.loop.errors import RunError
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
-from tutorloop.loop.tasks import Example, answer_type_of, load_examples
+from tutorloop.loop.datasets import Example, answer_type_of, load_examples
 from tutorloop.actors.teacher import WAIT_GRACE_S
 from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.writer import StoreWriter

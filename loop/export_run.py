@@ -18,7 +18,7 @@ from typing import Any
 from tutorloop.loop.compare import strategies_by_round
 from tutorloop.loop.config import config_from_dict
 from tutorloop.loop.errors import RunError
-from tutorloop.loop.prompts import student_prompt
+from tutorloop.loop.student_prompt import student_prompt
 from tutorloop.store.query import fetch_rows, history_path
 
 

@@ -1,4 +1,4 @@
-"""Teacher prompts for each explanation strategy, built from the templates in loop/prompts/*.txt.
+"""Teacher prompts for each explanation strategy, built from the templates in loop/teacher_teacher_prompts/*.txt.
 
 Strategies (the papers behind them: see DESIGN.md):
 - zero_shot_cot (Fine-tune-CoT, two stages): `zero_shot_cot_reason` ("Q: {question}\\nA: Let's think
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tutorloop.loop.prompts import ANSWER_TRIGGER
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.student_prompt import ANSWER_TRIGGER
+from tutorloop.loop.datasets import Example
 
 NUMBER_TRIGGER = "Therefore, the answer (arabic numerals) is"
 TEMPLATE_NAMES = (
@@ -57,7 +57,7 @@ def answer_trigger(answer_type: str) -> str:
 
 
 def _read_builtin(name: str) -> str:
-    return resources.files("tutorloop.loop").joinpath("prompts", name).read_text(encoding="utf-8")
+    return resources.files("tutorloop.loop").joinpath("teacher_prompts", name).read_text(encoding="utf-8")
 
 
 def _strip_newline(text: str) -> str:

@@ -18,7 +18,7 @@ import random
 import re
 from typing import Any
 
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.datasets import Example
 
 DATASET = "synthetic"
 TEST_SHARE = 5  # one step chain in TEST_SHARE belongs to the test split

@@ -32,7 +32,7 @@ from tutorloop.loop.config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.datasets import Example
 from tutorloop.store.journal import TeacherJournal
 
 RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",

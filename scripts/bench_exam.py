@@ -17,8 +17,8 @@ import torch
 
 from tutorloop.actors.exam import Examiner, cut_at_stop
 from tutorloop.loop.config import DataSection, StudentSection
-from tutorloop.loop.prompts import student_prompt
-from tutorloop.loop.tasks import load_examples
+from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.loop.datasets import load_examples
 
 
 def main() -> None:

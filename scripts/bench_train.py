@@ -19,8 +19,8 @@ import torch
 
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.config import DataSection, StudentSection, TrainingSection
-from tutorloop.loop.prompts import student_prompt, student_target
-from tutorloop.loop.tasks import load_examples
+from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.datasets import load_examples
 
 
 def main() -> None:

@@ -12,12 +12,10 @@ from typing import Callable, TypeVar
 
 import duckdb
 
+from tutorloop.loop.errors import StoreError
+
 
 T = TypeVar("T")
-
-
-class StoreBusyError(RuntimeError):
-    """The file stayed locked by another process for longer than the allowed wait."""
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -26,7 +24,7 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
 
 
 def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bool, timeout_s: float) -> T:
-    """Call `open_file`, retrying a lock conflict on `path` for up to `timeout_s` seconds, then StoreBusyError."""
+    """Call `open_file`, retrying a lock conflict on `path` for up to `timeout_s` seconds, then StoreError."""
     deadline = time.monotonic() + timeout_s
     delay = 0.02
     while True:
@@ -37,7 +35,7 @@ def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bo
                 raise
             if time.monotonic() >= deadline:
                 who = "a run is writing to it" if read_only else "another process holds it"
-                raise StoreBusyError(
+                raise StoreError(
                     f"{path}: the history is locked ({who}); waited {timeout_s:.0f} s, try again"
                 ) from None
             time.sleep(delay)
@@ -45,6 +43,6 @@ def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bo
 
 
 def connect(path: str | Path, *, read_only: bool, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
-    """Open `path`, retrying a lock conflict for up to `timeout_s` seconds, then StoreBusyError."""
+    """Open `path`, retrying a lock conflict for up to `timeout_s` seconds, then StoreError."""
     return retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, read_only=read_only,
                          timeout_s=timeout_s)

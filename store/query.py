@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import duckdb
 import pyarrow as pa
 
+from tutorloop.loop.errors import ReadOnlyQueryError, StoreError
+
 from .connect import connect, retry_on_lock
 from .schema import TABLES, views_sql
 
@@ -24,17 +26,13 @@ VIEWS = ("round_summary", "question_history", "transitions", "teacher_yield", "t
 _READ_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 
-class ReadOnlyQueryError(ValueError):
-    """A query tried to change the history; `tutorloop sql` only reads."""
-
-
 def history_path(run_or_file: str | Path) -> Path:
     """A run directory or the history file itself -> the history file (which must exist)."""
     path = Path(run_or_file)
     if path.is_dir():
         path = path / HISTORY_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_or_file}: no run history here (expected {path})")
+        raise StoreError(f"{run_or_file}: no run history here (expected {path})")
     return path
 
 

@@ -10,11 +10,9 @@ from importlib import resources
 
 import duckdb
 
+from tutorloop.loop.errors import StoreError
+
 SCHEMA_VERSION = 2
-
-
-class SchemaError(RuntimeError):
-    """The file's schema cannot be used by this version of tutorloop."""
 
 
 _V1_TABLES = """
@@ -183,7 +181,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: str = "") -> int:
     """Bring the file up to SCHEMA_VERSION inside one transaction; returns the version it had."""
     found = file_version(con)
     if found > SCHEMA_VERSION:
-        raise SchemaError(
+        raise StoreError(
             f"{path}: written by a newer tutorloop (schema version {found}, this one reads up to "
             f"{SCHEMA_VERSION}); upgrade tutorloop to open it"
         )

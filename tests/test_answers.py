@@ -8,8 +8,8 @@ import pytest
 
 from tutorloop.loop.answers import answers_match, extract_answer, normalize_gold, normalize_number
 from tutorloop.loop.config import DataSection
-from tutorloop.loop.prompts import student_target
-from tutorloop.loop.tasks import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
+from tutorloop.loop.student_prompt import student_target
+from tutorloop.loop.datasets import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
 
 RECORDED_TASKS = ["addsub", "coin_flip", "date_understanding", "last_letter_concatenation", "multiarith",
                   "strategy_qa", "tracking_shuffled_objects"]

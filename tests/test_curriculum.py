@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples)
-from tutorloop.loop.prompts import ANSWER_TRIGGER, student_target
+from tutorloop.loop.student_prompt import ANSWER_TRIGGER, student_target
 from tutorloop.loop.synthetic import generate_problems
 
 

@@ -8,7 +8,7 @@ import torch
 from tiny_student import PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, problems, student_cfg
 from tutorloop.actors.exam import DecodeSettings, Examiner, cut_at_stop, decode_batch
 from tutorloop.loop.answers import answers_match, extract_answer
-from tutorloop.loop.prompts import student_prompt
+from tutorloop.loop.student_prompt import student_prompt
 
 RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens",
                "output_tokens"}
@@ -121,7 +121,7 @@ def test_bad_mode_is_rejected(pretrained: Examiner) -> None:
 @pytest.mark.slow
 def test_smollm2_batched_equals_one_at_a_time() -> None:
     from tutorloop.loop.config import DataSection, StudentSection
-    from tutorloop.loop.tasks import load_examples
+    from tutorloop.loop.datasets import load_examples
 
     cfg = StudentSection(model="smollm2-135m-instruct", generation={"max_new_tokens": 24, "batch_size": 8})
     examiner = Examiner(cfg, "number")

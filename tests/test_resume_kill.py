@@ -83,7 +83,7 @@ def reached(run_dir: Path, round_: int, phase: str | None) -> bool:
         else:
             rows = fetch_rows(history, "SELECT 1 FROM phases WHERE round = ? AND name = ? AND status = 'running' "
                                        "AND (progress > 0 OR name = 'train')", [round_, phase], timeout_s=0.5)
-    except Exception:  # the writer holds the file (StoreBusyError), or it is being created
+    except Exception:  # the writer holds the file (StoreError), or it is being created
         return False
     return bool(rows)
 

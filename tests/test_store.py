@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tutorloop.store.connect import StoreBusyError
+from tutorloop.loop.errors import StoreError
 from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.query import ReadOnlyQueryError, fetch_rows, query
-from tutorloop.store.schema import SCHEMA_VERSION, TABLES, SchemaError
+from tutorloop.store.schema import SCHEMA_VERSION, TABLES
 from tutorloop.store.writer import StoreWriter
 
 
@@ -74,7 +74,7 @@ def test_migration_from_empty_and_refusal_of_newer(tmp_path: Path) -> None:
     con = duckdb.connect(str(path))
     con.execute("INSERT INTO schema_version VALUES (?, current_timestamp)", [SCHEMA_VERSION + 1])
     con.close()
-    with pytest.raises(SchemaError, match="newer tutorloop"):
+    with pytest.raises(StoreError, match="newer tutorloop"):
         StoreWriter(path)
 
 
@@ -111,7 +111,7 @@ def test_reader_gives_up_after_bounded_wait(tmp_path: Path) -> None:
     holder = hold_lock(path, 8)
     try:
         started = time.monotonic()
-        with pytest.raises(StoreBusyError, match="a run is writing"):
+        with pytest.raises(StoreError, match="a run is writing"):
             query(path, "SELECT 1", timeout_s=1.0)
         assert time.monotonic() - started < 5
     finally:

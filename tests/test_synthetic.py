@@ -6,11 +6,11 @@ import pytest
 
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import DataSection, SyntheticSection
-from tutorloop.loop.prompts import student_target
+from tutorloop.loop.student_prompt import student_target
 from tutorloop.loop.synthetic import (
     apply_op, generate_problems, parse_rationale_steps, rationale_lines, solve_steps, step_sentence,
 )
-from tutorloop.loop.tasks import load_examples
+from tutorloop.loop.datasets import load_examples
 
 
 def _key(ex) -> tuple:

@@ -13,7 +13,7 @@ from tutorloop.actors.teacher import CALL_COLUMNS, LocalExecutor
 from tutorloop.loop.config import DataSection, TeacherSection
 from tutorloop.loop.strategies import clean_rationale
 from tutorloop.loop.synthetic import generate_problems
-from tutorloop.loop.tasks import Example, load_examples, load_recorded_teacher, normalize_question
+from tutorloop.loop.datasets import Example, load_examples, load_recorded_teacher, normalize_question
 from tutorloop.loop.teaching import RATIONALE_KEYS, TeachingSession, estimate_cost, plan_jobs
 
 EXAMPLES = generate_problems(6, seed=5, min_steps=2, max_steps=3, max_value=9)

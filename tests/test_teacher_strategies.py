@@ -12,7 +12,7 @@ from tutorloop.loop.strategies import (
     PromptBuilder, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
 from tutorloop.loop.synthetic import generate_problems
-from tutorloop.loop.tasks import Example
+from tutorloop.loop.datasets import Example
 from tutorloop.loop.teaching import _JobRun, plan_jobs
 
 Q = "Tom has 3 apples. He gets 4 more. Then he gives away 2. How many apples does Tom have now?"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tutorloop.loop.config import DataSection
-from tutorloop.loop.tasks import (
+from tutorloop.loop.datasets import (
     RECORDED_TEACHER_DIR, TASKS, DataError, answer_type_of, get_task, load_examples, load_recorded_teacher,
     normalize_question, resolve_data_dir,
 )

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from tutorloop.loop.answers import extract_answer, normalize_gold
 from tutorloop.loop.config import DataSection
+from tutorloop.loop.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,6 @@ class Example:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORDED_TEACHER_DIR = "recorded_teacher/text-davinci-002_zero-shot-cot"
 SPLITS = ("train", "test")
-
-
-class DataError(ValueError):
-    """A data file is missing or malformed; the message is one line naming the file (and line)."""
 
 
 @dataclass(frozen=True)
