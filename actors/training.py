@@ -17,26 +17,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from tutorloop.actors.losses import (dpo_loss, last_token_states, multitask_loss, sequence_logprob, token_nll,
                                      triplet_loss)
-from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, load_student, load_tokenizer,
-                                     student_source)
+from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, allow_bitsandbytes, load_student,
+                                     load_tokenizer, student_source)
+from tutorloop.actors.train_state import Checkpoints, TrainState
 from tutorloop.loop.config import StudentSection, TrainingSection
+from tutorloop.loop.errors import ConfigError
 
 SAMPLE_KEYS = ("example_id", "task", "input", "target", "weight")
 PAIR_KEYS = ("example_id", "input", "anchor", "positive", "negative")
+PAIR_ROLES = ("anchor", "positive", "negative")
 SORT_CHUNK_BATCHES = 64
 MAX_GRAD_NORM = 1.0
 
@@ -72,7 +71,7 @@ def resolve_target_modules(model, wanted: list[str] | str) -> list[str] | str:
         options = _GPT2_TO_LLAMA.get(w, []) + ([_LLAMA_TO_GPT2[w]] if w in _LLAMA_TO_GPT2 else [])
         translated += [o for o in options if o in present and o not in translated]
     if not translated:
-        raise ValueError(f"student.lora.target_modules {wanted}: none of these modules exist in the model")
+        raise ConfigError(f"student.lora.target_modules {wanted}: none of these modules exist in the model")
     return translated
 
 
@@ -89,6 +88,16 @@ class _Encoded:
     labels: list[int]
 
 
+@dataclass
+class _Data:
+    """A training's tokenized records: samples (with their records) and (anchor, positive, negative) pairs."""
+
+    samples: list[_Encoded] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    pairs: list[tuple[_Encoded, _Encoded, _Encoded]] = field(default_factory=list)
+    mean_target: float = 0.0  # mean target tokens (+ EOS) per sample: the multi-task loss's constant
+
+
 class LoraTrainer:
     """Trains a LoRA adapter on the student; one instance can run several trainings."""
 
@@ -97,6 +106,7 @@ class LoraTrainer:
         self.cfg = training_cfg
         self.seed = seed
         self._tokenizer = None
+        allow_bitsandbytes(student_cfg.quantization != "none")  # before peft or transformers look for it
 
     # ------------------------------------------------------------ data
 
@@ -192,104 +202,103 @@ class LoraTrainer:
         `on_plan(total_steps, steps_already_done)` is called once before training (the second number is
         non-zero after a resume); `on_step(record)` after each optimizer step.
         """
+        pairs = pairs if self.cfg.reflection != "none" else []
+        data = self._encode_all(samples, pairs)
+        input_hash = self._input_hash(samples, pairs, init_adapter)
+        order = self.plan([len(e.ids) for e in data.samples], [sum(len(x.ids) for x in e) for e in data.pairs])
+        state = self._start(init_adapter, order)
+        ckpt = Checkpoints(checkpoint_dir) if checkpoint_dir else None
+        if ckpt:
+            state.resume(ckpt.load(input_hash))
+        if on_plan:
+            on_plan(state.total_steps, state.done)
+        device = next(state.model.parameters()).device
+        t0 = time.perf_counter() - state.elapsed_before
+        for step in range(state.done, state.total_steps):
+            record = self._step(state, data, step, device)
+            record["elapsed_s"] = time.perf_counter() - t0
+            state.steps.append(record)
+            if ckpt and ((step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == state.total_steps):
+                ckpt.save(state, input_hash)
+            if on_step:
+                on_step(record)
+        return self._finish(state)
+
+    def _encode_all(self, samples: list[dict], pairs: list[dict]) -> _Data:
+        """The records checked and tokenized; those without a target token within max_length left out."""
         _check_records(samples, SAMPLE_KEYS, "samples")
-        use_pairs = self.cfg.reflection != "none"
-        if use_pairs:
-            _check_records(pairs, PAIR_KEYS, "pairs")
-        pairs = pairs if use_pairs else []
-        enc_samples, kept = [], []
+        _check_records(pairs, PAIR_KEYS, "pairs")
+        data = _Data()
         for s in samples:
             enc = self.encode(s["input"], s["target"])
             if enc is not None:
-                enc_samples.append(enc)
-                kept.append(s)
-        enc_pairs = [tuple(self.encode(p["input"], p[role] or p["anchor"]) for role in ("anchor", "positive", "negative"))
-                     for p in pairs]
-        enc_pairs = [e for e in enc_pairs if all(x is not None for x in e)]
-        if not enc_samples and not enc_pairs:
+                data.samples.append(enc)
+                data.records.append(s)
+        for p in pairs:
+            triple = tuple(self.encode(p["input"], p[role] or p["anchor"]) for role in PAIR_ROLES)
+            if all(x is not None for x in triple):
+                data.pairs.append(triple)
+        if not data.samples and not data.pairs:
             raise ValueError("training: no samples or contrast pairs with target tokens within max_length")
+        data.mean_target = sum(sum(x != -100 for x in e.labels) for e in data.samples) / max(1, len(data.samples))
+        return data
 
-        mean_target = sum(sum(x != -100 for x in e.labels) for e in enc_samples) / max(1, len(enc_samples))
-        input_hash = self._input_hash(samples, pairs, init_adapter)
-        order = self.plan([len(e.ids) for e in enc_samples], [sum(len(x.ids) for x in e) for e in enc_pairs])
-        accum = self.cfg.grad_accum
-        total_steps = math.ceil(len(order) / accum)
+    def _start(self, init_adapter: bytes | None, order: list[tuple[str, list[int]]]) -> TrainState:
+        """A fresh model with its LoRA adapter, optimizer and warm-up/linear-decay schedule."""
+        total_steps = math.ceil(len(order) / self.cfg.grad_accum)
         model = self._build_model(init_adapter)
         from transformers import get_linear_schedule_with_warmup
 
         params = [p for p in model.parameters() if p.requires_grad]
         optim = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         sched = get_linear_schedule_with_warmup(optim, round(self.cfg.warmup_ratio * total_steps), total_steps)
+        return TrainState(model, params, optim, sched, order, total_steps)
 
-        steps: list[dict] = []
-        start_step, elapsed_before = 0, 0.0
-        ckpt = _Checkpoints(checkpoint_dir) if checkpoint_dir else None
-        state = ckpt.load(input_hash) if ckpt else None
-        if state is not None:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
+    def _step(self, state: TrainState, data: _Data, step: int, device) -> dict[str, Any]:
+        """One optimizer step over `grad_accum` micro-batches; its record (without elapsed_s)."""
+        accum = self.cfg.grad_accum
+        micro = state.order[step * accum:(step + 1) * accum]
+        task_values: dict[str, list[float]] = {}  # task -> [summed NLL, tokens]
+        contrast: list[float] = []
+        total_loss, tokens, pads = 0.0, 0, 0
+        lr = state.sched.get_last_lr()[0]
+        for kind, idx in micro:
+            if kind == "s":
+                loss, per_task, n_tok, n_pad = self._sample_loss(
+                    state.model, [data.samples[i] for i in idx], [data.records[i] for i in idx], device,
+                    data.mean_target)
+                for task, (total, count) in per_task.items():
+                    acc = task_values.setdefault(task, [0.0, 0])
+                    acc[0], acc[1] = acc[0] + total, acc[1] + count
+            else:
+                raw, n_tok, n_pad = self._pair_loss(state.model, [data.pairs[i] for i in idx], device)
+                contrast.append(raw.item())
+                loss = self.cfg.reflection_weight * raw
+            (loss / len(micro)).backward()
+            total_loss += loss.item() / len(micro)
+            tokens += n_tok
+            pads += n_pad
+        torch.nn.utils.clip_grad_norm_(state.params, MAX_GRAD_NORM)
+        state.optim.step()
+        state.sched.step()
+        state.optim.zero_grad(set_to_none=True)
+        last = step + 1 == state.total_steps
+        return {
+            "step": step + 1,
+            "epoch": self.cfg.epochs if last else (step + 1) * accum / (len(state.order) / self.cfg.epochs),
+            "lr": lr,
+            "loss": total_loss,
+            "task_losses": {t: total / max(1, count) for t, (total, count) in sorted(task_values.items())},
+            "contrast_loss": sum(contrast) / len(contrast) if contrast else None,
+            "tokens": tokens,
+            "pad_fraction": pads / max(1, pads + tokens),
+        }
 
-            set_peft_model_state_dict(model, load_file(str(state["folder"] / "adapter_model.safetensors")))
-            optim.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
-            random.setstate(state["python_rng"])
-            order = [(kind, list(idx)) for kind, idx in state["order"]]
-            start_step, steps, elapsed_before = state["step"], state["steps"], state["elapsed_s"]
-
-        if on_plan:
-            on_plan(total_steps, start_step)
-        device = next(model.parameters()).device
-        per_epoch = len(order) / self.cfg.epochs
-        t0 = time.perf_counter() - elapsed_before
-        for step in range(start_step, total_steps):
-            micro = order[step * accum:(step + 1) * accum]
-            task_values: dict[str, list[float]] = {}  # task -> [summed NLL, tokens]
-            contrast: list[float] = []
-            total_loss, tokens, pads = 0.0, 0, 0
-            lr = sched.get_last_lr()[0]
-            for kind, idx in micro:
-                if kind == "s":
-                    loss, per_task, n_tok, n_pad = self._sample_loss(
-                        model, [enc_samples[i] for i in idx], [kept[i] for i in idx], device, mean_target)
-                    for task, (total, count) in per_task.items():
-                        acc = task_values.setdefault(task, [0.0, 0])
-                        acc[0], acc[1] = acc[0] + total, acc[1] + count
-                else:
-                    raw, n_tok, n_pad = self._pair_loss(model, [enc_pairs[i] for i in idx], device)
-                    contrast.append(raw.item())
-                    loss = self.cfg.reflection_weight * raw
-                (loss / len(micro)).backward()
-                total_loss += loss.item() / len(micro)
-                tokens += n_tok
-                pads += n_pad
-            torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-            optim.step()
-            sched.step()
-            optim.zero_grad(set_to_none=True)
-            record = {
-                "step": step + 1,
-                "epoch": (step + 1) * accum / per_epoch if step + 1 < total_steps else self.cfg.epochs,
-                "lr": lr,
-                "loss": total_loss,
-                "task_losses": {t: total / max(1, count) for t, (total, count) in sorted(task_values.items())},
-                "contrast_loss": sum(contrast) / len(contrast) if contrast else None,
-                "tokens": tokens,
-                "pad_fraction": pads / max(1, pads + tokens),
-                "elapsed_s": time.perf_counter() - t0,
-            }
-            steps.append(record)
-            if ckpt and ((step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == total_steps):
-                ckpt.save(model, input_hash, optim, sched, step + 1, order, steps, record["elapsed_s"])
-            if on_step:
-                on_step(record)
-
-        model.eval()
+    def _finish(self, state: TrainState) -> TrainResult:
+        state.model.eval()
         with tempfile.TemporaryDirectory() as tmp:
-            model.save_pretrained(tmp)
-            return TrainResult(adapter=adapter_to_bytes(tmp), steps=steps)
+            state.model.save_pretrained(tmp)
+            return TrainResult(adapter=adapter_to_bytes(tmp), steps=state.steps)
 
     # ------------------------------------------------------------ loss terms
 
@@ -361,45 +370,3 @@ def target_logits(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
     columns = (labels != -100).any(dim=0).nonzero()
     keep = labels.shape[1] - int(columns[0]) + 1 if len(columns) else 1
     return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits, labels[:, -keep:]
-
-
-class _Checkpoints:
-    """Trainer checkpoints in `root/step-NNNNNN/`, the newest named by `root/latest` (replaced atomically)."""
-
-    def __init__(self, root: str) -> None:
-        self.root = Path(root)
-
-    def save(self, model, input_hash: str, optim, sched, step: int, order, steps, elapsed_s: float) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
-        model.save_pretrained(tmp)
-        torch.save({
-            "input_hash": input_hash, "step": step, "optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(), "order": order, "steps": steps, "elapsed_s": elapsed_s,
-        }, tmp / "trainer_state.pt")
-        final = self.root / f"step-{step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        pointer = self.root / f".latest-{uuid.uuid4().hex[:8]}"
-        pointer.write_text(final.name)
-        os.replace(pointer, self.root / "latest")
-        for old in self.root.glob("step-*"):
-            if old != final:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def load(self, input_hash: str) -> dict | None:
-        pointer = self.root / "latest"
-        if not pointer.exists():
-            return None
-        folder = self.root / pointer.read_text().strip()
-        state_file = folder / "trainer_state.pt"
-        if not state_file.exists():
-            return None
-        state = torch.load(state_file, weights_only=False)
-        if state["input_hash"] != input_hash:
-            return None  # a checkpoint of another training (other data or settings): start fresh
-        state["folder"] = folder
-        return state

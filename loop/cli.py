@@ -1,7 +1,7 @@
-"""`tutorloop` command line: run, resume, status, sql, report, compare, export.
+"""`tutorloop` command line: run, resume, fork, status, sql, report, compare, export.
 
-Expected failures (bad config, bad data, a locked or missing history) end with one line on stderr
-and a non-zero exit code, never a traceback.
+Expected failures (a usage mistake, bad config, bad data, bad SQL, a locked or missing history) are
+TutorloopErrors, caught once in `main`: one line on stderr and the error's exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Iterator, NoReturn
 
 import pyarrow as pa
 
 from tutorloop.loop.config import load_config
-
 from tutorloop.loop.errors import EXIT_FAILURE, EXIT_USAGE, TutorloopError
+from tutorloop.loop.formatting import markdown_table
+
+FORMATS = ("table", "markdown", "csv", "json", "parquet")
 
 
 def format_table(table: pa.Table, max_width: int = 60) -> str:
@@ -34,22 +37,12 @@ def format_table(table: pa.Table, max_width: int = 60) -> str:
     return "\n".join(out)
 
 
-def format_markdown(table: pa.Table) -> str:
-    """A pipe table for notes and results pages; floats to 4 significant digits."""
-    def cell(v) -> str:
-        text = "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    out = ["| " + " | ".join(table.column_names) + " |", "|" + "---|" * table.num_columns]
-    out += ["| " + " | ".join(cell(v) for v in row.values()) + " |" for row in table.to_pylist()]
-    return "\n".join(out)
-
-
 def format_result(table: pa.Table, fmt: str) -> str:
+    """`table` as text in one of FORMATS but parquet (binary, see write_result)."""
     if fmt == "table":
         return format_table(table)
     if fmt == "markdown":
-        return format_markdown(table)
+        return markdown_table(table.column_names, [list(row.values()) for row in table.to_pylist()])
     if fmt == "json":
         return json.dumps(table.to_pylist(), default=str, indent=1)
     if fmt == "csv":
@@ -92,21 +85,23 @@ def split_sql_targets(targets: list[str]) -> tuple[list[str], str | None]:
 
 def write_result(table: pa.Table, fmt: str, out: str | None) -> None:
     """Print or save a result; parquet goes to a file only (it is binary)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        if not out:
-            raise TutorloopError("--format parquet needs --out FILE", EXIT_USAGE)
-        pq.write_table(table, out)
+    if fmt == "parquet" and not out:
+        raise TutorloopError("--format parquet needs --out FILE", EXIT_USAGE)
+    if not out:
+        print(format_result(table, fmt))
         return
-    text = format_result(table, fmt)
-    if out:
-        Path(out).write_text(text + "\n")
-    else:
-        print(text)
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, out)
+        else:
+            Path(out).write_text(format_result(table, fmt) + "\n")
+    except OSError as exc:
+        raise TutorloopError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
 
 
-def read_statements(stream: io.TextIOBase, prompt: bool):
+def read_statements(stream: io.TextIOBase, prompt: bool) -> Iterator[str]:
     """Yield SQL statements from `stream`, each ending at a line that ends with `;`."""
     lines: list[str] = []
     while True:
@@ -133,8 +128,6 @@ def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> 
     open never blocks a run. A bad statement prints its error and the prompt goes on."""
     from tutorloop.store.query import query_runs
 
-    import duckdb
-
     prompt = sys.stdin.isatty()
     if prompt:
         print(f"tutorloop sql on {', '.join(runs)}: end each query with ';', quit with .quit or Ctrl-D",
@@ -146,9 +139,6 @@ def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> 
         except TutorloopError as exc:
             failures += 1
             print(f"tutorloop: error: {exc}", file=sys.stderr)
-        except duckdb.Error as exc:
-            failures += 1
-            print(f"tutorloop: error: SQL: {str(exc).splitlines()[0]}", file=sys.stderr)
     return EXIT_FAILURE if failures and not prompt else 0
 
 
@@ -159,7 +149,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
     if args.file:
         if sql:
             raise TutorloopError("give the query either as an argument or with -f, not both", EXIT_USAGE)
-        sql = Path(args.file).read_text()
+        try:
+            sql = Path(args.file).read_text()
+        except OSError as exc:
+            raise TutorloopError(f"-f {args.file}: cannot read ({exc.strerror or exc})", EXIT_USAGE) from None
     if sql is None:
         return interactive_sql(runs, args.format, args.out, args.wait)
     write_result(query_runs(runs, sql, timeout_s=args.wait), args.format, args.out)
@@ -176,15 +169,15 @@ def prefer_local_ray_env(address: str | None) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     prefer_local_ray_env(args.address or cfg.ray.address)
-    from tutorloop.loop.engine import run_from_config
+    from tutorloop.loop.run_dir import run_from_config
 
-    return run_from_config(cfg, args.config, run_dir=args.run_dir, overwrite=args.overwrite,
-                           resume=args.resume, address=args.address)
+    return run_from_config(cfg, run_dir=args.run_dir, overwrite=args.overwrite, resume=args.resume,
+                           address=args.address)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     prefer_local_ray_env(args.address)
-    from tutorloop.loop.engine import resume_run
+    from tutorloop.loop.run_dir import resume_run
 
     return resume_run(Path(args.run_dir), overrides=args.set, address=args.address)
 
@@ -198,7 +191,7 @@ def cmd_fork(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else parent.parent / args.name
     cfg = fork_run(parent, run_dir, args.after_round, overrides=args.set, overwrite=args.overwrite)
     print(f"tutorloop: forked {parent} after round {args.after_round} into {run_dir}", flush=True)
-    return RoundEngine(cfg, run_dir, args.address).execute()
+    return RoundEngine(cfg, run_dir, args.address).run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -232,13 +225,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other expected failure: one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("tutorloop").strip()
+        raise TutorloopError(f"{command + ': ' if command else ''}{message}; see {self.prog} --help", EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tutorloop",
         description="Teach a small student model to reason with a teacher LLM, round by round.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_commands(sub)
+    _add_read_commands(sub)
+    return parser
 
+
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that run rounds: run, resume, fork."""
     run = sub.add_parser("run", help="start a run from a YAML config")
     run.add_argument("config", help="YAML config, e.g. configs/quick.yaml")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -269,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     fork.set_defaults(func=cmd_fork)
 
+
+def _add_read_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that only read a run's history: status, sql, report, compare, export."""
     status = sub.add_parser("status", help="where a run is: round, phase, progress (works while it runs)")
     status.add_argument("run_dir")
     status.set_defaults(func=cmd_status)
@@ -283,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("targets", nargs="+", metavar="RUN_DIR|QUERY",
                      help="run directories or history files, then the query")
     sql.add_argument("-f", "--file", help="read the query from a file")
-    sql.add_argument("--format", choices=["table", "markdown", "csv", "json", "parquet"], default="table")
+    sql.add_argument("--format", choices=FORMATS, default="table")
     sql.add_argument("--out", help="write the result to this file instead of stdout (needed for parquet)")
     sql.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
                      help="how long to wait for a run's write to finish before giving up (default 10)")
@@ -296,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="runs side by side: accuracy per round, cost, calls, time")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--format", choices=["table", "markdown", "csv", "json", "parquet"], default="table")
+    compare.add_argument("--format", choices=FORMATS, default="table")
     compare.add_argument("--out", help="write the table to this file instead of stdout")
     compare.set_defaults(func=cmd_compare)
 
@@ -306,26 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="new folder to write")
     export.add_argument("--merge", action="store_true", help="merge into the base model (plain transformers folder)")
     export.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import duckdb
-
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "targets", None) is not None and not any(e.startswith("-") for e in extra):
-        args.targets += extra  # `sql RUN --format csv "QUERY"`: argparse leaves a late positional over
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "targets", None) is not None and not any(e.startswith("-") for e in extra):
+            args.targets += extra  # `sql RUN --format csv "QUERY"`: argparse leaves a late positional over
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args.func(args)
     except TutorloopError as exc:
         print(f"tutorloop: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except duckdb.Error as exc:
-        print(f"tutorloop: error: SQL: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
+
 import ray
 
 from tutorloop.loop.config import Config
+from tutorloop.loop.console import actor_runtime_env
 
 
-def start_ray(cfg: Config, address: str | None = None) -> bool:
-    """Connect to Ray; returns True when this process started a local Ray it must shut down."""
+def start_ray(cfg: Config, address: str | None = None, log_file: str | Path | None = None) -> bool:
+    """Connect to Ray; returns True when this process started a local Ray it must shut down.
+
+    With `log_file`, the actors' output goes to that file instead of the terminal (see console.py);
+    without it, it reaches the terminal as Ray forwards it. Progress bars in actors are off either way.
+    """
     if ray.is_initialized():
         return False
     address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    quiet = {"runtime_env": actor_runtime_env(log_file) or None, "log_to_driver": log_file is None}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **quiet)
         return False
     # Loopback needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray is imported (the CLI does).
     ray.init(num_cpus=local_cpus(cfg), include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=True, configure_logging=False)
+             configure_logging=False, **quiet)
     return True
 
 

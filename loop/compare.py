@@ -13,6 +13,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
+from tutorloop.loop.formatting import percent
 from tutorloop.store.query import multi_query, run_names
 
 
@@ -30,10 +31,6 @@ def strategies_by_round(rows: Sequence[dict]) -> str:
         else:
             spans.append([round_, round_, names])
     return "; ".join(f"round {a}: {n}" if a == b else f"rounds {a}-{b}: {n}" for a, b, n in spans)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
@@ -61,19 +58,19 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
     add("rounds done", lambda n: str(sum(1 for r in by_run[n] if r["status"] == "done" and r["round"] >= 0)))
     for round_ in all_rounds:
         label = "baseline test accuracy" if round_ < 0 else f"round {round_} test accuracy"
-        add(label, lambda n, k=round_: _pct(next((r["test_accuracy"] for r in by_run[n] if r["round"] == k), None)))
+        add(label, lambda n, k=round_: percent(next((r["test_accuracy"] for r in by_run[n] if r["round"] == k), None)))
 
     def trained(name: str) -> list[dict]:
         return [r for r in by_run[name] if r["round"] >= 0 and r["test_accuracy"] is not None]
 
-    add("final test accuracy", lambda n: _pct(trained(n)[-1]["test_accuracy"]) if trained(n) else "-")
+    add("final test accuracy", lambda n: percent(trained(n)[-1]["test_accuracy"]) if trained(n) else "-")
 
     def best(name: str) -> str:
         rows = trained(name)
         if not rows:
             return "-"
         top = max(rows, key=lambda r: (r["test_accuracy"], r["round"]))
-        return f"{top['test_accuracy']:.1%} (round {top['round']})"
+        return f"{percent(top['test_accuracy'])} (round {top['round']})"
 
     add("best test accuracy", best)
     add("teacher calls", lambda n: str(sum(r["teacher_calls"] or 0 for r in by_run[n])))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Iterable
 
-from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.config import TeacherSection, TrainingSection
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.student_prompt import student_prompt, student_target
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
 
@@ -46,6 +48,44 @@ def random_selection(pool: list[Example], count: int, seed: int) -> list[str]:
     ids = sorted(e.id for e in pool)
     random.Random(seed).shuffle(ids)
     return ids[:count]
+
+
+@dataclass
+class TeachingTargets:
+    """What a round asks the teacher about: the questions, the strategies, and for tailored prompts the
+    student's mistakes on them; `ask_teacher` is False where the training needs no rationale."""
+
+    examples: list[Example]
+    strategies: list[str]
+    mistakes: dict[str, list[dict]] | None
+    ask_teacher: bool
+
+
+def teaching_targets(pool: list[Example], examples: dict[str, Example], mistakes: dict[str, list[dict]] | None,
+                     training: TrainingSection, teacher: TeacherSection, seed: int) -> TeachingTargets:
+    """Round 0 (`mistakes` None): the whole pool with the configured strategies. A tailored round: its
+    mistakes in `training.mistake_order` up to `training.max_mistakes`, with tailored prompts; or, in
+    the ablation without tailoring (`training.selection: random`), as many questions drawn at random
+    from the pool and taught as in round 0."""
+    strategies, job_mistakes = list(teacher.strategies), None
+    if mistakes is None:
+        targets = list(pool)
+    else:
+        ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed)
+        if training.selection == "random":
+            ordered = random_selection(pool, len(ordered), seed)
+        else:
+            strategies = tailored_strategies(teacher)
+            job_mistakes = {i: mistakes[i] for i in ordered}
+        targets = [examples[i] for i in ordered]
+    # Fine-tuning on gold answers alone (the answer-only baseline) needs no teacher.
+    return TeachingTargets(targets, strategies, job_mistakes, ask_teacher=set(training.tasks) != {"answer"})
+
+
+def tailored_strategies(teacher: TeacherSection) -> list[str]:
+    """`tailored` where a teacher can write corrections; a replay teacher can only re-explain."""
+    backends = {t.backend for t in teacher.teachers}
+    return ["tailored"] if backends - {"replay"} else ["zero_shot_cot"]
 
 
 def build_samples(round_: int, examples: dict[str, Example], rationales: Iterable[dict], tasks: list[str],

@@ -64,12 +64,20 @@ def normalize_question(text: str) -> str:
     return " ".join(text.split())
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as exc:  # a folder, no permission
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: line {exc.lineno}: bad JSON ({exc.msg})") from None
 
@@ -82,7 +90,8 @@ def _read_recorded(path: Path) -> dict[str, list[dict[str, Any]]]:
     """The `data` mapping of a recorded-teacher file, checked for the keys the loaders use."""
     content = _read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("data"), dict):
-        raise DataError(f"{path}: missing key 'data' (expected {{\"metadata\": ..., \"data\": {{index: [completion, ...]}}}})")
+        raise DataError(f"{path}: missing key 'data' "
+                        f"(expected {{\"metadata\": ..., \"data\": {{index: [completion, ...]}}}})")
     for index, completions in content["data"].items():
         if not isinstance(completions, list) or not completions:
             raise DataError(f"{path}: data['{index}']: expected a non-empty list of completions")
@@ -140,20 +149,17 @@ def _recorded_loader(task: str, answer_type: str) -> Callable[[DataSection, str]
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-empty line."""
     rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}: line {number}: bad JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}: line {number}: expected a JSON object")
-                rows.append((number, record))
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    # split("\n"), not splitlines(): a JSON string may hold U+2028 and other characters splitlines() breaks at.
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {number}: bad JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: line {number}: expected a JSON object")
+        rows.append((number, record))
     return rows
 
 

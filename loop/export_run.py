@@ -18,6 +18,7 @@ from typing import Any
 from tutorloop.loop.compare import strategies_by_round
 from tutorloop.loop.config import config_from_dict
 from tutorloop.loop.errors import RunError
+from tutorloop.loop.formatting import markdown_table, percent
 from tutorloop.loop.student_prompt import student_prompt
 from tutorloop.store.query import fetch_rows, history_path
 
@@ -46,7 +47,7 @@ def choose_round(rounds: list[dict[str, Any]], asked: int | None) -> tuple[int, 
         latest = available[-1]
         return latest, f"round {latest}: the latest (no round evaluated yet)"
     best = max(measured, key=lambda r: (r["test_accuracy"], r["round"]))
-    return best["round"], (f"round {best['round']}: best test accuracy ({best['test_accuracy']:.1%}; "
+    return best["round"], (f"round {best['round']}: best test accuracy ({percent(best['test_accuracy'])}; "
                            "ties go to the later round)")
 
 
@@ -59,6 +60,12 @@ def _base_description(student: dict[str, Any]) -> str:
     if student.get("gguf_file"):
         return f"{model} (GGUF {student['gguf_file']}, dequantized)"
     return str(model)
+
+
+def _round_label(round_: int, chosen: int) -> str:
+    if round_ < 0:
+        return "baseline (untrained)"
+    return f"{round_} (this folder)" if round_ == chosen else str(round_)
 
 
 def model_card(cfg: dict[str, Any], rounds: list[dict[str, Any]], chosen: int, reason: str, merged: bool,
@@ -86,12 +93,9 @@ def model_card(cfg: dict[str, Any], rounds: list[dict[str, Any]], chosen: int, r
              f"- **LoRA**: r={student.get('lora', {}).get('r')}, alpha={student.get('lora', {}).get('alpha')}, "
              f"modules {student.get('lora', {}).get('target_modules')}", "",
              "## Measured accuracy (test split, greedy decoding)", "",
-             "| round | " + " | ".join(f"{m} mode" for m in modes) + " |",
-             "|---|" + "---|" * len(modes)]
-    for r in rounds:
-        label = "baseline (untrained)" if r["round"] < 0 else str(r["round"]) + (" (this folder)" if r["round"] == chosen else "")
-        lines.append(f"| {label} | " + " | ".join(
-            "-" if r.get(f"acc_{m}") is None else f"{r[f'acc_{m}']:.1%}" for m in modes) + " |")
+             markdown_table(["round"] + [f"{m} mode" for m in modes],
+                            [[_round_label(r["round"], chosen)] + [percent(r.get(f"acc_{m}")) for m in modes]
+                             for r in rounds])]
     example = student_prompt("Tom has 3 apples and buys 4 more. How many apples does he have?", "explain")
     if merged:
         load = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",

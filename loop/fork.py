@@ -12,20 +12,15 @@ import shutil
 import uuid
 from pathlib import Path
 
-import yaml
-
 from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
 from tutorloop.loop.errors import RunError
-from tutorloop.store.connect import connect
-from tutorloop.store.writer import StoreWriter
+from tutorloop.loop.run_dir import CONFIG_FILE, stored_config
+from tutorloop.store.history import RunHistory, copy_rounds
+from tutorloop.store.query import HISTORY_FILE
 
 # What the copied rounds were made with: changing any of these would make the fork's history
 # describe a different student, data or evaluation than the rounds it inherits.
 FORK_FIXED_KEYS = ("data", "student", "run.baseline", "run.seed")
-
-# Tables whose rows belong to a round; rows of later rounds are dropped from the fork.
-ROUND_TABLES = ("rounds", "phases", "attempts", "teacher_calls", "rationales", "samples", "contrast_pairs",
-                "train_steps", "metrics", "checkpoints")
 
 
 def fork_config(parent: Config, overrides: list[str], name: str) -> Config:
@@ -46,9 +41,7 @@ def fork_run(parent_dir: Path, run_dir: Path, after_round: int, overrides: list[
     The parent is read through a read-only attach (a consistent snapshot, also while the parent runs
     between writes) and is never modified.
     """
-    from tutorloop.loop.engine import CONFIG_FILE, HISTORY, stored_config
-
-    history = parent_dir / HISTORY
+    history = parent_dir / HISTORY_FILE
     if not history.exists():
         raise RunError(f"{parent_dir}: no run history here (expected {history})")
     if run_dir.resolve() == parent_dir.resolve():
@@ -60,46 +53,15 @@ def fork_run(parent_dir: Path, run_dir: Path, after_round: int, overrides: list[
             raise RunError(f"{run_dir}: folder exists; choose another directory or pass --overwrite")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / HISTORY
     try:
-        _copy_history(history, target, after_round)
-        adapters = StoreWriter(target).fetch("SELECT path FROM checkpoints WHERE kind = 'adapter'")
-        for (relative,) in adapters:
+        copy_rounds(history, run_dir / HISTORY_FILE, after_round)
+        fork = RunHistory(run_dir)
+        for relative in fork.adapter_paths():
             shutil.copytree(parent_dir / relative, run_dir / relative)
-        StoreWriter(target).execute(
-            "UPDATE runs SET run_id = ?, name = ?, created_at = current_timestamp, status = 'created', "
-            "message = NULL, config = ?, config_hash = ?, parent = ?",
-            [uuid.uuid4().hex, cfg.run.name, cfg.to_dict(), cfg.fingerprint(RESUME_SAFE_KEYS),
-             f"{parent_dir}@round {after_round}"])
-        (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        fork.become_fork(uuid.uuid4().hex, cfg.run.name, cfg.to_dict(), cfg.fingerprint(RESUME_SAFE_KEYS),
+                         f"{parent_dir}@round {after_round}")
+        cfg.write_yaml(run_dir / CONFIG_FILE)
     except BaseException:
         shutil.rmtree(run_dir, ignore_errors=True)  # never leave a half-made fork behind
         raise
     return cfg
-
-
-def _copy_history(source: Path, target: Path, after_round: int) -> None:
-    con = connect(target, read_only=False)
-    try:
-        con.execute(f"ATTACH '{_sql_string(source)}' AS parent (READ_ONLY)")
-        done = {r[0] for r in con.execute("SELECT round FROM parent.rounds WHERE status = 'done'").fetchall()}
-        if after_round not in done:
-            finished = ", ".join(str(r) for r in sorted(done)) or "none"
-            raise RunError(f"{source.parent}: round {after_round} is not finished there "
-                           f"(finished rounds: {finished})")
-        con.execute(f"COPY FROM DATABASE parent TO {_catalog(con)}")
-        con.execute("DETACH parent")
-        con.execute("BEGIN TRANSACTION")
-        for table in ROUND_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE round > ?", [after_round])
-        con.execute("COMMIT")
-    finally:
-        con.close()
-
-
-def _catalog(con) -> str:
-    return con.execute("SELECT current_database()").fetchone()[0]
-
-
-def _sql_string(path: Path) -> str:
-    return str(path).replace("'", "''")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tutorloop.loop.formatting import percent
 from tutorloop.store.query import fetch_rows
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
 
 
 def describe_run(run_dir: Path) -> str:
@@ -29,8 +26,8 @@ def describe_run(run_dir: Path) -> str:
         lines.append("round  kind      status   test acc  pool acc  mistakes  calls  hits  cost $    seconds")
         for r in summary:
             lines.append(
-                f"{r['round']:>5}  {r['kind']:<8}  {r['status']:<7}  {_pct(r['test_accuracy']):>8}  "
-                f"{_pct(r['pool_accuracy']):>8}  {r['mistakes'] if r['mistakes'] is not None else '-':>8}  "
+                f"{r['round']:>5}  {r['kind']:<8}  {r['status']:<7}  {percent(r['test_accuracy']):>8}  "
+                f"{percent(r['pool_accuracy']):>8}  {r['mistakes'] if r['mistakes'] is not None else '-':>8}  "
                 f"{r['teacher_calls'] or 0:>5}  {r['cache_hits'] or 0:>4}  {r['teacher_cost_usd'] or 0:>7.4f}  "
                 f"{r['round_s'] or 0:>7.0f}")
     if run["status"] != "finished":

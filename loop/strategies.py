@@ -1,16 +1,20 @@
-"""Teacher prompts for each explanation strategy, built from the templates in loop/teacher_teacher_prompts/*.txt.
+"""Teacher prompts for each explanation strategy, built from the templates in loop/teacher_prompts/*.txt.
 
-Strategies (the papers behind them: see DESIGN.md):
-- zero_shot_cot (Fine-tune-CoT, two stages): `zero_shot_cot_reason` ("Q: {question}\\nA: Let's think
-  step by step.") asks for the rationale; `zero_shot_cot_answer` appends the rationale and the answer
-  trigger, "Therefore, the answer is" ("Therefore, the answer (arabic numerals) is" for numbers).
-- few_shot_cot: in-context examples (`few_shot_cot_exemplar` each), then the question.
-- cote: the teacher reasons step by step and states its answer; kept only when it matches gold.
-- rp: rationalization, the teacher is told the gold answer and explains it.
-- crop: cote, and rp where cote is wrong (a driver-side composition of the two prompts above).
-- teacher_forcing (TinyLLM): in-context examples with their answers, then the question with its gold answer.
-- tailored: the question, the student's wrong rationale and answer; the teacher replies with
-  "Mistake: ..." and "Correct reasoning: ..." (parsed by `parse_tailored`).
+Strategies, and the papers behind them:
+- zero_shot_cot (Fine-tune-CoT, Ho et al. 2023, "Large language models are reasoning teachers"; two
+  stages): `zero_shot_cot_reason` ("Q: {question}\\nA: Let's think step by step.") asks for the
+  rationale; `zero_shot_cot_answer` appends the rationale and the answer trigger, "Therefore, the
+  answer is" ("Therefore, the answer (arabic numerals) is" for numbers).
+- few_shot_cot (Wei et al. 2022): in-context examples (`few_shot_cot_exemplar` each), then the question.
+- cote, rp, crop (Li et al. 2022, "Explanations from large language models make small reasoners
+  better"): cote, the teacher reasons step by step and states its answer, kept only when it matches
+  gold; rp, rationalization: the teacher is told the gold answer and explains it; crop, cote and rp
+  where cote is wrong (a driver-side composition of the two prompts).
+- teacher_forcing (TinyLLM, Tian et al. 2024): in-context examples with their answers, then the
+  question with its gold answer.
+- tailored (Wang et al. 2023, "Democratizing reasoning ability"): the question, the student's wrong
+  rationale and answer; the teacher replies with "Mistake: ..." and "Correct reasoning: ..."
+  (parsed by `parse_tailored`).
 
 A file of the same name in `teacher.prompts_dir` replaces a built-in template. Templates are
 `str.format` strings; the fields are {question}, {answer} (gold), {answer_trigger}, {exemplars},
@@ -25,8 +29,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tutorloop.loop.student_prompt import ANSWER_TRIGGER
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.errors import ConfigError, DataError
+from tutorloop.loop.student_prompt import ANSWER_TRIGGER
 
 NUMBER_TRIGGER = "Therefore, the answer (arabic numerals) is"
 TEMPLATE_NAMES = (
@@ -70,7 +75,7 @@ def load_templates(prompts_dir: str | None = None) -> dict[str, str]:
     if prompts_dir is not None:
         folder = Path(prompts_dir)
         if not folder.is_dir():
-            raise ValueError(f"teacher.prompts_dir: {prompts_dir}: folder not found")
+            raise ConfigError(f"teacher.prompts_dir: {prompts_dir}: folder not found")
         for name in TEMPLATE_NAMES:
             path = folder / f"{name}.txt"
             if path.is_file():
@@ -85,7 +90,7 @@ def parse_exemplars(text: str, source: str = EXEMPLARS_FILE) -> list[Exemplar]:
     for block in re.split(r"\n\s*\n", "\n".join(lines).strip()):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
         if set(fields) != {"Q", "A", "Answer"}:
-            raise ValueError(f"{source}: exemplar block {len(exemplars) + 1} needs lines 'Q: ', 'A: ' and 'Answer: '")
+            raise DataError(f"{source}: exemplar block {len(exemplars) + 1} needs lines 'Q: ', 'A: ' and 'Answer: '")
         exemplars.append(Exemplar(fields["Q"].strip(), fields["A"].strip(), fields["Answer"].strip()))
     return exemplars
 
@@ -124,7 +129,7 @@ class PromptBuilder:
         try:
             return self.templates[name].format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"prompt template {name}.txt: bad placeholder {exc} "
+            raise ConfigError(f"prompt template {name}.txt: bad placeholder {exc} "
                              f"(fields: {', '.join(sorted(fields))})") from None
 
     def zero_shot_reason(self, example: Example) -> str:

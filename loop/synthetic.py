@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.errors import ConfigError
 
 DATASET = "synthetic"
 TEST_SHARE = 5  # one step chain in TEST_SHARE belongs to the test split
@@ -80,7 +81,8 @@ def _split_of(start: int, ops: list[tuple[str, int]]) -> str:
     return "test" if bucket == 0 else "train"
 
 
-def _random_chain(rng: random.Random, n_steps: int, max_value: int, allow_mul: bool) -> tuple[int, list[tuple[str, int]]]:
+def _random_chain(rng: random.Random, n_steps: int, max_value: int,
+                  allow_mul: bool) -> tuple[int, list[tuple[str, int]]]:
     start = rng.randint(1, max_value)
     value, ops = start, []
     for _ in range(n_steps):
@@ -120,15 +122,16 @@ def generate_problems(n: int, seed: int, min_steps: int, max_steps: int, max_val
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 0 or min_steps < 1 or max_steps < min_steps or max_value < 1:
-        raise ValueError(f"bad synthetic settings: n={n}, steps {min_steps}..{max_steps}, max_value={max_value}")
+        raise ConfigError(f"data.synthetic: bad synthetic settings: n={n}, steps {min_steps}..{max_steps}, "
+                          f"max_value={max_value}")
     rng = random.Random(f"{DATASET}/{split}/{seed}")
     examples: list[Example] = []
     attempts = 0
     while len(examples) < n:
         attempts += 1
         if attempts > 1000 * n + 1000:
-            raise ValueError(f"synthetic: too few {split} problems with steps {min_steps}..{max_steps} "
-                             f"and max_value {max_value}; widen them")
+            raise ConfigError(f"data.synthetic: too few {split} problems with steps {min_steps}..{max_steps} "
+                              f"and max_value {max_value}; widen them")
         start, ops = _random_chain(rng, rng.randint(min_steps, max_steps), max_value, allow_mul)
         if _split_of(start, ops) != split:
             continue

@@ -1,4 +1,4 @@
-"""The teaching phase: jobs -> teacher requests -> cache -> executor -> persist -> grading -> rationales.
+"""The teaching phase: jobs -> teacher requests -> cache -> teacher pool -> persist -> grading -> rationales.
 
 Runs in the driver. Each job (one example, teacher, strategy and sample index) is a small state
 machine: it issues one request per stage and advances only after that stage's call record has been
@@ -16,6 +16,12 @@ unusable is billed again; that retry is not part of the reservation.)
 
 Every rationale is graded against gold (loop/answers.py) and stored with its grade and rejection
 reason; exactly one rationale record per job.
+
+An `openai` teacher is checked once (actors/teacher/preflight.py) before the session first sends
+it anything, so a wrong address, key or model stops the phase with one line; a phase answered
+entirely from the cache needs no server. A teacher that stops answering mid-phase trips its
+backend's circuit breaker: the pool stops the phase with TeacherUnavailable once the answers
+received so far are stored.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ from typing import Any, Callable, Iterator, Protocol
 
 from tqdm import tqdm
 
-# The executors live with the backends; re-exported here for the driver.
-from tutorloop.actors.teacher import LocalExecutor, RayTeacherPool, TeacherRequest  # noqa: F401
+from tutorloop.actors.teacher import TeacherRequest, check_teacher
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
@@ -37,7 +43,6 @@ from tutorloop.store.journal import TeacherJournal
 
 RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",
                   "accepted", "reject_reason", "feedback", "request_hash", "task")
-SINGLE_STAGE = ("few_shot_cot", "cote", "rp", "teacher_forcing")
 ANSWER_STAGE_MAX_TOKENS = 32  # stage 2 of zero-shot CoT only states the answer
 # reject_reason of a call that ended unusable, by the reason code its error starts with
 _UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices": "empty",
@@ -45,8 +50,10 @@ _UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices
 
 
 class Executor(Protocol):
-    def execute(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-                journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]: ...
+    """LocalTeacherPool or RayTeacherPool: yields the call records of `requests` as they finish."""
+
+    def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
+            journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]: ...
 
     def close(self) -> None: ...
 
@@ -82,7 +89,7 @@ def _pick_exemplars(example: Example, pool: list[Example], count: int, prompts_d
         return chosen
     if example.answer_type == "number":
         return builtin_exemplars(prompts_dir)[:count]
-    raise ValueError(f"{example.dataset}: few_shot_cot and teacher_forcing need in-context examples, but this "
+    raise ConfigError(f"{example.dataset}: few_shot_cot and teacher_forcing need in-context examples, but this "
                      f"task has no gold rationales and the built-in exemplars are arithmetic only")
 
 
@@ -92,11 +99,11 @@ def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
     """One job per (example, teacher, strategy, sample index); tailored jobs only for examples with a mistake."""
     strategies = list(strategies if strategies is not None else teacher_cfg.strategies)
     if "tailored" in strategies and mistakes is None:
-        raise ValueError("teacher.strategies: 'tailored' needs the student's mistakes (none were given)")
+        raise ConfigError("teacher.strategies: 'tailored' needs the student's mistakes (none were given)")
     for teacher in teacher_cfg.teachers:
         other = [s for s in strategies if s != "zero_shot_cot"]
         if teacher.backend == "replay" and other:
-            raise ValueError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
+            raise ConfigError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
                              f"not {', '.join(other)}")
     jobs = []
     for example in examples:
@@ -161,7 +168,7 @@ class _JobRun:
             mistake = job.mistake or {}
             text = b.tailored(job.example, mistake.get("output") or "", mistake.get("extracted"))
             return self._request("tailored", text)
-        raise ValueError(f"unknown strategy {job.strategy!r}")
+        raise ConfigError(f"teacher.strategies: unknown strategy {job.strategy!r}")
 
     # -- advancing --------------------------------------------------------------------------------
     def advance(self, request: TeacherRequest, record: dict[str, Any]) -> TeacherRequest | None:
@@ -207,6 +214,10 @@ class _JobRun:
             return self._request("rp", self.builder.rp(job.example))
         return None
 
+    def give_up(self, reason: str) -> None:
+        """End the job without a rationale (before its request was sent)."""
+        self._finish(None, None, None, reason)
+
     @staticmethod
     def _failure(record: dict[str, Any]) -> str | None:
         status = record["status"]
@@ -243,8 +254,21 @@ class _JobRun:
 
 def _max_cost(request: TeacherRequest, endpoint: TeacherEndpoint) -> float:
     """Worst-case cost of one attempt: estimated prompt tokens plus all of max_tokens."""
-    price = endpoint.price
-    return (request.tokens_in_estimate() * price.input_per_mtok + request.max_tokens * price.output_per_mtok) / 1e6
+    return endpoint.price.cost_usd(request.tokens_in_estimate(), request.max_tokens)
+
+
+# A job and the request it waits on
+_Asked = tuple[_JobRun, TeacherRequest]
+
+
+@dataclass
+class _Tally:
+    """What a session has sent, found cached and spent so far, and whether the budget ran out."""
+
+    sent: int = 0
+    hits: int = 0
+    cost: float = 0.0
+    exhausted: bool = False
 
 
 class TeachingSession:
@@ -254,8 +278,11 @@ class TeachingSession:
                  lookup: Callable[[list[str]], dict[str, dict[str, Any]]], executor: Executor,
                  persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
                  progress: bool = True, on_wait: Callable[[], None] | None = None,
-                 journal: TeacherJournal | None = None) -> None:
+                 journal: TeacherJournal | None = None,
+                 preflight: Callable[[TeacherEndpoint, TeacherSection], None] = check_teacher) -> None:
         self.cfg = teacher_cfg
+        self.preflight = preflight  # raises TeacherUnavailable for a teacher that cannot be asked
+        self._checked: set[str] = set()
         self.on_wait = on_wait  # called before the executor blocks on the teacher
         self.journal = journal  # makes each answer durable on arrival, before `persist` batches it
         self.jobs = jobs
@@ -266,72 +293,94 @@ class TeachingSession:
         self.progress = progress
         self.builder = PromptBuilder(load_templates(teacher_cfg.prompts_dir))
         self.endpoints = {t.name: t for t in teacher_cfg.teachers}
+        self._tally = _Tally()
+        self._bar: tqdm | None = None
 
     def run(self) -> TeachingOutcome:
         runs = [_JobRun(job, self.builder, self.cfg) for job in self.jobs]
-        ready = [(run, run.first_request()) for run in runs]
-        limit = self.cfg.max_cost_usd
-        cost = 0.0
-        sent = hits = 0
-        exhausted = False
-        bar = tqdm(total=len(runs), desc="teacher", unit="job", disable=not self.progress)
+        self._tally = _Tally()
+        self._bar = tqdm(total=len(runs), desc="teacher", unit="job", disable=not self.progress)
+        ready: list[_Asked] = [(run, run.first_request()) for run in runs]
+        try:
+            while ready:
+                ready = self._wave(ready)
+        except BaseException:
+            self._bar.leave = False  # the error's line is what stays on the console, not a stalled bar
+            raise
+        finally:
+            self._bar.close()
+        return self._outcome([run.result for run in runs])
 
-        def deliver(waiting: list[tuple[_JobRun, TeacherRequest]], record: dict[str, Any],
-                    upcoming: list[tuple[_JobRun, TeacherRequest]]) -> None:
-            for run, request in waiting:
-                following = run.advance(request, record)
-                if following is not None:
-                    upcoming.append((run, following))
-                else:
-                    bar.update(1)
+    def _wave(self, ready: list[_Asked]) -> list[_Asked]:
+        """Answers every ready request (cache first, then the executor); returns the requests that follow."""
+        waiting: dict[str, list[_Asked]] = {}
+        unique: dict[str, TeacherRequest] = {}  # identical requests are sent once
+        for run, request in ready:
+            waiting.setdefault(request.request_hash, []).append((run, request))
+            unique.setdefault(request.request_hash, request)
+        upcoming: list[_Asked] = []
+        cached = self.lookup(list(unique)) if unique else {}
+        self._tally.hits += sum(1 for key in unique if key in cached)
+        for key, record in cached.items():
+            if key in waiting:
+                self._deliver(waiting.pop(key), record, upcoming)
+        to_send = self._within_budget([r for key, r in unique.items() if key not in cached], waiting)
+        self._check_teachers(to_send)
+        # Each group holds every answer that arrived while the previous group was being stored,
+        # so fast teachers get bigger batches; the journal already holds each answer.
+        for group in self.executor.ask(to_send, on_wait=self.on_wait, journal=self.journal):
+            self._tally.sent += len(group)
+            self.persist(group)  # stored before any job reads it
+            for record in group:
+                self._tally.cost += record["cost_usd"]
+                self._deliver(waiting.pop(record["request_hash"], []), record, upcoming)
+        return upcoming
 
-        while ready:
-            upcoming: list[tuple[_JobRun, TeacherRequest]] = []
-            waiting: dict[str, list[tuple[_JobRun, TeacherRequest]]] = {}
-            unique: dict[str, TeacherRequest] = {}
-            for run, request in ready:
-                key = request.request_hash
-                waiting.setdefault(key, []).append((run, request))
-                unique.setdefault(key, request)
-            cached = self.lookup(list(unique)) if unique else {}
-            hits += sum(1 for key in unique if key in cached)
-            for key, record in cached.items():
-                if key in waiting:
-                    deliver(waiting.pop(key), record, upcoming)
-            to_send: list[TeacherRequest] = []
-            reserved = 0.0
-            for key, request in unique.items():
-                if key in cached:
-                    continue
-                estimate = _max_cost(request, self.endpoints[request.teacher])
-                if not exhausted and limit is not None and self.spent_usd + cost + reserved + estimate > limit:
-                    exhausted = True
-                if exhausted:
-                    for run, _ in waiting.pop(key):
-                        run._finish(None, None, None, "budget")
-                        bar.update(1)
-                    continue
-                reserved += estimate
-                to_send.append(request)
-            # Each group holds every answer that arrived while the previous group was being stored,
-            # so fast teachers get bigger batches; the journal already holds each answer.
-            for group in self.executor.execute(to_send, on_wait=self.on_wait, journal=self.journal):
-                sent += len(group)
-                self.persist(group)  # stored before any job reads it
-                for record in group:
-                    cost += record["cost_usd"]
-                    deliver(waiting.pop(record["request_hash"], []), record, upcoming)
-            ready = upcoming
-        bar.close()
-        rationales = [run.result for run in runs]
+    def _check_teachers(self, requests: list[TeacherRequest]) -> None:
+        """The preflight of each teacher about to get its first request of this session."""
+        for name in sorted({request.teacher for request in requests} - self._checked):
+            self.preflight(self.endpoints[name], self.cfg)
+            self._checked.add(name)
+
+    def _within_budget(self, requests: list[TeacherRequest], waiting: dict[str, list[_Asked]]) -> list[TeacherRequest]:
+        """The requests whose worst-case cost still fits; from the first that does not, every job
+        left waiting ends with reject_reason "budget"."""
+        tally, limit = self._tally, self.cfg.max_cost_usd
+        to_send: list[TeacherRequest] = []
+        reserved = 0.0
+        for request in requests:
+            estimate = _max_cost(request, self.endpoints[request.teacher])
+            if not tally.exhausted and limit is not None and self.spent_usd + tally.cost + reserved + estimate > limit:
+                tally.exhausted = True
+            if tally.exhausted:
+                for run, _ in waiting.pop(request.request_hash):
+                    run.give_up("budget")
+                    self._bar.update(1)
+                continue
+            reserved += estimate
+            to_send.append(request)
+        return to_send
+
+    def _deliver(self, waiting: list[_Asked], record: dict[str, Any], upcoming: list[_Asked]) -> None:
+        """Hands a stored record to every job that asked for it; their next requests join `upcoming`."""
+        for run, request in waiting:
+            following = run.advance(request, record)
+            if following is not None:
+                upcoming.append((run, following))
+            else:
+                self._bar.update(1)
+
+    def _outcome(self, rationales: list[dict[str, Any]]) -> TeachingOutcome:
+        tally, limit = self._tally, self.cfg.max_cost_usd
         accepted = sum(1 for r in rationales if r["accepted"])
         budget_left = sum(1 for r in rationales if r["reject_reason"] == "budget")
-        message = (f"teacher: {len(runs)} jobs, {accepted} rationales accepted, {len(runs) - accepted} rejected; "
-                   f"{sent} calls sent, {hits} cache hits, ${cost:.4f} spent")
-        if exhausted:
-            message += (f"; budget teacher.max_cost_usd=${limit:.4f} reached (${self.spent_usd + cost:.4f} spent "
-                        f"in all): {budget_left} jobs stopped before sending")
-        return TeachingOutcome(rationales, sent, hits, cost, exhausted, message)
+        message = (f"teacher: {len(rationales)} jobs, {accepted} rationales accepted, "
+                   f"{len(rationales) - accepted} rejected; {tally.sent} calls sent, {tally.hits} cache hits, "
+                   f"${tally.cost:.4f} spent")
+        if tally.exhausted:
+            message += (f"; budget teacher.max_cost_usd=${limit:.4f} reached (${self.spent_usd + tally.cost:.4f} "
+                        f"spent in all): {budget_left} jobs stopped before sending")
+        return TeachingOutcome(rationales, tally.sent, tally.hits, tally.cost, tally.exhausted, message)
 
 
 def estimate_cost(jobs: list[TeachingJob], teacher_cfg: TeacherSection) -> dict[str, Any]:

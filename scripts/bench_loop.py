@@ -19,7 +19,8 @@ prefer_local_ray_env(None)  # before Ray is imported: a local Ray on loopback
 
 from tutorloop.actors.models import load_student  # noqa: E402
 from tutorloop.loop.config import load_config  # noqa: E402
-from tutorloop.loop.engine import RoundEngine, create_run  # noqa: E402
+from tutorloop.loop.engine import RoundEngine  # noqa: E402
+from tutorloop.loop.run_dir import create_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def main() -> None:
         started = time.monotonic()
         create_run(cfg, run_dir)
         engine = RoundEngine(cfg, run_dir)
-        code = engine.execute()
+        code = engine.run()
         wall = time.monotonic() - started
     if code != 0:
         raise SystemExit(f"the run failed with exit code {code}")

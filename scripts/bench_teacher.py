@@ -1,6 +1,6 @@
 """Teacher client throughput: 400 requests at concurrency 32 against the local test server (200 ms latency).
 
-Runs the real path: the openai backend (AsyncOpenAI, our limits and retries) in a LocalExecutor,
+Runs the real path: the openai backend (AsyncOpenAI, our limits and retries) in a LocalTeacherPool,
 against tests/teacher_server.py serving the program teacher. The server runs in a process of its
 own, as a real teacher would, so its threads do not share this process's interpreter lock with the
 client being measured. Ideal wall time = requests x latency / concurrency; the ratio is the
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tutorloop.actors.teacher import LocalExecutor, TeacherRequest
+from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
 from tutorloop.loop.config import TeacherSection
 from tutorloop.loop.synthetic import generate_problems
 
@@ -45,11 +45,11 @@ def main() -> None:
                                    messages=[{"role": "user", "content": f"Q: {q}\nA: Let's think step by step."}],
                                    params={"temperature": 0.0, "max_tokens": 128}, sample_index=i)
                     for i, q in enumerate(questions)]
-        with LocalExecutor(cfg) as executor:
+        with LocalTeacherPool(cfg) as pool:
             # one warm-up request creates the client outside the timing
-            list(executor.execute([TeacherRequest(**{**requests[0].__dict__, "sample_index": -1})]))
+            list(pool.ask([TeacherRequest(**{**requests[0].__dict__, "sample_index": -1})]))
             started = time.perf_counter()
-            records = [r for group in executor.execute(requests) for r in group]
+            records = [r for group in pool.ask(requests) for r in group]
             wall = time.perf_counter() - started
         server.stdin.close()
         counts = json.loads(server.stdout.readline())

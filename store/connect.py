@@ -24,15 +24,17 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
 
 
 def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bool, timeout_s: float) -> T:
-    """Call `open_file`, retrying a lock conflict on `path` for up to `timeout_s` seconds, then StoreError."""
+    """Call `open_file`, retrying a lock conflict on `path` for up to `timeout_s` seconds, then StoreError.
+
+    Any other failure to open the file is a StoreError at once."""
     deadline = time.monotonic() + timeout_s
     delay = 0.02
     while True:
         try:
             return open_file()
         except duckdb.IOException as exc:
-            if not _is_lock_conflict(exc):
-                raise
+            if not _is_lock_conflict(exc):  # not a history at all (another file, a torn copy)
+                raise StoreError(f"{path}: cannot open the history ({str(exc).splitlines()[0]})") from None
             if time.monotonic() >= deadline:
                 who = "a run is writing to it" if read_only else "another process holds it"
                 raise StoreError(

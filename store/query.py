@@ -4,7 +4,8 @@ One run: its file opened read-only. Several runs: an in-memory DuckDB that ATTAC
 READ_ONLY and exposes every table and view under its usual name as the union of the runs, with a
 `run` column in front, so one query compares runs (the views are this version's views.sql, rebuilt
 over each run's tables). Every query opens and closes its files, so a
-reader never holds a lock the run needs for longer than that query.
+reader never holds a lock the run needs for longer than that query. A write is refused
+(ReadOnlyQueryError); any other query DuckDB cannot run is a one-line StoreError.
 """
 
 from __future__ import annotations
@@ -56,12 +57,14 @@ def check_read_only(sql: str) -> None:
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None) -> pa.Table:
+    """The query's rows; a query DuckDB cannot run is a StoreError naming the first line of its error."""
     try:
         return con.sql(sql, params=params).to_arrow_table()
     except duckdb.Error as exc:
+        first_line = str(exc).splitlines()[0]
         if "read-only" in str(exc):  # the connection's own guard, behind check_read_only
-            raise ReadOnlyQueryError(f"refused: {str(exc).splitlines()[0]}; tutorloop sql only reads") from None
-        raise
+            raise ReadOnlyQueryError(f"refused: {first_line}; tutorloop sql only reads") from None
+        raise StoreError(f"SQL: {first_line}") from None
 
 
 def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None,
@@ -99,6 +102,15 @@ def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | No
     names = run_names(runs)
     con = duckdb.connect(":memory:")
     try:
+        _attach_runs(con, paths, names, timeout_s)
+        return _run(con, sql, params)
+    finally:
+        con.close()
+
+
+def _attach_runs(con: duckdb.DuckDBPyConnection, paths: list[Path], names: list[str], timeout_s: float) -> None:
+    """Every table and view of `con`'s main schema as the union of the runs' own, with a `run` column."""
+    try:
         for index, path in enumerate(paths):
             attach = f"ATTACH {_literal(str(path))} AS run{index} (READ_ONLY)"
             retry_on_lock(lambda: con.execute(attach), path, read_only=True, timeout_s=timeout_s)  # noqa: B023
@@ -114,9 +126,9 @@ def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | No
             # BY NAME: files from different tutorloop versions may order or lack columns differently.
             parts = [f"SELECT {_literal(name)} AS run, * FROM r{i}.{relation}" for i, name in enumerate(names)]
             con.execute(f"CREATE VIEW {relation} AS " + " UNION ALL BY NAME ".join(parts))
-        return _run(con, sql, params)
-    finally:
-        con.close()
+    except duckdb.Error as exc:  # a file too old or too damaged for this version's views
+        raise StoreError(f"{', '.join(map(str, paths))}: cannot read the histories together "
+                         f"({str(exc).splitlines()[0]})") from None
 
 
 def query_runs(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,

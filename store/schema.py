@@ -1,7 +1,8 @@
 """The history's DuckDB schema: versioned, with forward migrations applied on open.
 
-Table and column names are the contract other tools query (DESIGN.md); add columns through a new
-migration, never by editing an old one, so files written by older versions still open.
+Table and column names are a contract: `tutorloop sql`, the views and users' own queries name them.
+Add columns through a new migration, never by editing an old one, so files written by older versions
+still open.
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@
         ... point the openai backend at server.base_url ...
         assert server.calls == 3
 
-Endpoints: POST /v1/chat/completions and /v1/completions (the reply is program_teacher.respond of the
-last user message or of the prompt). Fault kinds (FAULTS): "429" (with Retry-After: retry_after),
+Endpoints: POST /v1/chat/completions and /v1/completions (the reply is program.respond of the
+last user message or of the prompt), GET /v1/models (counted in `model_listings`, not in `calls`).
+`TeacherServer(models=["a", "b"])` lists those models and answers 404 to a request for any other;
+`list_models=False` answers 404 to GET /v1/models (a server without it); `api_key="..."` answers
+401 to every request (GET or POST) that does not carry that key. Fault kinds (FAULTS): "429" (with Retry-After: retry_after),
 "500", "503", "401" (echoes the request's API key in its message, as real servers partly do),
 "hang" (no answer for hang_s, then the connection closes), "reset" (TCP reset, no response),
 "truncated_json" (200 with half a body), "empty_choices", "empty_text", "length"
@@ -15,7 +18,8 @@ last user message or of the prompt). Fault kinds (FAULTS): "429" (with Retry-Aft
 after slow_s). Every request is counted (thread-safe), faulted or not, and logged in `requests`.
 
 A ThreadingHTTPServer (one thread per connection) in a daemon thread; `stop()` (or leaving the
-`with` block) shuts it down and releases hung handlers.
+`with` block) shuts it down, closes its open connections and releases hung handlers, so its port
+is closed from then on.
 """
 
 from __future__ import annotations
@@ -29,8 +33,7 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tutorloop.actors import program_teacher
-from tutorloop.actors.teacher import estimate_tokens
+from tutorloop.actors.teacher import estimate_tokens, program
 
 FAULTS = ("429", "500", "503", "401", "hang", "reset", "truncated_json", "empty_choices", "empty_text", "length",
           "no_usage", "slow")
@@ -42,6 +45,18 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
     owner: "TeacherServer"
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self.connections: set[socket.socket] = set()  # open keep-alive connections, closed by stop()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        self.connections.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # resets and client time-outs are expected here; tests assert on outcomes instead
@@ -69,6 +84,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse_key(self, owner: "TeacherServer") -> bool:
+        """401 (as OpenAI words it) when the server wants a key and the request has another one."""
+        if owner.api_key is None or self.headers.get("Authorization", "") == f"Bearer {owner.api_key}":
+            return False
+        self._send_json(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                        "code": "invalid_api_key"}})
+        return True
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        owner = self.server.owner
+        with owner._lock:
+            owner.model_listings += 1
+        if self._refuse_key(owner):
+            return
+        if not owner.list_models or not self.path.rstrip("/").endswith("/models"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        names = owner.models or ["program"]
+        self._send_json(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "tests"}
+                                                         for name in names]})
+
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         owner = self.server.owner
         length = int(self.headers.get("Content-Length") or 0)
@@ -90,6 +126,12 @@ class _Handler(BaseHTTPRequestHandler):
             prompt = prompt[0] if isinstance(prompt, list) else prompt
         auth = self.headers.get("Authorization", "")
         fault = owner._take(prompt, {"path": self.path, "prompt": prompt, "auth": auth, "body": body})
+        if self._refuse_key(owner):
+            return
+        if owner.models is not None and body.get("model") not in owner.models:
+            self._send_json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                            "type": "invalid_request_error", "code": "model_not_found"}})
+            return
         with owner._lock:
             owner._in_flight += 1
             owner.max_in_flight = max(owner.max_in_flight, owner._in_flight)
@@ -123,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         delay = owner.slow_s if fault == "slow" else owner.latency_s
         if delay:
             owner._stopping.wait(delay)
-        text = program_teacher.respond(prompt)
+        text = program.respond(prompt)
         finish = "stop"
         if fault == "length":
             text, finish = text[: max(1, len(text) // 2)], "length"
@@ -153,8 +195,13 @@ class TeacherServer:
     """The test server; see the module docstring. `base_url` is what the openai client needs."""
 
     def __init__(self, latency_s: float = 0.0, slow_s: float = 0.5, hang_s: float = 10.0,
-                 retry_after: str = "1") -> None:
+                 retry_after: str = "1", models: list[str] | None = None, list_models: bool = True,
+                 api_key: str | None = None) -> None:
         self.latency_s = latency_s
+        self.models = models  # None: any model name is answered (and "program" listed)
+        self.list_models = list_models
+        self.api_key = api_key
+        self.model_listings = 0  # GET /v1/models requests
         self.slow_s = slow_s
         self.hang_s = hang_s
         self.retry_after = retry_after
@@ -223,6 +270,11 @@ class TeacherServer:
         self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
+        for connection in list(self._httpd.connections):  # a stopped server keeps no connection alive
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._thread.join(timeout=5)
         self._httpd = None
 

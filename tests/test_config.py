@@ -98,3 +98,42 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "training.lr" in lines[0] and str(path) in lines[0]
+
+
+SERVED = "teacher:\n  teachers:\n    - name: local\n      backend: openai\n      serve:\n"
+
+
+def test_served_teacher_section(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, SERVED + "        model: qwen2.5-coder-1.5b-instruct\n"),
+                      ["teacher.teachers.0.serve.llama_cpp.threads=2", "teacher.teachers.0.serve.parallel=3"])
+    serve = cfg.teacher.teachers[0].serve
+    assert (serve.engine, serve.model, serve.ctx, serve.parallel, serve.llama_cpp.threads) == (
+        "llama.cpp", "qwen2.5-coder-1.5b-instruct", 4096, 3, 2)
+    assert cfg.to_dict()["teacher"]["teachers"][0]["serve"]["llama_cpp"] == {"threads": 2}
+    plain = load_config(write(tmp_path, "run:\n  name: x\n"))
+    # No serve key in the dump when unset: configs written before it existed keep their fingerprint.
+    assert plain.teacher.teachers[0].serve is None and "serve" not in plain.to_dict()["teacher"]["teachers"][0]
+    path = write(tmp_path, SERVED + "        model: ~/m/teacher.gguf\n")
+    assert load_config(path).teacher.teachers[0].serve.model == "~/m/teacher.gguf"
+
+
+BAD_SERVE = [
+    (SERVED + "        ctx: 2048\n", "missing key 'teacher.teachers.0.serve.model'"),
+    (SERVED + "        model: gpt-4o\n", "key 'teacher.teachers.0.serve.model'"),
+    (SERVED + "        model: a.gguf\n        engine: sglang\n", "key 'teacher.teachers.0.serve.engine'"),
+    (SERVED + "        model: a.gguf\n        threads: 2\n", "unknown key 'teacher.teachers.0.serve.threads'"),
+    (SERVED + "        model: a.gguf\n        llama_cpp:\n          threads: 0\n",
+     "key 'teacher.teachers.0.serve.llama_cpp.threads'"),
+    (SERVED + "        model: a.gguf\n        parallel: 0\n", "key 'teacher.teachers.0.serve.parallel'"),
+    (SERVED.replace("openai", "replay") + "        model: a.gguf\n", "needs backend 'openai'"),
+    (SERVED.replace("backend: openai", "backend: openai\n      base_url: http://h:1/v1") + "        model: a.gguf\n",
+     "set base_url or serve, not both"),
+]
+
+
+@pytest.mark.parametrize("text,expected", BAD_SERVE)
+def test_bad_serve_section_names_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert expected in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)

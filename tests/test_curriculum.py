@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from tutorloop.loop.config import TeacherEndpoint, TeacherSection, TrainingSection
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
-                                       random_selection, replay_samples)
+                                       random_selection, replay_samples, teaching_targets)
 from tutorloop.loop.student_prompt import ANSWER_TRIGGER, student_target
 from tutorloop.loop.synthetic import generate_problems
 
@@ -38,6 +39,33 @@ def test_random_selection_is_seeded() -> None:
     assert first == random_selection(pool, 5, seed=1)
     assert first != random_selection(pool, 5, seed=2)
     assert len(set(first)) == 5
+
+
+def test_teaching_targets_per_kind_of_round() -> None:
+    pool = generate_problems(10, 0, 1, 2, 9)
+    examples = {e.id: e for e in pool}
+    ids = sorted(examples)
+    mistakes = find_mistakes([attempt(ids[0], 0, False), attempt(ids[1], 0, True), attempt(ids[1], 1, False),
+                              attempt(ids[2], 0, False), attempt(ids[2], 1, False)])
+    teacher = TeacherSection(teachers=[TeacherEndpoint(backend="program")], strategies=["cote"])
+    training = TrainingSection(max_mistakes=2)
+    # Round 0: the whole pool, as configured.
+    core = teaching_targets(pool, examples, None, training, teacher, seed=0)
+    assert (core.examples, core.strategies, core.mistakes, core.ask_teacher) == (pool, ["cote"], None, True)
+    # A tailored round: its hardest mistakes first, up to max_mistakes, with the student's attempts.
+    tailored = teaching_targets(pool, examples, mistakes, training, teacher, seed=0)
+    assert [e.id for e in tailored.examples] == [ids[0], ids[2]]  # none right in either; ids[1] half right
+    assert tailored.strategies == ["tailored"] and set(tailored.mistakes) == {ids[0], ids[2]}
+    # A replay teacher cannot tailor: it re-explains.
+    replay = TeacherSection(teachers=[TeacherEndpoint(backend="replay")], strategies=["zero_shot_cot"])
+    assert teaching_targets(pool, examples, mistakes, training, replay, seed=0).strategies == ["zero_shot_cot"]
+    # The ablation without tailoring: as many questions, drawn at random from the pool, taught as in round 0.
+    drawn = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=2, selection="random"),
+                             teacher, seed=5)
+    assert [e.id for e in drawn.examples] == random_selection(pool, 2, 5)
+    assert (drawn.strategies, drawn.mistakes) == (["cote"], None)
+    # Gold answers alone need no teacher.
+    assert not teaching_targets(pool, examples, None, TrainingSection(tasks=["answer"]), teacher, 0).ask_teacher
 
 
 def test_build_samples_multitask_and_weights() -> None:

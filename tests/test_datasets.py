@@ -156,6 +156,25 @@ def test_malformed_jsonl(tmp_path: Path, lines: list[str], message: str) -> None
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 
 
+def test_unreadable_jsonl_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "folder.jsonl").mkdir()
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"question": "caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
+    for path, message in ((tmp_path / "folder.jsonl", r"folder\.jsonl: cannot read \(Is a directory\)"),
+                          (latin, r"latin\.jsonl: not UTF-8 text")):
+        with pytest.raises(DataError, match=message) as info:
+            load_examples(DataSection(task="jsonl", train_path=str(path), test_path=str(path)), "train")
+        assert "\n" not in str(info.value)
+
+
+def test_jsonl_lines_split_only_at_newlines(tmp_path: Path) -> None:
+    # U+2028 is legal inside a JSON string; it must not cut the record in two.
+    records = [{"question": "a\u2028b", "answer": "3"}, {"question": "c", "answer": "4"}]
+    path = _write_lines(tmp_path / "sep.jsonl", [json.dumps(r, ensure_ascii=False) for r in records])
+    examples = load_examples(DataSection(task="jsonl", train_path=str(path), test_path=str(path)), "train")
+    assert [(e.question, e.answer, e.meta["line"]) for e in examples] == [("a\u2028b", "3", 1), ("c", "4", 2)]
+
+
 def test_malformed_gsm8k(tmp_path: Path) -> None:
     (tmp_path / "gsm8k").mkdir()
     _write_lines(tmp_path / "gsm8k" / "train.jsonl", [

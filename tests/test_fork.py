@@ -14,7 +14,7 @@ import pytest
 from shared_run import cli, shared_quick_run
 from tutorloop.loop.config import config_from_dict
 from tutorloop.loop.curriculum import random_selection
-from tutorloop.loop.engine import derive_seed
+from tutorloop.loop.round_plan import derive_seed
 from tutorloop.loop.datasets import load_examples
 from tutorloop.store.query import fetch_rows
 

@@ -1,6 +1,12 @@
-"""Model loading: tiny builds (deterministic, cached), local folders (the hub-id path), GGUF, adapter bytes."""
+"""Model loading: tiny builds (deterministic, cached), local folders (the hub-id path), GGUF, adapter bytes,
+and a missing student reported as one line."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,9 +14,11 @@ from safetensors.torch import load_file
 
 from tiny_student import RANDOM_GPT2, RANDOM_LLAMA, student_cfg
 from tutorloop.actors import models
-from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, build_tiny_model, load_student,
+from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, check_student_model, load_student,
                                      resolve_model_source)
+from tutorloop.actors.tiny_model import build_tiny_model, tiny_model_dir
 from tutorloop.loop.config import StudentSection, TinyModelSection
+from tutorloop.loop.errors import ConfigError
 
 
 def _logits(model, tokenizer, text: str = "Tom has 3 apples. 3 + 4 =") -> torch.Tensor:
@@ -33,7 +41,7 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path, monkeypatch) -> None:
     assert build_tiny_model(tiny) == folders[1]
     assert (folders[1] / "model.safetensors").stat().st_mtime_ns == mtime
     # A different config is a different base.
-    assert models.tiny_model_dir(tiny.model_copy(update={"n_embd": 64})) != folders[1]
+    assert tiny_model_dir(tiny.model_copy(update={"n_embd": 64})) != folders[1]
 
 
 @pytest.mark.parametrize("tiny", [RANDOM_GPT2, RANDOM_LLAMA], ids=["gpt2", "llama"])
@@ -67,9 +75,9 @@ def test_local_folder_loads_like_a_hub_id(tmp_path) -> None:
 
 def test_bad_model_paths_fail_with_the_field_name(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="student.model"):
+    with pytest.raises(ConfigError, match="student.model"):
         load_student(StudentSection(model=str(tmp_path / "empty")))
-    with pytest.raises(FileNotFoundError, match="student.model"):
+    with pytest.raises(ConfigError, match="student.model"):
         load_student(StudentSection(model=str(tmp_path / "missing.gguf")))
 
 
@@ -118,3 +126,54 @@ def test_gguf_file_is_converted_once_and_matches_the_default_folder(monkeypatch,
     again, _ = load_student(StudentSection(model=str(gguf.parent), gguf_file=gguf.name))
     assert torch.equal(_logits(again, tok2), _logits(reference, tok))
     assert len(list((tmp_path / "models").glob("gguf-*"))) == 1
+
+
+def test_check_student_model_names_the_path_and_what_was_expected(tmp_path, monkeypatch) -> None:
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cases = {str(tmp_path / "nonexistent" / "model"): "does not exist", "./nope": "does not exist",
+             "../nope-either": "does not exist", "~/tutorloop-no-such-model": "does not exist",
+             "models/org/name": "does not exist", str(tmp_path / "empty"): "has no config.json",
+             "empty": "has no config.json", str(tmp_path / "missing.gguf"): "GGUF file"}
+    for model, expected in cases.items():
+        with pytest.raises(ConfigError, match="student.model") as caught:
+            check_student_model(StudentSection(model=model))
+        message = str(caught.value)
+        assert model in message and expected in message and "\n" not in message
+        assert caught.value.exit_code == 2
+    with pytest.raises(ConfigError, match=r"student.gguf_file: .*weights.gguf"):
+        check_student_model(StudentSection(model=str(tmp_path / "empty"), gguf_file="weights.gguf"))
+    # What exists passes without loading anything: a model folder, and the tiny model (built on load).
+    base, tok = load_student(student_cfg(RANDOM_LLAMA))
+    base.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    check_student_model(StudentSection(model=str(tmp_path / "m")))
+    check_student_model(StudentSection(model="tiny"))
+
+
+HUB_PROBE = """
+import json, sys
+from tutorloop.actors.models import check_student_model, load_student
+from tutorloop.loop.config import StudentSection
+out = {}
+for name, call in (("check", check_student_model), ("load", load_student)):
+    try:
+        call(StudentSection(model=sys.argv[1], dtype="float32", device="cpu"))
+        out[name] = "loaded"
+    except Exception as err:
+        out[name] = [type(err).__name__, str(err)]
+print(json.dumps(out))
+"""
+
+
+def test_a_hub_id_missing_from_the_cache_fails_in_one_line(tmp_path) -> None:
+    """Offline with an empty hub cache (a new machine without internet): both the driver's check and a
+    load report one ConfigError line naming student.model instead of huggingface_hub's traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", HUB_PROBE, "HuggingFaceTB/no-such-model-here"], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("check", "load"):
+        kind, message = out[name]
+        assert kind == "ConfigError" and "\n" not in message, out
+        assert message.startswith("student.model 'HuggingFaceTB/no-such-model-here': not a local path"), out

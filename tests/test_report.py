@@ -19,7 +19,8 @@ from PIL import Image
 
 from shared_run import cli, shared_quick_run
 from test_history import build_history
-from tutorloop.loop.report import DPI, FIGURES, pct
+from tutorloop.loop.formatting import percent
+from tutorloop.loop.report_charts import DPI, FIGURES
 from tutorloop.store.query import fetch_rows
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,8 +71,8 @@ def test_report_numbers_match_the_history(reported: Path) -> None:
             for line in markdown.splitlines() if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)}
     for r in rounds:
         row = rows[str(r["round"])]
-        assert row[2] == pct(r["test_accuracy_explain"]) and row[3] == pct(r["test_accuracy_answer"])
-        assert row[4] == pct(r["pool_accuracy"])
+        assert row[2] == percent(r["test_accuracy_explain"]) and row[3] == percent(r["test_accuracy_answer"])
+        assert row[4] == percent(r["pool_accuracy"])
     transitions = fetch_rows(reported, "SELECT * FROM transitions WHERE mode = 'explain' ORDER BY from_round")
     for t in transitions:
         assert (f"| {t['from_round']} → {t['to_round']} | explain | {t['wrong_to_right']} | {t['right_to_wrong']} | "
@@ -80,7 +81,7 @@ def test_report_numbers_match_the_history(reported: Path) -> None:
         png = (reported / "report" / f"{name}.png").read_bytes()
         assert f"(report/{name}.png)" in markdown
         assert_real_image(png, (round(FIGURES[name][0] * DPI), round(FIGURES[name][1] * DPI)))
-    assert f"baseline {pct(rounds[0]['test_accuracy'])} → last round {pct(rounds[-1]['test_accuracy'])}" in markdown
+    assert f"baseline {percent(rounds[0]['test_accuracy'])} → last round {percent(rounds[-1]['test_accuracy'])}" in markdown
 
 
 def test_report_shows_tailored_feedback_with_the_answer_after_training(reported: Path) -> None:
@@ -107,10 +108,10 @@ def test_compare_side_by_side(reported: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     table = {row["measure"]: row for row in json.loads(out.stdout)}
     rounds = fetch_rows(reported, "SELECT * FROM round_summary ORDER BY round")
-    assert table["final test accuracy"]["quick"] == pct(rounds[-1]["test_accuracy"])
-    assert table["baseline test accuracy"]["quick"] == pct(rounds[0]["test_accuracy"])
+    assert table["final test accuracy"]["quick"] == percent(rounds[-1]["test_accuracy"])
+    assert table["baseline test accuracy"]["quick"] == percent(rounds[0]["test_accuracy"])
     for r in rounds[1:]:
-        assert table[f"round {r['round']} test accuracy"]["quick"] == pct(r["test_accuracy"])
+        assert table[f"round {r['round']} test accuracy"]["quick"] == percent(r["test_accuracy"])
     assert table["teacher calls"]["quick"] == str(sum(r["teacher_calls"] for r in rounds))
     # the synthetic run's known numbers (tests/test_history.py)
     assert table["final test accuracy"]["synthetic"] == "50.0%"

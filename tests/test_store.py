@@ -46,6 +46,26 @@ def test_round_trip_with_json_columns(tmp_path: Path) -> None:
                       {"term": "explain", "value": 3.0}, {"term": "total", "value": 2.0}]
 
 
+def test_mixed_values_store_as_their_inferred_types(tmp_path: Path) -> None:
+    """Numbers after ints round as DuckDB casts them (half to even), a missing key and None are NULL,
+    and a dict in a text column is JSON text, whether a column takes the one-pass path or not."""
+    writer = StoreWriter(tmp_path / "h.duckdb")
+    rows = [attempt(0, "a", True), dict(attempt(0, "b", True), prompt_tokens=2.5, extracted=None),
+            dict(attempt(0, "c", True), prompt_tokens=3.7, extracted={"b": [1], "a": 2}),
+            {k: v for k, v in dict(attempt(0, "d", False), prompt_tokens=None).items() if k != "output"}]
+    assert writer.insert("attempts", rows) == 4
+    writer.insert("metrics", [{"round": 0, "split": "test", "name": n, "value": v}
+                              for n, v in [("int", 1), ("float", 0.5), ("none", None)]])
+    stored = fetch_rows(tmp_path / "h.duckdb", "SELECT example_id, prompt_tokens, extracted, output, correct "
+                                               "FROM attempts ORDER BY example_id")
+    assert [tuple(r.values()) for r in stored] == [("a", 3, "1", "x", True), ("b", 2, None, "x", True),
+                                                   ("c", 4, '{"a": 2, "b": [1]}', "x", True),
+                                                   ("d", None, "1", None, False)]
+    values = fetch_rows(tmp_path / "h.duckdb", "SELECT name, value FROM metrics ORDER BY name")
+    assert values == [{"name": "float", "value": 0.5}, {"name": "int", "value": 1.0},
+                      {"name": "none", "value": None}]
+
+
 def test_transaction_rolls_back_whole_batch(tmp_path: Path) -> None:
     writer = StoreWriter(tmp_path / "h.duckdb")
     with pytest.raises(duckdb.ConstraintException):

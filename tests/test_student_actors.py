@@ -47,3 +47,47 @@ def test_actors_train_and_exam_through_ray(local_ray, tmp_path) -> None:
     assert trained == local.run(test, "explain")
     # Back to the bare base on request.
     assert ray.get(student.exam.remote(test, "explain", 1, True, 0, None)) == baseline
+
+
+def test_student_group_shards_and_trainer_streams_its_steps(local_ray, tmp_path) -> None:
+    from tutorloop.actors.student import EXAM_CHUNK_BATCHES, StudentGroup
+    from tutorloop.actors.trainer import RemoteTrainer
+
+    ray = local_ray
+    cfg = student_cfg(PRETRAINED_TINY, generation={"max_new_tokens": 24, "batch_size": 2, "temperature": 1.0})
+    ray_cfg = RaySection(num_students=2, student_cpus=0.5, trainer_cpus=0.5)
+    group = StudentGroup(cfg, "number", 0, 0, ray_cfg)
+    trainer = RemoteTrainer(cfg, training_cfg(epochs=1, batch_size=4), 0, 0, ray_cfg)
+    try:
+        test = problems(20, split="test")
+        waits: list[int] = []
+        chunks = list(group.exam(test, "explain", 1, True, 0, None, on_wait=lambda: waits.append(1)))
+        # Chunks of batch_size * EXAM_CHUNK_BATCHES questions over both actors; together the whole exam,
+        # exactly what one plain Examiner answers.
+        size = 2 * EXAM_CHUNK_BATCHES
+        assert sorted(c.index for c in chunks) == [0, 1, 2]
+        assert all(c.examples == test[c.index * size:(c.index + 1) * size] for c in chunks)
+        assert [r for c in sorted(chunks, key=lambda c: c.index) for r in c.records] == \
+            Examiner(cfg, "number").run(test, "explain")
+        assert waits  # the driver was told before it really waited
+
+        progress: list[tuple[int, int]] = []
+        result = trainer.train(samples_for(problems(48)), [], None, str(tmp_path / "ck"),
+                               lambda total, done, last: progress.append((total, done)), poll=lambda: None)
+        total = len(result["steps"])
+        # Steps reached the driver while the training ran, not only with its result.
+        assert progress and all(t == total for t, _ in progress) and len({d for _, d in progress}) > 1
+        assert [d for _, d in progress] == sorted(d for _, d in progress)
+
+        class Stop(Exception):
+            pass
+
+        def stop() -> None:
+            raise Stop
+
+        with pytest.raises(Stop):
+            trainer.train(samples_for(problems(48)), [], None, str(tmp_path / "ck2"), lambda *a: None, stop)
+        assert trainer.actor is None  # killed at once; the next training starts a fresh actor
+    finally:
+        group.close()
+        trainer.close()

@@ -11,6 +11,7 @@ from tutorloop.loop.synthetic import (
     apply_op, generate_problems, parse_rationale_steps, rationale_lines, solve_steps, step_sentence,
 )
 from tutorloop.loop.datasets import load_examples
+from tutorloop.loop.errors import ConfigError
 
 
 def _key(ex) -> tuple:
@@ -91,5 +92,5 @@ def test_bad_settings() -> None:
         generate_problems(1, 0, 1, 1, 9, split="dev")
     with pytest.raises(ValueError, match="bad synthetic settings"):
         generate_problems(1, 0, 3, 2, 9)
-    with pytest.raises(ValueError, match="too few test problems"):
+    with pytest.raises(ConfigError, match="data.synthetic: too few test problems"):
         generate_problems(5, 0, 1, 1, 1, split="test")  # 1 + 1 and 1 - 1: no test chain exists

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from teacher_server import TeacherServer
-from tutorloop.actors import program_teacher
 from tutorloop.actors.teacher import (
-    CALL_COLUMNS, LocalExecutor, TeacherRequest, TokenBucket, estimate_tokens, redact, retry_after_seconds,
+    CALL_COLUMNS, LocalTeacherPool, TeacherRequest, TokenBucket, estimate_tokens, program, redact,
+    retry_after_seconds,
 )
 from tutorloop.loop.config import TeacherSection
 from tutorloop.loop.synthetic import generate_problems
@@ -39,8 +39,8 @@ def request_for(question: str, api: str = "chat", backend: str = "openai", suffi
 
 
 def run_all(cfg: TeacherSection, requests: list[TeacherRequest]) -> dict[str, dict]:
-    with LocalExecutor(cfg) as executor:
-        records = [r for group in executor.execute(requests) for r in group]
+    with LocalTeacherPool(cfg) as pool:
+        records = [r for group in pool.ask(requests) for r in group]
     by_hash = {r["request_hash"]: r for r in records}
     assert len(records) == len(requests) == len(by_hash)  # nothing lost, nothing duplicated
     assert set(by_hash) == {r.request_hash for r in requests}
@@ -62,7 +62,7 @@ def test_every_fault_is_survived(teacher_server: TeacherServer, fault: str) -> N
     for request in requests:
         record = records[request.request_hash]
         assert record["status"] == "ok", record["error"]
-        assert record["response"] == program_teacher.respond(request.text())
+        assert record["response"] == program.respond(request.text())
         assert record["error"] is None
     faulted = records[requests[0].request_hash]
     assert faulted["attempts"] == (1 if fault == "slow" else 2)
@@ -114,7 +114,7 @@ def test_unusable_policy(teacher_server: TeacherServer) -> None:
     # recorded with its reason and the cut text, never passed off as ok
     assert record["status"] == "unusable" and record["attempts"] == 1
     assert record["error"].startswith("length:") and record["finish_reason"] == "length"
-    assert record["response"] and len(record["response"]) < len(program_teacher.respond(request.text()))
+    assert record["response"] and len(record["response"]) < len(program.respond(request.text()))
     # retried but unusable every time: still unusable, and every attempt is billed
     teacher_server.rule(QUESTIONS[1], *["empty_choices"] * 3)
     request = request_for(QUESTIONS[1])
@@ -230,3 +230,33 @@ def test_redact() -> None:
     assert redact("Authorization: Bearer abc.def") == "Authorization: Bearer ***"
     assert redact("key=hunter22 x", ("hunter22",)) == "key=*** x"
     assert redact("sk-proj-****abcd leaked") == "*** leaked"
+
+
+def test_pool_sends_more_only_when_asked(teacher_server: TeacherServer, tmp_path) -> None:
+    from tutorloop.store.journal import TeacherJournal
+
+    teacher_server.latency_s = 0.1
+    requests = [request_for(q) for q in QUESTIONS]
+    journal = TeacherJournal(tmp_path)
+    with LocalTeacherPool(openai_cfg(teacher_server, concurrency=2)) as pool:
+        answers = pool.ask(requests, journal=journal)
+        first = next(answers)
+        time.sleep(0.5)  # the caller is busy: nothing more goes out meanwhile
+        assert teacher_server.calls == 2
+        answers.close()  # the caller stops early: nothing more goes out at all
+        time.sleep(0.3)
+    journal.close()
+    assert teacher_server.calls == 2
+    recovered = TeacherJournal(tmp_path).recover()
+    assert len(recovered.answers) + len(recovered.in_flight) == 2
+    assert {r["request_hash"] for r in first} <= {a["request_hash"] for a in recovered.answers}
+
+
+def test_package_import_leaves_ray_and_openai_unloaded() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, tutorloop.actors.teacher as t; loaded = [m for m in ('ray', 'openai') if m in sys.modules]; "
+            "t.RayTeacherPool; print(loaded, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["[]", "True"]

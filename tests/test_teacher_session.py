@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from teacher_server import TeacherServer
-from tutorloop.actors.teacher import CALL_COLUMNS, LocalExecutor
+from tutorloop.actors.teacher import CALL_COLUMNS, LocalTeacherPool
 from tutorloop.loop.config import DataSection, TeacherSection
 from tutorloop.loop.strategies import clean_rationale
 from tutorloop.loop.synthetic import generate_problems
@@ -44,8 +44,8 @@ def server_cfg(server: TeacherServer, **extra: object) -> TeacherSection:
 
 
 def run_session(cfg: TeacherSection, jobs: list, cache: DictCache, spent: float = 0.0):
-    with LocalExecutor(cfg) as executor:
-        return TeachingSession(cfg, jobs, cache.lookup, executor, cache.persist, spent_usd=spent, progress=False).run()
+    with LocalTeacherPool(cfg) as pool:
+        return TeachingSession(cfg, jobs, cache.lookup, pool, cache.persist, spent_usd=spent, progress=False).run()
 
 
 def by_strategy(outcome) -> dict[tuple[str, str], dict]:
@@ -64,8 +64,8 @@ def test_strategies_through_server_cache_and_persist_order(teacher_server: Teach
             seen_by_server[record["request_hash"]] = teacher_server.calls
         cache.persist(records)
 
-    with LocalExecutor(cfg) as executor:
-        outcome = TeachingSession(cfg, jobs, cache.lookup, executor, persist, progress=False).run()
+    with LocalTeacherPool(cfg) as pool:
+        outcome = TeachingSession(cfg, jobs, cache.lookup, pool, persist, progress=False).run()
     assert len(outcome.rationales) == len(jobs) == 36
     assert all(tuple(r) == RATIONALE_KEYS for r in outcome.rationales)
     assert all(r["accepted"] and r["reject_reason"] is None for r in outcome.rationales), outcome.rationales
@@ -240,8 +240,8 @@ def test_planted_key_stays_out_of_session_output(teacher_server: TeacherServer, 
          "api_key_env": "TEACHER_KEY"}], "strategies": ["zero_shot_cot"], "retry_backoff_s": 0.02})
     teacher_server.rule(EXAMPLES[0].question, "401")
     cache = DictCache()
-    with LocalExecutor(cfg) as executor:
-        outcome = TeachingSession(cfg, plan_jobs(EXAMPLES[:2], cfg, 0), cache.lookup, executor, cache.persist,
+    with LocalTeacherPool(cfg) as pool:
+        outcome = TeachingSession(cfg, plan_jobs(EXAMPLES[:2], cfg, 0), cache.lookup, pool, cache.persist,
                                   progress=True).run()
     assert [r["reject_reason"] for r in outcome.rationales] == ["failed", None]
     assert teacher_server.requests[0]["auth"] == f"Bearer {PLANTED_KEY}"
@@ -297,8 +297,8 @@ def test_journal_keeps_answers_that_never_reached_the_store(teacher_server: Teac
         raise Killed
 
     journal = TeacherJournal(tmp_path)
-    with LocalExecutor(cfg) as executor, pytest.raises(Killed):
-        TeachingSession(cfg, jobs, DictCache().lookup, executor, die, progress=False, journal=journal).run()
+    with LocalTeacherPool(cfg) as pool, pytest.raises(Killed):
+        TeachingSession(cfg, jobs, DictCache().lookup, pool, die, progress=False, journal=journal).run()
     journal.close()
     recovered = TeacherJournal(tmp_path).recover()
     first_calls = teacher_server.calls
@@ -308,8 +308,8 @@ def test_journal_keeps_answers_that_never_reached_the_store(teacher_server: Teac
     # Resuming as the engine does: the recovered answers are stored first and never asked for again.
     cache = DictCache()
     cache.persist(recovered.answers)
-    with LocalExecutor(cfg) as executor:
-        outcome = TeachingSession(cfg, jobs, cache.lookup, executor, cache.persist, progress=False,
+    with LocalTeacherPool(cfg) as pool:
+        outcome = TeachingSession(cfg, jobs, cache.lookup, pool, cache.persist, progress=False,
                                   journal=TeacherJournal(tmp_path)).run()
     assert all(r["accepted"] for r in outcome.rationales) and len(outcome.rationales) == 6
     assert outcome.cache_hits == len(recovered.answers)

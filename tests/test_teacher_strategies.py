@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.actors import program_teacher
+from tutorloop.actors.teacher import program
 from tutorloop.loop.config import TeacherSection
+from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.strategies import (
     PromptBuilder, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
 )
@@ -78,7 +79,7 @@ def test_few_shot_falls_back_to_builtin_exemplars() -> None:
     assert "So there must have been 21 - 15 = 6. The answer is 6.\n\nQ: If there are 3 cars" in text
     assert text.endswith("The answer is 5.\n\nQ: What is 2 plus 3?\nA:")
     assert len(builtin_exemplars()) == 8
-    with pytest.raises(ValueError, match="no gold rationales"):
+    with pytest.raises(ConfigError, match="no gold rationales"):
         plan_jobs([COIN], cfg(), 0, ["few_shot_cot"])
 
 
@@ -117,9 +118,9 @@ def test_prompts_dir_overrides(tmp_path: Path) -> None:
     assert first_text("cote", config=config) == f"Solve: {Q}\nReasoning:"
     assert first_text("rp", config=config).startswith("The correct answer to the question below is 5.")
     (tmp_path / "rp.txt").write_text("{question} {nonsense}")
-    with pytest.raises(ValueError, match="rp.txt: bad placeholder 'nonsense'"):
+    with pytest.raises(ConfigError, match="rp.txt: bad placeholder 'nonsense'"):
         first_text("rp", config=config)
-    with pytest.raises(ValueError, match="prompts_dir"):
+    with pytest.raises(ConfigError, match="prompts_dir"):
         load_templates(str(tmp_path / "missing"))
 
 
@@ -129,12 +130,12 @@ def test_plan_jobs_rules() -> None:
         {"name": "b", "backend": "program", "model": "q"}], "diverse_samples": 2})
     jobs = plan_jobs([EXAMPLE, OTHER], two, 1, ["cote", "rp"])
     assert len(jobs) == 2 * 2 * 2 * 2
-    with pytest.raises(ValueError, match="needs the student's mistakes"):
+    with pytest.raises(ConfigError, match="needs the student's mistakes"):
         plan_jobs([EXAMPLE], two, 1, ["tailored"])
     jobs = plan_jobs([EXAMPLE, OTHER], two, 1, ["tailored"], {OTHER.id: [{"output": "x", "extracted": "1"}]})
     assert {j.example.id for j in jobs} == {OTHER.id}
     replay = TeacherSection.model_validate({"teachers": [{"name": "r", "backend": "replay"}]})
-    with pytest.raises(ValueError, match="replay backend serves only zero_shot_cot"):
+    with pytest.raises(ConfigError, match="replay backend serves only zero_shot_cot"):
         plan_jobs([EXAMPLE], replay, 0, ["zero_shot_cot", "cote"])
 
 
@@ -174,7 +175,7 @@ def test_parse_tailored() -> None:
 ])
 def test_program_teacher_finds_first_wrong_step(student: str, answer: str, mistake: str) -> None:
     prompt = first_text("tailored", mistakes={EXAMPLE.id: [{"output": student, "extracted": answer}]})
-    reply = program_teacher.respond(prompt)
+    reply = program.respond(prompt)
     assert reply == (f"Mistake: {mistake}\nCorrect reasoning: Add 4: 3 + 4 = 7. Take away 2: 7 - 2 = 5.\n"
                      "Therefore, the answer is 5.")
     assert parse_tailored(reply)[0] == mistake
@@ -184,7 +185,7 @@ def test_program_teacher_parses_every_generated_question() -> None:
     examples = generate_problems(40, seed=1, min_steps=1, max_steps=4, max_value=12, allow_mul=True)
     assert any(s["op"] == "*" for e in examples for s in e.meta["steps"])
     for example in examples:
-        assert program_teacher.parse_question(example.question) == example.meta["steps"]
-        reply = program_teacher.respond(first_text("cote", example))
+        assert program.parse_question(example.question) == example.meta["steps"]
+        reply = program.respond(first_text("cote", example))
         assert reply == f"{example.rationale}\nTherefore, the answer is {example.answer}."
-    assert program_teacher.respond("Q: What is the capital of France?\nA:") == program_teacher.REFUSAL
+    assert program.respond("Q: What is the capital of France?\nA:") == program.REFUSAL

@@ -1,7 +1,7 @@
-"""The program teacher: a deterministic teacher for the synthetic arithmetic task (loop/synthetic.py).
+"""The `program` backend: a deterministic teacher for the synthetic arithmetic task (loop/synthetic.py).
 
 It reads only the prompt text, exactly as a remote LLM would, so the same function serves the
-in-process `program` backend and the test HTTP server (tests/teacher_server.py): both give the same
+in-process `ProgramBackend` and the test HTTP server (tests/teacher_server.py): both give the same
 text for the same prompt. It recovers the problem's steps from the question (the synthetic
 questions come from fixed templates), and answers the prompt kinds of loop/strategies.py:
 
@@ -19,8 +19,11 @@ A prompt without a synthetic question gets a polite refusal without a number (gr
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
+from tutorloop.actors.teacher.calls import TeacherRequest, call_record, estimate_tokens
+from tutorloop.loop.config import TeacherEndpoint
 # The question templates and step words are synthetic.py's; building the parser from them keeps
 # the two in step if a phrase changes.
 from tutorloop.loop.synthetic import _OP_PHRASES, _OP_WORDS, apply_op, parse_rationale_steps, solve_steps
@@ -141,3 +144,18 @@ def respond(prompt: str) -> str:
     if text.endswith("Let's think step by step."):
         return f" {rationale}"
     return f"{rationale}\n{FINAL} {answer}."
+
+
+class ProgramBackend:
+    """The program teacher as a backend, in-process; priced like a remote teacher for its token counts."""
+
+    def __init__(self, endpoint: TeacherEndpoint) -> None:
+        self.endpoint = endpoint
+
+    async def complete(self, request: TeacherRequest) -> dict[str, Any]:
+        started = time.monotonic()
+        text = respond(request.text())
+        tokens_in, tokens_out = request.tokens_in_estimate(), estimate_tokens(text)
+        return call_record(request, status="ok", response=text, finish_reason="stop", tokens_in=tokens_in,
+                           tokens_out=tokens_out, cost_usd=self.endpoint.price.cost_usd(tokens_in, tokens_out),
+                           latency_s=time.monotonic() - started)

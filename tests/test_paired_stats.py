@@ -1,0 +1,63 @@
+"""Paired statistics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tutorloop.loop.paired_stats import bootstrap_difference, compare_paired, mcnemar_exact, seed_interval
+
+
+@pytest.mark.parametrize("b, c, expected", [
+    (0, 0, 1.0),                   # no discordant question: no evidence either way
+    (0, 5, 2 / 32),                # 2 * (1/2)^5
+    (1, 9, 2 * (1 + 10) / 1024),   # 2 * (C(10,0) + C(10,1)) / 2^10
+    (12, 2, 2 * (1 + 14 + 91) / 2 ** 14),
+    (5, 5, 1.0),                   # a tie is capped at 1
+])
+def test_mcnemar_exact_matches_the_binomial_by_hand(b: int, c: int, expected: float) -> None:
+    assert mcnemar_exact(b, c) == pytest.approx(expected, abs=1e-12)
+    assert mcnemar_exact(c, b) == pytest.approx(expected, abs=1e-12)  # two-sided: symmetric
+
+
+def test_compare_paired_counts_discordant_questions_on_shared_ids_only() -> None:
+    a = {"q1": False, "q2": False, "q3": True, "q4": True, "q5": False, "only_a": True}
+    b = {"q1": True, "q2": True, "q3": True, "q4": False, "q5": False, "only_b": False}
+    result = compare_paired(a, b)
+    assert result.questions == 5
+    assert (result.wrong_to_right, result.right_to_wrong) == (2, 1)
+    assert result.accuracy_a == pytest.approx(2 / 5) and result.accuracy_b == pytest.approx(3 / 5)
+    assert result.difference == pytest.approx(1 / 5)
+    assert result.p_value == pytest.approx(1.0)  # 2 * (1 + 3) / 8 = 1
+    assert result.ci_low <= result.difference <= result.ci_high
+    assert not result.significant
+
+
+def test_bootstrap_interval_degenerate_and_width() -> None:
+    assert bootstrap_difference([True] * 20, [True] * 20) == (0.0, 0.0)
+    assert bootstrap_difference([False] * 20, [True] * 20) == (1.0, 1.0)
+    # 60 of 200 questions flip wrong->right, none the other way: diff 0.3, se = sqrt(.3*.7/200) ~ 0.0324.
+    a = [False] * 200
+    b = [True] * 60 + [False] * 140
+    low, high = bootstrap_difference(a, b, seed=1)
+    se = math.sqrt(0.3 * 0.7 / 200)
+    assert low == pytest.approx(0.3 - 1.96 * se, abs=0.012)
+    assert high == pytest.approx(0.3 + 1.96 * se, abs=0.012)
+    assert bootstrap_difference(a, b, seed=1) == (low, high)  # seeded: reproducible
+
+
+def test_strong_paired_effect_is_significant() -> None:
+    a = {f"q{i}": i < 10 for i in range(100)}
+    b = {f"q{i}": i < 30 for i in range(100)}
+    result = compare_paired(a, b)
+    assert (result.wrong_to_right, result.right_to_wrong) == (20, 0)
+    assert result.p_value == pytest.approx(2 / 2 ** 20)
+    assert result.significant and result.ci_low > 0
+
+
+def test_seed_interval_is_the_t_interval() -> None:
+    mean, low, high = seed_interval([0.5, 0.6, 0.7])
+    half = 4.303 * 0.1 / math.sqrt(3)
+    assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half))
+    assert seed_interval([0.42]) == (0.42, 0.42, 0.42)
