@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
+from tutorloop.actors.teacher.health import TeacherUnavailable
 from tutorloop.loop.config import Config
 from tutorloop.loop.console import console_to_log
 from tutorloop.loop.curriculum import (TeachingTargets, build_contrast_pairs, build_samples, find_mistakes,
@@ -129,6 +130,10 @@ class RoundEngine:
             print(f"\ntutorloop: stopped at a safe point. Resume with: tutorloop resume {self.run_dir}",
                   file=sys.stderr, flush=True)
             return 130
+        except TeacherUnavailable as exc:
+            # The teacher's line names its address; add how to go on once it is back.
+            self.history.end("failed", str(exc).splitlines()[0][:500])
+            raise TeacherUnavailable(f"{exc}; resume with `tutorloop resume {self.run_dir}`") from None
         except Exception as exc:
             self.history.end("failed", str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__)
             raise
