@@ -21,12 +21,13 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from tutorloop.actors.exam import Examiner, cut_at_stop, eos_token_ids
-from tutorloop.actors.models import cache_dir
+from tutorloop.actors.models import adapter_to_bytes, cache_dir
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.config import DataSection, StudentSection, TrainingSection
 from tutorloop.loop.datasets import Example, load_examples, load_recorded_teacher, normalize_question
@@ -45,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sweep", default="", help="more batch sizes for exam vs batched generate, e.g. 8,32")
     parser.add_argument("--train-samples", type=int, default=160, help="0: the bare model (short answers)")
+    parser.add_argument("--adapter", help="a trained adapter instead: peft folder or its bytes (as a run stores them)")
     parser.add_argument("--mode", default="explain", choices=["answer", "explain"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
@@ -147,7 +149,10 @@ def main() -> None:
                          generation={"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
     examples = load_examples(DataSection(task=args.task), "test")[: args.n]
     examiner = Examiner(cfg, examples[0].answer_type)
-    if args.train_samples:
+    if args.adapter:
+        path = Path(args.adapter)
+        examiner.set_adapter(adapter_to_bytes(path) if path.is_dir() else path.read_bytes())
+    elif args.train_samples:
         examiner.set_adapter(train_adapter(cfg, args.task, args.train_samples))
     model, tok, stop = examiner.model, examiner.tokenizer, list(cfg.generation.stop)
 
@@ -163,7 +168,8 @@ def main() -> None:
     res = measure(runs, blocks)
     exam, batched, single = res["exam"], res["batched_generate"], res["one_at_a_time"]
     result = {
-        "model": args.model, "adapter": f"{args.train_samples} {args.task} rationales" if args.train_samples else None,
+        "model": args.model, "adapter": args.adapter or (f"trained on {args.train_samples} {args.task} rationales"
+                                                        if args.train_samples else None),
         "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
         "quantization": args.quantization, "threads": torch.get_num_threads(), "questions": len(examples),
         "blocks": args.blocks, "mode": args.mode, "max_new_tokens": args.max_new_tokens,

@@ -37,8 +37,25 @@ def test_batched_greedy_equals_one_at_a_time_token_for_token(tiny: dict) -> None
                              max_new_tokens=40, do_sample=False, stop_strings=settings.stop, tokenizer=tok)
         theirs = [t for t in out[0, len(prompt):].tolist() if t != tok.eos_token_id]
         assert theirs == ours
-    # And the records of a batched exam equal those of a batch-size-1 exam.
-    assert examiner.run(examples, "explain", batch_size=8) == examiner.run(examples, "explain", batch_size=1)
+    # And the records of a batched exam equal those of a batch-size-1 exam. Questions of an exam are
+    # sorted by prompt length, so a row that ends early lets in a prompt wider than the running cache.
+    alone = examiner.run(examples, "explain", batch_size=1)
+    assert examiner.run(examples, "explain", batch_size=3) == alone
+    assert examiner.run(examples, "explain", batch_size=8) == alone
+
+
+def test_continuous_batching_refills_places_and_keeps_rows_independent() -> None:
+    # Few positions: the position limit ends rows at different steps (longer prompts sooner), so
+    # places free up one by one and later prompts join a batch whose cache is longer than theirs.
+    examiner = Examiner(student_cfg({**RANDOM_GPT2, "max_positions": 72}), "number")
+    tok, model = examiner.tokenizer, examiner.model
+    prompts = [tok(student_prompt(ex.question, "explain")).input_ids for ex in problems(14, max_steps=3)]
+    settings = DecodeSettings(max_new_tokens=40, stop=[])
+    singles = [decode_batch(model, tok, [p], settings)[0] for p in prompts]
+    assert len({len(s) for s in singles}) >= 3
+    assert any(len(s) == 72 - len(p) for s, p in zip(singles, prompts))  # ended by the position limit
+    for size in (1, 3, 5, len(prompts)):
+        assert decode_batch(model, tok, prompts, settings, batch_size=size) == singles
 
 
 def test_records_are_graded_and_complete(pretrained: Examiner) -> None:
