@@ -33,6 +33,8 @@ test-all: install
 
 demo: install
 	$(PY) scripts/prepare_default_model.py
+	# The local teacher (Qwen2.5-Coder-1.5B GGUF, 1.1 GB) only where the config serves it; quick once prepared.
+	$(PY) scripts/prepare_local_teacher.py --config $(DEMO_CONFIG)
 	$(VENV)/bin/tutorloop run $(DEMO_CONFIG) --overwrite
 
 clean-venv:

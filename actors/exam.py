@@ -16,17 +16,19 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from tutorloop.actors.models import adapter_from_bytes, attach_adapter, load_student
-from tutorloop.loop.answers import answers_match, extract_answer
+from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
 from tutorloop.loop.config import StudentSection
-from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.loop.student_prompt import prompted_prompt, student_prompt
 from tutorloop.loop.datasets import Example
 
-EXAM_MODES = ("answer", "explain")
+EXAM_MODES = ("answer", "explain", "prompted")
+# A chat answer runs over paragraphs: only EOS, the token limit or a next question ends it.
+PROMPTED_STOP = ["\nQ:", "\nQuestion:"]
 
 
 def sample_seed(seed: int, example_id: str, sample_index: int) -> int:
@@ -224,6 +226,28 @@ def decode_batch(model, tokenizer, prompts: list[list[int]], settings: DecodeSet
     return decoder.outputs
 
 
+@dataclass(frozen=True)
+class ExamFormat:
+    """How an exam mode asks and reads: prompt token ids per question, stop strings, answer extractor."""
+
+    prompts: list[list[int]]
+    stop: list[str]
+    extract: Callable[[str, str], str | None]
+
+
+def exam_format(tokenizer: Any, questions: list[str], mode: str, stop: list[str]) -> ExamFormat:
+    """The training prompt format for `answer` / `explain`; for `prompted` (the fair baseline) the model's
+    own chat template with a step-by-step trigger, read leniently."""
+    if mode not in EXAM_MODES:
+        raise ValueError(f"exam mode must be one of {EXAM_MODES}, got {mode!r}")
+    if mode == "prompted":
+        texts = [prompted_prompt(q, tokenizer) for q in questions]
+        # A chat template writes the model's special tokens itself.
+        ids = [tokenizer(text, add_special_tokens=not templated).input_ids for text, templated in texts]
+        return ExamFormat(ids, list(PROMPTED_STOP), extract_chat_answer)
+    return ExamFormat([tokenizer(student_prompt(q, mode)).input_ids for q in questions], list(stop), extract_answer)
+
+
 class Examiner:
     """Runs exams for one student (base model loaded once; adapters swapped in place)."""
 
@@ -258,12 +282,11 @@ class Examiner:
     def run(self, examples: list[Example], mode: str, num_samples: int = 1, greedy: bool = True,
             seed: int = 0, batch_size: int | None = None) -> list[dict[str, Any]]:
         """One record per (example, sample index), in input order; greedy decodes each question once."""
-        if mode not in EXAM_MODES:
-            raise ValueError(f"exam mode must be one of {EXAM_MODES}, got {mode!r}")
         gen = self.cfg.generation
-        settings = DecodeSettings(max_new_tokens=gen.max_new_tokens, stop=list(gen.stop),
+        form = exam_format(self.tokenizer, [ex.question for ex in examples], mode, gen.stop)
+        settings = DecodeSettings(max_new_tokens=gen.max_new_tokens, stop=form.stop,
                                   greedy=greedy or gen.temperature == 0, temperature=gen.temperature, top_p=gen.top_p)
-        prompts = [self.tokenizer(student_prompt(ex.question, mode)).input_ids for ex in examples]
+        prompts = form.prompts
         draws = 1 if settings.greedy else num_samples
         rows = [(i, k) for i in range(len(examples)) for k in range(draws)]
         # Similar prompt lengths share a batch so little padding is computed.
@@ -277,7 +300,7 @@ class Examiner:
             for k in range(num_samples):
                 tokens = generated[(i, 0 if settings.greedy else k)]
                 text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
-                extracted = extract_answer(text, self.answer_type)
+                extracted = form.extract(text, self.answer_type)
                 records.append({
                     "example_id": ex.id, "sample_index": k, "mode": mode, "output": text,
                     "extracted": extracted, "correct": answers_match(extracted, ex.answer, self.answer_type),

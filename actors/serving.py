@@ -57,6 +57,11 @@ def resolve_gguf(model: str) -> Path:
     return path
 
 
+def serve_log(log_dir: str | Path, name: str) -> Path:
+    """Where the server of teacher `name` writes llama.cpp's output (on the node that runs it)."""
+    return Path(log_dir) / f"serve-{name}.log"
+
+
 def wait_until_serving(base_url: str, timeout_s: float) -> None:
     """Poll GET {base_url}/models until it answers 200; RunError naming the address after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -159,6 +164,8 @@ class ServerActor:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
+        # The process that holds the server: ended with the actor, so none is left after the run.
+        os.write(1, f"--- teacher '{name}' server in pid {os.getpid()}\n".encode())
         self.log_path = str(path)
 
     def start(self, serve: ServeSection, alias: str, name: str, log_path: str | None = None) -> tuple[bool, str]:
@@ -249,7 +256,7 @@ def served_teachers(teacher_cfg: TeacherSection, log_dir: str | None = None) -> 
             if endpoint.serve is None:
                 endpoints.append(endpoint)
                 continue
-            log_path = str(Path(log_dir) / f"serve-{endpoint.name}.log") if log_dir else None
+            log_path = str(serve_log(log_dir, endpoint.name)) if log_dir else None
             base_url = stack.enter_context(ServedTeacher(endpoint, log_path))
             endpoints.append(endpoint.model_copy(update={"base_url": base_url, "serve": None}))
         yield teacher_cfg.model_copy(update={"teachers": endpoints})

@@ -20,8 +20,9 @@ class TrainState:
     params: list[torch.nn.Parameter]
     optim: torch.optim.Optimizer
     sched: Any
-    order: list[tuple[str, list[int]]]  # micro-batches in training order: ("s" | "p", indices)
+    order: list[list[tuple[str, list[int]]]]  # the steps' micro-batches (see train_batches.py)
     total_steps: int
+    reference: torch.Tensor | None = None  # DPO: [pairs, 3] log-likelihoods under the starting policy
     done: int = 0  # optimizer steps done (before this call, after a resume)
     steps: list[dict[str, Any]] = field(default_factory=list)
     elapsed_before: float = 0.0  # training seconds spent before a resume
@@ -40,7 +41,8 @@ class TrainState:
         if torch.cuda.is_available() and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         random.setstate(saved["python_rng"])
-        self.order = [(kind, list(idx)) for kind, idx in saved["order"]]
+        self.order = [[(kind, list(idx)) for kind, idx in step] for step in saved["order"]]
+        self.reference = saved["reference"]  # computed from the starting policy: not from these weights
         self.done, self.steps, self.elapsed_before = saved["step"], saved["steps"], saved["elapsed_s"]
 
 
@@ -60,7 +62,8 @@ class Checkpoints:
             "input_hash": input_hash, "step": step, "optimizer": state.optim.state_dict(),
             "scheduler": state.sched.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(), "order": state.order, "steps": state.steps,
+            "python_rng": random.getstate(), "order": state.order, "reference": state.reference,
+            "steps": state.steps,
             "elapsed_s": state.steps[-1]["elapsed_s"],
         }, tmp / "trainer_state.pt")
         final = self.root / f"step-{step:06d}"

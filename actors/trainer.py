@@ -58,14 +58,15 @@ class TrainerActor:
         return dict(self.clock.seconds)
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
-              checkpoint_dir: str | None = None) -> dict[str, Any]:
-        """Returns {"adapter": bytes, "steps": [step records]}; resumes from `checkpoint_dir` when it can."""
+              checkpoint_dir: str | None = None, seed: int | None = None) -> dict[str, Any]:
+        """Returns {"adapter": bytes, "steps": [step records]}; resumes from `checkpoint_dir` when it can.
+        `seed`: this training's (the round's) seed; default the actor's."""
         progress = self._progress
         try:
             with self.clock.computing():
                 result = self.trainer.train(samples, pairs, init_adapter=init_adapter,
                                             checkpoint_dir=checkpoint_dir, on_step=progress.step,
-                                            on_plan=progress.plan)
+                                            on_plan=progress.plan, seed=seed)
         finally:
             # Fresh for the next training: a progress call may run before that training has begun.
             self._progress = TrainingProgress()
@@ -87,14 +88,14 @@ class RemoteTrainer:
         self.actor: Any = TrainerActor.options(**self._options).remote(*self._args)
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: ProgressCallback, poll: Callable[[], None]) -> dict[str, Any]:
-        """The actor's training result, with `on_progress` called as steps arrive.
+              on_progress: ProgressCallback, poll: Callable[[], None], seed: int | None = None) -> dict[str, Any]:
+        """The actor's training result, with `on_progress` called as steps arrive; `seed` as in TrainerActor.
 
         `poll()` runs every POLL_S seconds; when it raises (a stop request), the actor is killed at
         once rather than after the whole training (a resumed run continues from its last checkpoint)."""
         if self.actor is None:
             self.actor = TrainerActor.options(**self._options).remote(*self._args)
-        result = self.actor.train.remote(samples, pairs, init_adapter, checkpoint_dir)
+        result = self.actor.train.remote(samples, pairs, init_adapter, checkpoint_dir, seed)
         asked, seen, reported = self.actor.progress.remote(0), 0, None
         while True:
             ready, _ = ray.wait([result], timeout=POLL_S)

@@ -1,15 +1,17 @@
 """LoRA training of the student: multi-task samples plus self-reflection contrast pairs, resumable.
 
-One optimizer step = `grad_accum` micro-batches. A micro-batch is either `batch_size` samples
-(multi-task loss, see losses.py) or `batch_size` contrast pairs (reflection loss times
-`reflection_weight`). Both kinds are grouped by length (shuffle, then sort inside chunks of 64
-batches) and the micro-batches of an epoch are shuffled together, so contrast pairs are spread over
-the epoch. The whole data order follows from the seed and is stored in every checkpoint.
+The steps come from train_batches.py: with `training.loss_balance: per_task` every optimizer step
+holds answer samples, explanation samples and (when there are any) contrast pairs, each in its own
+length-grouped micro-batches, and its loss is alpha * L_answer + (1 - alpha) * L_explain +
+reflection_weight * L_contrast (losses.py says why). With `token`, micro-batches of `batch_size`
+samples or pairs, `grad_accum` per step, as before. The whole data order follows from the seed
+(per round: the engine passes one derived from the run seed and the round) and is stored in every
+checkpoint.
 
 Checkpoints (every `checkpoint_every` steps and at the end) hold adapter, optimizer, scheduler, step,
-RNG states, data order and the step records, under a hash of everything that defines the training;
-a later call with the same inputs resumes from the newest one and reaches the same weights as an
-uninterrupted run.
+RNG states, data order, the DPO reference log-likelihoods and the step records, under a hash of
+everything that defines the training; a later call with the same inputs resumes from the newest one
+and reaches the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import torch
 
-from tutorloop.actors.losses import (dpo_loss, last_token_states, multitask_loss, sequence_logprob, token_nll,
-                                     triplet_loss)
+from tutorloop.actors.losses import (ANSWER_TASK, dpo_loss, last_token_states, multitask_loss, sequence_logprob,
+                                     step_coefficients, task_coefficient, task_group, task_totals, token_nll,
+                                     triplet_loss, weighted_task_loss)
 from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, allow_bitsandbytes, load_student,
                                      load_tokenizer, student_source)
+from tutorloop.actors.train_batches import Step, per_task_plan, token_plan
 from tutorloop.actors.train_state import Checkpoints, TrainState
 from tutorloop.loop.config import StudentSection, TrainingSection
 from tutorloop.loop.errors import ConfigError
@@ -36,7 +40,6 @@ from tutorloop.loop.errors import ConfigError
 SAMPLE_KEYS = ("example_id", "task", "input", "target", "weight")
 PAIR_KEYS = ("example_id", "input", "anchor", "positive", "negative")
 PAIR_ROLES = ("anchor", "positive", "negative")
-SORT_CHUNK_BATCHES = 64
 MAX_GRAD_NORM = 1.0
 
 # Equivalent module names across architectures, used when the configured LoRA targets are absent.
@@ -82,10 +85,23 @@ def _check_records(records: list[dict], keys: tuple[str, ...], what: str) -> Non
             raise ValueError(f"training {what}[{i}]: missing keys {missing}")
 
 
+def warmup_then_decay(step: int, warmup: int, total: int) -> float:
+    """lr factor of a step: a linear warm-up whose first step already moves ((step + 1) / (warmup + 1)),
+    then a linear decay from 1 towards 0 over the remaining steps."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 @dataclass
 class _Encoded:
     ids: list[int]
     labels: list[int]
+
+    @property
+    def targets(self) -> int:
+        """Target tokens that carry a loss (token_nll's shift leaves out position 0)."""
+        return sum(x != -100 for x in self.labels[1:])
 
 
 @dataclass
@@ -95,7 +111,7 @@ class _Data:
     samples: list[_Encoded] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     pairs: list[tuple[_Encoded, _Encoded, _Encoded]] = field(default_factory=list)
-    mean_target: float = 0.0  # mean target tokens (+ EOS) per sample: the multi-task loss's constant
+    mean_target: float = 0.0  # mean target tokens (+ EOS) per sample: the token-level loss's constant
 
 
 class LoraTrainer:
@@ -104,7 +120,7 @@ class LoraTrainer:
     def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0) -> None:
         self.student_cfg = student_cfg
         self.cfg = training_cfg
-        self.seed = seed
+        self.seed = seed  # the default of `train(seed=...)`
         self._tokenizer = None
         allow_bitsandbytes(student_cfg.quantization != "none")  # before peft or transformers look for it
 
@@ -127,38 +143,32 @@ class LoraTrainer:
             return None
         return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):])
 
-    def _batches(self, lengths: list[int], rng: random.Random) -> list[list[int]]:
-        order = list(range(len(lengths)))
-        rng.shuffle(order)
-        size = self.cfg.batch_size
-        chunk = size * SORT_CHUNK_BATCHES
-        batches = []
-        for start in range(0, len(order), chunk):
-            part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-            batches += [part[j:j + size] for j in range(0, len(part), size)]
-        return batches
-
-    def plan(self, sample_lengths: list[int], pair_lengths: list[int]) -> list[tuple[str, list[int]]]:
-        """Micro-batches in training order: ("s", sample indices) or ("p", pair indices)."""
-        epochs = math.ceil(self.cfg.epochs)
-        order: list[tuple[str, list[int]]] = []
-        per_epoch = 0
-        for epoch in range(epochs):
-            rng = random.Random(f"tutorloop-train/{self.seed}/{epoch}")
-            batches = [("s", b) for b in self._batches(sample_lengths, rng)]
-            batches += [("p", b) for b in self._batches(pair_lengths, rng)]
-            rng.shuffle(batches)
-            per_epoch = len(batches)
-            order += batches
-        total = max(1, round(self.cfg.epochs * per_epoch))
-        return order[:total]
+    def plan(self, data: _Data, seed: int) -> list[Step]:
+        """The steps of a training on `data` (see train_batches.py). Per task, a task whose coefficient
+        is 0 (alpha 0 or 1) is left out: it would add nothing but compute."""
+        cfg = self.cfg
+        pair_lengths = {i: sum(len(x.ids) for x in p) for i, p in enumerate(data.pairs)}
+        if cfg.loss_balance == "token":
+            return token_plan([len(e.ids) for e in data.samples], list(pair_lengths.values()), cfg.batch_size,
+                              cfg.grad_accum, cfg.epochs, seed)
+        groups: dict[str, dict[int, int]] = {ANSWER_TASK: {}, "explain": {}}
+        for i, (enc, rec) in enumerate(zip(data.samples, data.records)):
+            group = task_group(rec["task"])
+            if task_coefficient(group, cfg.alpha) > 0:
+                groups[group][i] = len(enc.ids)
+        groups["pair"] = pair_lengths
+        if not any(groups.values()):
+            raise ConfigError(f"training.alpha {cfg.alpha}: it gives no weight to the task of these samples "
+                              f"(alpha 1 trains answers only, alpha 0 explanations only)")
+        return per_task_plan(groups, cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
 
     # ------------------------------------------------------------ model
 
-    def _build_model(self, init_adapter: bytes | None):
+    def _build_model(self, init_adapter: bytes | None, seed: int | None = None):
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        model, _ = load_student(self.student_cfg, for_training=True, seed=self.seed)
+        # The seed fixes a fresh LoRA's initialisation and, through torch's RNG, the dropout masks.
+        model, _ = load_student(self.student_cfg, for_training=True, seed=self.seed if seed is None else seed)
         if self.cfg.gradient_checkpointing:
             # Non-reentrant: works with frozen embeddings (LoRA) and keeps dropout's RNG on recompute.
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -177,7 +187,7 @@ class LoraTrainer:
 
     # ------------------------------------------------------------ training
 
-    def _input_hash(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None) -> str:
+    def _input_hash(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, seed: int) -> str:
         payload = {
             "samples": [[s[k] for k in SAMPLE_KEYS] for s in samples],
             "pairs": [[p[k] for k in PAIR_KEYS] for p in pairs],
@@ -185,34 +195,38 @@ class LoraTrainer:
             # Keys that change neither the data nor the math may change between a kill and its resume.
             "training": self.cfg.model_dump(mode="json", exclude={"checkpoint_every", "gradient_checkpointing"}),
             "student": self.student_cfg.model_dump(mode="json", exclude={"generation", "eval_modes", "exam_mode"}),
-            "seed": self.seed,
+            "seed": seed,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
               checkpoint_dir: str | None = None, on_step: Callable[[dict], None] | None = None,
-              on_plan: Callable[[int, int], None] | None = None) -> TrainResult:
+              on_plan: Callable[[int, int], None] | None = None, seed: int | None = None) -> TrainResult:
         """Train and return the adapter (bytes of a peft save_pretrained folder) and per-step records.
 
         samples: {"example_id", "task", "input", "target", "weight"} (input = student_prompt, target =
         student_target). pairs: {"example_id", "input", "anchor", "positive", "negative"}; a None
         positive falls back to the anchor. Pairs are ignored when training.reflection is "none".
         Samples or pairs with no target token left after max_length truncation are skipped.
+        `seed` (default: the trainer's) sets the data order, a fresh LoRA's initialisation and dropout;
+        the engine passes one per round.
 
         `on_plan(total_steps, steps_already_done)` is called once before training (the second number is
         non-zero after a resume); `on_step(record)` after each optimizer step.
         """
+        seed = self.seed if seed is None else seed
         pairs = pairs if self.cfg.reflection != "none" else []
         data = self._encode_all(samples, pairs)
-        input_hash = self._input_hash(samples, pairs, init_adapter)
-        order = self.plan([len(e.ids) for e in data.samples], [sum(len(x.ids) for x in e) for e in data.pairs])
-        state = self._start(init_adapter, order)
+        input_hash = self._input_hash(samples, pairs, init_adapter, seed)
+        state = self._start(init_adapter, self.plan(data, seed), seed)
         ckpt = Checkpoints(checkpoint_dir) if checkpoint_dir else None
         if ckpt:
             state.resume(ckpt.load(input_hash))
+        device = next(state.model.parameters()).device
+        if self.cfg.reflection == "dpo" and data.pairs and state.reference is None:
+            state.reference = self._reference_logprobs(state.model, data, device)
         if on_plan:
             on_plan(state.total_steps, state.done)
-        device = next(state.model.parameters()).device
         t0 = time.perf_counter() - state.elapsed_before
         for step in range(state.done, state.total_steps):
             record = self._step(state, data, step, device)
@@ -243,39 +257,45 @@ class LoraTrainer:
         data.mean_target = sum(sum(x != -100 for x in e.labels) for e in data.samples) / max(1, len(data.samples))
         return data
 
-    def _start(self, init_adapter: bytes | None, order: list[tuple[str, list[int]]]) -> TrainState:
+    def _start(self, init_adapter: bytes | None, order: list[Step], seed: int) -> TrainState:
         """A fresh model with its LoRA adapter, optimizer and warm-up/linear-decay schedule."""
-        total_steps = math.ceil(len(order) / self.cfg.grad_accum)
-        model = self._build_model(init_adapter)
-        from transformers import get_linear_schedule_with_warmup
-
+        total_steps = len(order)
+        model = self._build_model(init_adapter, seed)
         params = [p for p in model.parameters() if p.requires_grad]
+        # A fresh AdamW every round, while the adapter continues: each round is a new fine-tuning on a
+        # new mix (tailored mistakes, replay) with its own warm-up and decay; moments estimated on the
+        # previous round's data would set this round's first step sizes, and carrying them would tie a
+        # round to optimizer files the run history does not keep. The warm-up lets the new moments settle.
         optim = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        sched = get_linear_schedule_with_warmup(optim, round(self.cfg.warmup_ratio * total_steps), total_steps)
+        warmup = min(max(round(self.cfg.warmup_ratio * total_steps), self.cfg.warmup_steps_min), total_steps - 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(optim, partial(warmup_then_decay, warmup=warmup, total=total_steps))
         return TrainState(model, params, optim, sched, order, total_steps)
 
     def _step(self, state: TrainState, data: _Data, step: int, device) -> dict[str, Any]:
-        """One optimizer step over `grad_accum` micro-batches; its record (without elapsed_s)."""
-        accum = self.cfg.grad_accum
-        micro = state.order[step * accum:(step + 1) * accum]
+        """One optimizer step over its micro-batches; its record (without elapsed_s)."""
+        micro = state.order[step]
+        shares = self._shares(micro, data)
+        pairs_in_step = sum(len(idx) for kind, idx in micro if kind == "pair")
         task_values: dict[str, list[float]] = {}  # task -> [summed NLL, tokens]
-        contrast: list[float] = []
+        contrast = [0.0, 0]  # summed contrast loss over pairs, pairs
         total_loss, tokens, pads = 0.0, 0, 0
         lr = state.sched.get_last_lr()[0]
         for kind, idx in micro:
-            if kind == "s":
-                loss, per_task, n_tok, n_pad = self._sample_loss(
-                    state.model, [data.samples[i] for i in idx], [data.records[i] for i in idx], device,
-                    data.mean_target)
+            if kind == "pair":
+                raw, n_tok, n_pad = self._pair_loss(state, idx, data, device)
+                contrast[0], contrast[1] = contrast[0] + raw.item() * len(idx), contrast[1] + len(idx)
+                # Token level: a mean over the step's micro-batches, as before; per task: over its pairs.
+                scale = 1 / len(micro) if self.cfg.loss_balance == "token" else len(idx) / pairs_in_step
+                loss = self.cfg.reflection_weight * raw * scale
+            elif kind in shares:
+                loss, per_task, n_tok, n_pad = self._sample_loss(state.model, data, idx, device, shares[kind])
                 for task, (total, count) in per_task.items():
                     acc = task_values.setdefault(task, [0.0, 0])
                     acc[0], acc[1] = acc[0] + total, acc[1] + count
             else:
-                raw, n_tok, n_pad = self._pair_loss(state.model, [data.pairs[i] for i in idx], device)
-                contrast.append(raw.item())
-                loss = self.cfg.reflection_weight * raw
-            (loss / len(micro)).backward()
-            total_loss += loss.item() / len(micro)
+                continue  # a task whose samples in this step all weigh 0
+            loss.backward()
+            total_loss += loss.item()
             tokens += n_tok
             pads += n_pad
         torch.nn.utils.clip_grad_norm_(state.params, MAX_GRAD_NORM)
@@ -285,14 +305,30 @@ class LoraTrainer:
         last = step + 1 == state.total_steps
         return {
             "step": step + 1,
-            "epoch": self.cfg.epochs if last else (step + 1) * accum / (len(state.order) / self.cfg.epochs),
+            "epoch": self.cfg.epochs if last else (step + 1) * self.cfg.epochs / state.total_steps,
             "lr": lr,
             "loss": total_loss,
             "task_losses": {t: total / max(1, count) for t, (total, count) in sorted(task_values.items())},
-            "contrast_loss": sum(contrast) / len(contrast) if contrast else None,
+            "contrast_loss": contrast[0] / contrast[1] if contrast[1] else None,
             "tokens": tokens,
             "pad_fraction": pads / max(1, pads + tokens),
         }
+
+    def _shares(self, micro: Step, data: _Data) -> dict[str, tuple[float, float]]:
+        """(coefficient, denominator) of each sample kind's micro-batches in this step.
+
+        Per task: the task's coefficient (losses.step_coefficients) and sum_i w_i * n_i over the task's
+        samples in the step; a task whose samples all weigh 0 is left out. Token level: (1, micro-batches
+        in the step), as before."""
+        if self.cfg.loss_balance == "token":
+            return {"sample": (1.0, float(len(micro)))}
+        totals: dict[str, float] = {}
+        for kind, idx in micro:
+            if kind != "pair":
+                weighted = sum(float(data.records[i]["weight"]) * data.samples[i].targets for i in idx)
+                totals[kind] = totals.get(kind, 0.0) + weighted
+        coefficients = step_coefficients({kind for kind, total in totals.items() if total > 0}, self.cfg.alpha)
+        return {kind: (coefficient, totals[kind]) for kind, coefficient in coefficients.items()}
 
     def _finish(self, state: TrainState) -> TrainResult:
         state.model.eval()
@@ -312,12 +348,16 @@ class LoraTrainer:
         real = int(mask.sum())
         return ids, mask, labels, real, mask.numel() - real
 
-    def _sample_loss(self, model, encoded: list[_Encoded], records: list[dict], device, mean_target_tokens: float):
-        ids, mask, labels, real, pad = self._collate(encoded, device)
+    def _sample_loss(self, model, data: _Data, idx: list[int], device, share: tuple[float, float]):
+        """A sample micro-batch's loss term (see _shares), per task its raw (NLL, tokens), real and pad tokens."""
+        ids, mask, labels, real, pad = self._collate([data.samples[i] for i in idx], device)
         nll_sum, counts = token_nll(*target_logits(model, ids, mask, labels))
-        loss, per_task = multitask_loss(nll_sum, counts, [r["task"] for r in records],
-                                        [float(r["weight"]) for r in records], self.cfg.alpha, mean_target_tokens)
-        return loss, per_task, real, pad
+        records = [data.records[i] for i in idx]
+        tasks, weights = [r["task"] for r in records], [float(r["weight"]) for r in records]
+        if self.cfg.loss_balance == "token":
+            loss, per_task = multitask_loss(nll_sum, counts, tasks, weights, self.cfg.alpha, data.mean_target)
+            return loss * share[0] / share[1], per_task, real, pad
+        return weighted_task_loss(nll_sum, weights, *share), task_totals(nll_sum, counts, tasks), real, pad
 
     def _per_sequence(self, model, encoded: list[_Encoded], device, hidden: bool):
         """Last-token hidden state (hidden=True) or target log-likelihood of each sequence, in input order.
@@ -343,18 +383,32 @@ class LoraTrainer:
                 values[i] = out[j]
         return torch.stack(values), real, pad
 
-    def _pair_loss(self, model, encoded: list[tuple[_Encoded, _Encoded, _Encoded]], device):
-        """Reflection loss of a micro-batch of (anchor, positive, negative) triples."""
-        n = len(encoded)
-        flat = [e[role] for role in range(3) for e in encoded]  # all anchors, then positives, then negatives
+    def _reference_logprobs(self, model, data: _Data, device) -> torch.Tensor:
+        """DPO's reference: [pairs, 3] log-likelihoods of anchor, positive and negative under the policy
+        the training starts from (the init adapter, or the base model under a fresh LoRA, which starts
+        as the identity), computed once without dropout: TRL's precompute_ref_log_probs."""
+        model.eval()
+        rows = []
+        with torch.no_grad():
+            for start in range(0, len(data.pairs), self.cfg.batch_size):
+                chunk = data.pairs[start:start + self.cfg.batch_size]
+                values, _, _ = self._per_sequence(model, [e[role] for role in range(3) for e in chunk], device,
+                                                  hidden=False)
+                rows.append(values.view(3, len(chunk)).T)
+        model.train()
+        return torch.cat(rows).float().cpu()
+
+    def _pair_loss(self, state: TrainState, idx: list[int], data: _Data, device):
+        """Reflection loss of a micro-batch of (anchor, positive, negative) triples, with real and pad tokens."""
+        model, n = state.model, len(idx)
+        flat = [data.pairs[i][role] for role in range(3) for i in idx]  # all anchors, positives, negatives
         if self.cfg.reflection == "triplet":
             states, real, pad = self._per_sequence(model, flat, device, hidden=True)
             return triplet_loss(states[:n], states[n:2 * n], states[2 * n:], margin=self.cfg.reflection_margin), real, pad
-        # DPO: the anchor (teacher) and the positive rationale are both preferred over the negative one;
-        # the reference is the same network with the adapter switched off.
+        # DPO: the anchor (teacher) and the positive rationale are both preferred over the negative one,
+        # against the frozen starting policy's log-likelihoods.
         policy, real, pad = self._per_sequence(model, flat, device, hidden=False)
-        with torch.no_grad(), model.disable_adapter():
-            ref, _, _ = self._per_sequence(model, flat, device, hidden=False)
+        ref = state.reference[idx].to(policy.device).T.reshape(-1)
         beta = self.cfg.dpo_beta
         loss = (dpo_loss(policy[:n], policy[2 * n:], ref[:n], ref[2 * n:], beta)
                 + dpo_loss(policy[n:2 * n], policy[2 * n:], ref[n:2 * n], ref[2 * n:], beta)) / 2

@@ -9,6 +9,8 @@ is the FIRST candidate after the LAST trigger; without a trigger it is the LAST 
 (the conclusion of a rationale comes at its end). A trigger followed by no candidate gives None: the
 writer announced an answer and did not give one.
 
+Free-form chat output (the prompted baseline) is read by the lenient `extract_chat_answer`.
+
 Answer types: number | yesno | choice | text. Extracted answers come back normalized, so that
 `answers_match` only has to compare like with like.
 """
@@ -27,6 +29,10 @@ ANSWER_TYPES = ("number", "yesno", "choice", "text")
 _TRIGGER = re.compile(
     r"(?:the\s+(?:final\s+)?answer(?:\s*\(arabic numerals\))?\s+is\b:?|####|-->)", re.IGNORECASE
 )
+
+# Chat models answer in their own words: "Answer: 5", "the correct answer is (B)", "**Final answer:** 5".
+_CHAT_TRIGGER = re.compile(_TRIGGER.pattern + r"|\banswer\b\W{0,4}:|\banswer\s+is\b", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\s*\{", re.IGNORECASE)  # LaTeX answers: "$\boxed{18}$"
 
 # A number: optional sign (not a hyphen inside a word or a range), optional "$", digits with
 # optional thousands commas and an optional decimal part.
@@ -109,15 +115,36 @@ def _candidates(text: str, answer_type: str) -> list[str]:
     return lines
 
 
+def _after_last(trigger: re.Pattern, text: str, answer_type: str) -> list[str] | None:
+    """Candidates after the last match of `trigger` (None when it does not occur)."""
+    matches = list(trigger.finditer(text))
+    return _candidates(text[matches[-1].end():], answer_type) if matches else None
+
+
 def extract_answer(text: str, answer_type: str) -> str | None:
     """The normalized answer stated in `text`, or None when there is none (see the module rule)."""
     _check_type(answer_type)
     if not text:
         return None
-    triggers = list(_TRIGGER.finditer(text))
-    if triggers:
-        found = _candidates(text[triggers[-1].end():], answer_type)
+    found = _after_last(_TRIGGER, text, answer_type)
+    if found is not None:
         return found[0] if found else None
+    found = _candidates(text, answer_type)
+    return found[-1] if found else None
+
+
+def extract_chat_answer(text: str, answer_type: str) -> str | None:
+    """Lenient reading of free-form chat output (the prompted baseline), which states its answer in its
+    own words: the last `\\boxed{...}`, else the first candidate after the last answer phrase (the
+    module's triggers, `Answer:`, `answer is`), else the last candidate of the text. Unlike
+    `extract_answer`, an answer phrase followed by nothing usable falls back to the last candidate."""
+    _check_type(answer_type)
+    if not text:
+        return None
+    for trigger in (_BOXED, _CHAT_TRIGGER):
+        found = _after_last(trigger, text, answer_type)
+        if found:
+            return found[0]
     found = _candidates(text, answer_type)
     return found[-1] if found else None
 

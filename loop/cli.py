@@ -168,6 +168,11 @@ def prefer_local_ray_env(address: str | None) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from tutorloop.loop.dry_run import dry_run
+
+        print(dry_run(cfg, Path(args.run_dir) if args.run_dir else Path(cfg.run.run_dir) / cfg.run.name))
+        return 0
     prefer_local_ray_env(args.address or cfg.ray.address)
     from tutorloop.loop.run_dir import run_from_config
 
@@ -210,9 +215,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tutorloop.loop.compare import compare_runs
+    from tutorloop.loop.compare import compare_sections, parse_groups, render_sections
 
-    write_result(compare_runs(args.run_dirs), args.format, args.out)
+    text_formats = ("table", "markdown")
+    only = args.table or (None if args.format in text_formats else "runs")
+    sections = compare_sections(args.run_dirs, parse_groups(args.group), only=only)
+    if only:
+        write_result(sections[only].table, args.format, args.out)
+        return 0
+    text = render_sections(sections, args.format == "markdown", lambda table: format_result(table, args.format))
+    if not args.out:
+        print(text)
+        return 0
+    try:
+        Path(args.out).write_text(text + "\n")
+    except OSError as exc:
+        raise TutorloopError(f"--out {args.out}: cannot write ({exc.strerror or exc})") from None
     return 0
 
 
@@ -254,6 +272,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     run.add_argument("--resume", action="store_true", help="continue an existing run directory")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan and the worst-case teacher cost; start, send and write nothing")
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue a stopped or killed run")
@@ -304,10 +324,18 @@ def _add_read_commands(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--examples", type=int, default=6, help="tailored feedback examples shown (default 6)")
     report.set_defaults(func=cmd_report)
 
-    compare = sub.add_parser("compare", help="runs side by side: accuracy per round, cost, calls, time")
-    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare = sub.add_parser(
+        "compare", help="runs side by side (accuracy per round, cost, calls, time), with paired tests",
+        description="Runs side by side, then paired tests on the test questions they share: per pair of runs "
+                    "and round, or, for arms of runs that differ only in run.seed, per arm and between arms. "
+                    "The text formats print every table that applies; csv, json and parquet print one (--table).")
+    compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
+    compare.add_argument("--group", action="append", default=[], metavar="NAME=RUN_DIR,RUN_DIR",
+                         help="an arm of seeds, named (repeatable); default: arms found from the stored configs")
+    compare.add_argument("--table", choices=("runs", "pairs", "arms", "arm-tests"),
+                         help="only this table (default: all that apply; csv, json and parquet: runs)")
     compare.add_argument("--format", choices=FORMATS, default="table")
-    compare.add_argument("--out", help="write the table to this file instead of stdout")
+    compare.add_argument("--out", help="write the output to this file instead of stdout")
     compare.set_defaults(func=cmd_compare)
 
     export = sub.add_parser("export", help="a round's adapter as a peft folder, or merged into the base")

@@ -36,9 +36,11 @@ def start_ray(cfg: Config, address: str | None = None, log_file: str | Path | No
 
 
 def needed_cpus(cfg: Config) -> float:
-    """CPUs the run's actors reserve together (they all live for the whole run)."""
+    """CPUs the run's actors reserve together (they all live for the whole run; a teacher server from
+    the first round that needs it to the end)."""
+    served = sum(t.serve.num_cpus for t in cfg.teacher.teachers if t.serve is not None)
     return (cfg.ray.num_students * cfg.ray.student_cpus + cfg.ray.trainer_cpus
-            + cfg.teacher.num_actors * cfg.ray.teacher_cpus)
+            + cfg.teacher.num_actors * cfg.ray.teacher_cpus + served)
 
 
 def local_cpus(cfg: Config) -> int:

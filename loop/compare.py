@@ -1,20 +1,41 @@
-"""`tutorloop compare RUN_A RUN_B ...`: runs side by side, one column per run.
+"""`tutorloop compare RUN_A RUN_B ...`: runs side by side, then paired tests between them.
 
-Rows: what each run was (student, teacher, task), its test accuracy per round, the final and best
-accuracy, and what it cost (teacher calls, dollars, seconds). Read through one multi-run query, so the
-numbers are exactly those `tutorloop sql runs/a runs/b "SELECT * FROM round_summary"` shows.
+The side-by-side table: what each run was (student, teacher, task), its test accuracy per round, the
+final and best accuracy, and what it cost (teacher calls, dollars, seconds). Read through one multi-run
+query, so the numbers are exactly those `tutorloop sql runs/a runs/b "SELECT * FROM round_summary"` shows.
+Then (loop/compare_stats.py) per pair of runs and round the paired difference and McNemar test; for
+arms of seeds, each arm's mean with its interval and the paired test between arms.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
+from tutorloop.loop.compare_stats import (Arm, RunOutcome, arm_problem, arm_rounds, arm_tests, detect_arms,
+                                          load_outcomes, named_arms, pairing_problem)
+from tutorloop.loop.errors import EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import percent
+from tutorloop.loop.paired_stats import BOOTSTRAP_RESAMPLES, PairedComparison, compare_paired, seed_interval, verdict
 from tutorloop.store.query import multi_query, run_names
+
+_PAIRED_NOTE = (f"Paired on the same test questions, each run graded in its first eval mode (the mode of its test "
+                f"accuracy). difference = B - A in accuracy points; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap "
+                f"resamples of the questions (seed 0); p: exact McNemar test on the questions that changed (wrong -> "
+                f"right against right -> wrong); the verdict follows p (near 0.05 the interval may just exclude 0 "
+                f"while the exact test does not). Each p is for its own row, not corrected for the number of rows.")
+_ARMS_NOTE = ("Arms are runs that differ only in run.seed ({how}): the mean test accuracy over seeds with a "
+              "Student-t 95% interval (none with one seed).")
+_ARM_TESTS_NOTE = (f"Questions are the unit: each question scores the share of an arm's seeds that got it right. "
+                   f"difference = B - A; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions "
+                   f"(seed 0); p: exact sign test over the questions whose shares differ (McNemar when each arm has "
+                   f"one seed), so a question several seeds agree on counts once. per-seed p: McNemar between the "
+                   f"arms' runs with the same run.seed. Not corrected for the number of rows.")
 
 
 def strategies_by_round(rows: Sequence[dict]) -> str:
@@ -83,3 +104,153 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
     for name in names:
         columns[name] = [values[name] for _, values in measures]
     return pa.table(columns)
+
+
+@dataclass
+class Section:
+    title: str  # empty for the first (side-by-side) table
+    note: str
+    table: pa.Table
+    shown: bool  # printed by the text formats when no --table is asked for
+
+
+def parse_groups(specs: Sequence[str]) -> dict[str, list[str]]:
+    """`--group NAME=RUN_DIR,RUN_DIR` options -> {name: run dirs}."""
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, runs = spec.partition("=")
+        dirs = [d for d in runs.split(",") if d]
+        if not name or not dirs:
+            raise TutorloopError(f"compare: --group {spec!r}: expected NAME=RUN_DIR,RUN_DIR,...", EXIT_USAGE)
+        if name in groups:
+            raise TutorloopError(f"compare: --group {name!r} is given twice", EXIT_USAGE)
+        groups[name] = dirs
+    return groups
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> pa.Table:
+    return pa.table({c: pa.array([row[i] for row in rows], pa.string()) for i, c in enumerate(columns)})
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f} pts"
+
+
+def difference_cells(c: PairedComparison, name_a: str = "A", name_b: str = "B") -> list[str]:
+    """difference, interval and the verdict (naming the side that did better where it is significant)."""
+    said = verdict(c.p_value)
+    if c.significant:
+        said += f": {name_b if c.wrong_to_right > c.right_to_wrong else name_a} does better"
+    return [_points(c.difference), f"[{100 * c.ci_low:+.1f}, {100 * c.ci_high:+.1f}] pts", said]
+
+
+def pairs_table(outcomes: Sequence[RunOutcome]) -> pa.Table:
+    """Per pair of runs and shared round: accuracies, paired difference, interval, McNemar."""
+    head = ["round", "run A", "run B", "questions", "accuracy A", "accuracy B", "difference", "95% interval",
+            "wrong -> right", "right -> wrong", "p (McNemar)", "verdict"]
+    rows = []
+    for i, a in enumerate(outcomes):
+        for b in outcomes[i + 1:]:
+            problem = pairing_problem(a, b)
+            if problem:
+                rows.append(["-", a.name, b.name, "-", "-", "-", "-", "-", "-", "-", "-", problem])
+                continue
+            for round_ in sorted(set(a.rounds()) & set(b.rounds())):
+                c = compare_paired(a.correct[round_], b.correct[round_])
+                diff, interval, said = difference_cells(c)
+                rows.append([str(round_), a.name, b.name, str(c.questions), percent(c.accuracy_a),
+                             percent(c.accuracy_b), diff, interval, str(c.wrong_to_right), str(c.right_to_wrong),
+                             f"{c.p_value:.3g}", said])
+    return _table(head, rows)
+
+
+def _accuracy(run: RunOutcome, round_: int) -> float:
+    return sum(run.correct[round_][q] for q in run.questions) / len(run.questions)
+
+
+def arms_table(arms: Sequence[Arm]) -> pa.Table:
+    """Per arm and round every run of it evaluated: mean over seeds and its t interval."""
+    head = ["arm", "runs", "seeds", "round", "mean accuracy", "95% interval (seeds)", "per seed"]
+    rows = []
+    for arm in arms:
+        for round_ in arm_rounds([arm]):
+            values = [_accuracy(r, round_) for r in arm.runs]
+            mean, low, high = seed_interval(values)
+            # An accuracy lies in [0, 1]; the t interval of a few seeds near either end can pass it.
+            interval = f"[{percent(max(low, 0.0))}, {percent(min(high, 1.0))}]" if len(values) > 1 else "- (one seed)"
+            rows.append([arm.name, ", ".join(r.name for r in arm.runs), ", ".join(str(r.seed) for r in arm.runs),
+                         str(round_), percent(mean), interval, ", ".join(percent(v) for v in values)])
+    return _table(head, rows)
+
+
+def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
+    """Per pair of arms and shared round: the paired test with questions as the unit."""
+    head = ["round", "arm A", "arm B", "seeds A / B", "mean A", "mean B", "difference", "95% interval",
+            "questions better in B", "questions better in A", "p (sign test)", "per-seed p (McNemar)", "verdict"]
+    rows = []
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            seeds = f"{len(a.runs)} / {len(b.runs)}"
+            problem = arm_problem(a, b)
+            if problem:
+                rows.append(["-", a.name, b.name, seeds] + ["-"] * 8 + [problem])
+                continue
+            for test in arm_tests(a, b):
+                c = test.comparison
+                diff, interval, said = difference_cells(c)
+                per_seed = "; ".join(f"seed {s}: {p:.3g}" for s, p in test.per_seed.items()) or "-"
+                rows.append([str(test.round), a.name, b.name, seeds, percent(c.accuracy_a), percent(c.accuracy_b),
+                             diff, interval, str(c.wrong_to_right), str(c.right_to_wrong), f"{c.p_value:.3g}",
+                             per_seed, said])
+    return _table(head, rows)
+
+
+def _unique_dirs(dirs: Sequence[str]) -> list[str]:
+    seen: dict[Path, str] = {}
+    for d in dirs:
+        seen.setdefault(Path(d).resolve(), d)
+    return list(seen.values())
+
+
+def compare_sections(run_dirs: Sequence[str], groups: dict[str, list[str]],
+                     only: str | None = None) -> dict[str, Section]:
+    """The compare output: 'runs' (side by side), 'pairs', 'arms', 'arm-tests'; `only` builds just that one."""
+    dirs = _unique_dirs([*run_dirs, *(d for members in groups.values() for d in members)])
+    if not dirs:
+        raise TutorloopError("compare: give run directories, or arms as --group NAME=RUN_DIR,RUN_DIR", EXIT_USAGE)
+    outcomes = load_outcomes(dirs)
+    index = {Path(d).resolve(): i for i, d in enumerate(dirs)}
+    members: dict[str, list[int]] = {}
+    for name, member_dirs in groups.items():
+        members[name] = [index[Path(d).resolve()] for d in member_dirs]
+    taken = [i for indexes in members.values() for i in indexes]
+    if len(taken) != len(set(taken)):
+        raise TutorloopError("compare: a run is in more than one --group", EXIT_USAGE)
+    arms = named_arms(outcomes, members) if groups else detect_arms(outcomes)
+    seeded = any(len(arm.runs) > 1 for arm in arms)
+    how = "as named with --group" if groups else "found from the stored configs"
+    notes = " ".join(note for arm in arms for note in arm.notes)
+    builders: dict[str, tuple[str, str, Any, bool]] = {
+        "runs": ("", "", lambda: compare_runs(dirs), True),
+        "pairs": ("Paired tests between runs", _PAIRED_NOTE, lambda: pairs_table(outcomes),
+                  len(outcomes) > 1 and (not seeded or len(arms) == 1)),
+        "arms": ("Arms of seeds", (_ARMS_NOTE.format(how=how) + " " + notes).strip(), lambda: arms_table(arms),
+                 seeded),
+        "arm-tests": ("Paired tests between arms", _ARM_TESTS_NOTE, lambda: arm_tests_table(arms),
+                      seeded and len(arms) > 1),
+    }
+    return {key: Section(title, note, build(), shown) for key, (title, note, build, shown) in builders.items()
+            if (key == only if only else shown)}
+
+
+def render_sections(sections: dict[str, Section], markdown: bool, format_table: Callable[[pa.Table], str]) -> str:
+    """The shown sections as one text: each a title, its note (what was tested, and how) and its table."""
+    parts = []
+    for section in sections.values():
+        lines = []
+        if section.title:
+            lines.append(("## " if markdown else "") + section.title)
+        if section.note:
+            lines.append(section.note if markdown else textwrap.fill(section.note, 110))
+        parts.append("\n".join([*lines, format_table(section.table)]))
+    return "\n\n".join(parts)

@@ -30,6 +30,17 @@ class RunSection(Section):
     baseline: bool = Field(True, description="zero-shot evaluation of the untrained student (round -1)")
     patience: int | None = Field(None, ge=1, description="stop after this many rounds without test gain")
     report: bool = Field(True, description="write report.md and report.html when the run finishes")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        [], description="trackers that get the round metrics and step losses (TRL's names): tensorboard "
+                        "writes under RUN_DIR/tensorboard; wandb follows the user's own W&B settings")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_trackers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Runs recorded before `report_to` existed keep their config fingerprint (resume, fork, compare).
+        data = handler(self)
+        if not self.report_to:
+            data.pop("report_to", None)
+        return data
 
 
 class SyntheticSection(Section):
@@ -49,7 +60,7 @@ class SyntheticSection(Section):
 
 class DataSection(Section):
     task: str = Field("multiarith", description="multiarith, addsub, coin_flip, date_understanding, "
-                      "last_letter_concatenation, strategy_qa, tracking_shuffled_objects, gsm8k, synthetic, jsonl")
+                      "last_letter_concatenation, strategy_qa, tracking_shuffled_objects, gsm8k, synthetic, jsonl, hf")
     data_dir: str = "data"
     split: str = "default"
     pool_size: int | None = Field(None, ge=1, description="training questions used (first N after a seeded shuffle)")
@@ -62,6 +73,19 @@ class DataSection(Section):
     rationale_field: str | None = None
     answer_type: Literal["number", "yesno", "choice", "text"] = "number"
     synthetic: SyntheticSection = SyntheticSection()
+    dataset: str | None = Field(None, description="task hf: a hub id, or a parquet/json/arrow/save_to_disk folder")
+    dataset_config: str | None = Field(None, description="task hf: the dataset's configuration name, e.g. main")
+    train_split: str = Field("train", description="task hf: the split used as the training pool")
+    test_split: str = Field("test", description="task hf: the split used for evaluation")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_hf(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Runs recorded before task hf existed keep their config fingerprint (resume, fork, compare).
+        data = handler(self)
+        for key in ("dataset", "dataset_config", "train_split", "test_split"):
+            if getattr(self, key) == type(self).model_fields[key].default:
+                data.pop(key, None)
+        return data
 
 
 class TinyModelSection(Section):
@@ -85,7 +109,9 @@ class GenerationSection(Section):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    num_samples: int = Field(1, ge=1, description="k sampled answers per training question in tailored exams")
+    num_samples: int = Field(4, ge=1, description="k sampled answers (at `temperature`) per pool question in "
+                                                  "tailored exams; a question with any wrong one is a mistake "
+                                                  "(Wang et al. 2023 sample 4); 1 = one greedy answer")
     batch_size: int = Field(8, ge=1)
     stop: list[str] = ["\n\n", "Question:"]
 
@@ -99,7 +125,11 @@ class StudentSection(Section):
     quantization: Literal["none", "4bit", "8bit"] = "none"
     lora: LoraSection = LoraSection()
     generation: GenerationSection = GenerationSection()
-    eval_modes: list[Literal["answer", "explain"]] = ["explain"]
+    eval_modes: list[Literal["answer", "explain", "prompted"]] = Field(
+        ["explain"], min_length=1, description="test modes of every round; the first gives `accuracy`")
+    baseline_modes: list[Literal["answer", "explain", "prompted"]] = Field(
+        ["prompted"], description="extra test modes of the baseline (round -1) only; prompted = zero-shot CoT in "
+                                  "the student's own chat template, a format the untrained student knows")
     exam_mode: Literal["answer", "explain"] = "explain"
 
 
@@ -157,6 +187,11 @@ class TeacherEndpoint(Section):
     loss_weight: float = Field(1.0, ge=0)
     price: PriceSection = PriceSection()
     serve: ServeSection | None = Field(None, description="start this teacher's server for the run")
+    recording: str | None = Field(None, description="replay: the user's own recorded outputs, a .json file in the "
+                                                    "shipped recorded format or a .jsonl of question and "
+                                                    "rationale (default: the shipped recordings of data.task)")
+    rounds: Literal["all", "core", "tailored"] = Field(
+        "all", description="the rounds this teacher teaches: all, core (round 0) or tailored (rounds >= 1)")
 
     @field_validator("serve")
     @classmethod
@@ -167,12 +202,23 @@ class TeacherEndpoint(Section):
             raise ValueError("set base_url or serve, not both: tutorloop picks the address of a server it starts")
         return serve
 
+    @field_validator("recording")
+    @classmethod
+    def _replayed(cls, recording: str | None, info: ValidationInfo) -> str | None:
+        if recording is not None and info.data.get("backend") != "replay":
+            raise ValueError(f"a recording is replayed by backend 'replay' (got {info.data.get('backend')!r})")
+        return recording
+
     @model_serializer(mode="wrap")
     def _without_unset_serve(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # Runs recorded before `serve` existed keep their config fingerprint (resume, fork).
         data = handler(self)
         if self.serve is None:
             data.pop("serve", None)
+        if self.recording is None:
+            data.pop("recording", None)
+        if self.rounds == "all":
+            data.pop("rounds", None)
         return data
 
 
@@ -181,6 +227,8 @@ class TeacherSection(Section):
     strategies: list[Literal["zero_shot_cot", "few_shot_cot", "cote", "rp", "crop",
                              "teacher_forcing", "tailored"]] = ["zero_shot_cot"]
     diverse_samples: int = Field(1, ge=1, description="n rationales per question (diverse reasoning)")
+    tailored_samples: int = Field(1, ge=1, description="replies per taught mistake: the first at `temperature`, "
+                                  "the others at `diverse_temperature` (distinct self-reflection positives)")
     temperature: float = Field(0.0, ge=0)
     diverse_temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(256, ge=1)
@@ -196,6 +244,10 @@ class TeacherSection(Section):
     prompts_dir: str | None = Field(None, description="folder of prompt templates overriding the built-in ones")
     num_actors: int = Field(1, ge=1)
     exemplars: int = Field(4, ge=1, description="in-context examples in few_shot_cot and teacher_forcing prompts")
+    max_consecutive_failures: int = Field(8, ge=1, description="connection failures in a row after which an "
+                                                               "openai teacher's phase stops (circuit breaker)")
+    preflight_timeout_s: float = Field(15.0, gt=0, description="time an openai teacher gets to list its models "
+                                                               "before a phase sends it anything")
 
     @field_validator("teachers")
     @classmethod
@@ -205,6 +257,11 @@ class TeacherSection(Section):
             raise ValueError(f"teacher names must be unique, got {names}")
         if not teachers:
             raise ValueError("at least one teacher is needed")
+        # Both kinds are checked whatever run.rounds says: run.rounds may grow on resume.
+        for kind in ("core", "tailored"):
+            if not any(t.rounds in ("all", kind) for t in teachers):
+                raise ValueError(f"no teacher teaches the {kind} rounds: give one of them `rounds: all` "
+                                 f"or `rounds: {kind}`")
         return teachers
 
 
@@ -215,8 +272,14 @@ class TrainingSection(Section):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(384, ge=16)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
+    warmup_steps_min: int = Field(2, ge=0, description="at least this many warm-up steps (never more than the "
+                                                       "training's steps - 1), so a short round still warms up")
     weight_decay: float = Field(0.0, ge=0)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of answer loss vs explanation loss")
+    loss_balance: Literal["per_task", "token"] = Field(
+        "per_task", description="per_task: a step's loss is alpha * L_answer + (1 - alpha) * L_explain, each the "
+                                "mean over that task's tokens in the step, and every step holds both tasks; "
+                                "token: the earlier token-level mean over the whole set (see actors/losses.py)")
     tasks: list[Literal["answer", "explain", "rationalize"]] = Field(["answer", "explain"], min_length=1)
     reflection: Literal["none", "triplet", "dpo"] = "triplet"
     reflection_weight: float = Field(0.5, ge=0)
@@ -231,6 +294,8 @@ class TrainingSection(Section):
     exam_size: int | None = Field(None, ge=1, description="pool questions a tailored round examines, a fresh "
                                                         "seeded draw each round; default: the whole pool")
     max_mistakes: int | None = Field(None, ge=1, description="mistakes taught per tailored round")
+    max_pairs_per_question: int = Field(4, ge=1, description="contrast pairs per mistake at most: one per unique "
+                                                             "wrong rationale of the student")
     mistake_order: Literal["hardest", "random", "pool"] = "hardest"
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
 
@@ -274,7 +339,8 @@ class Config(Section):
 RESUME_SAFE_KEYS = (
     "run.rounds", "run.patience", "run.run_dir", "run.report", "teacher.max_cost_usd", "teacher.concurrency",
     "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
-    "teacher.retry_backoff_s", "teacher.retry_backoff_max_s",
+    "teacher.retry_backoff_s", "teacher.retry_backoff_max_s", "teacher.max_consecutive_failures",
+    "teacher.preflight_timeout_s", "run.report_to",
     "teacher.num_actors", "ray", "student.generation.batch_size", "training.gradient_checkpointing",
 )
 

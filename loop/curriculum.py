@@ -30,13 +30,14 @@ def find_mistakes(attempts: Iterable[dict]) -> dict[str, list[dict]]:
 
 
 def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | None, seed: int) -> list[str]:
-    """Which mistakes to teach first: `hardest` (fewest correct samples), `random`, or `pool` order."""
+    """Which mistakes to teach first: `hardest` (most wrong samples of the k, then the larger wrong
+    share), `random`, or `pool` order."""
     ids = sorted(mistakes)
     if order == "random":
         random.Random(seed).shuffle(ids)
     elif order == "hardest":
-        share = {i: sum(r["correct"] for r in mistakes[i]) / len(mistakes[i]) for i in ids}
-        ids.sort(key=lambda i: (share[i], i))
+        wrong = {i: sum(not r["correct"] for r in mistakes[i]) for i in ids}
+        ids.sort(key=lambda i: (-wrong[i], -wrong[i] / len(mistakes[i]), i))
     return ids[:limit] if limit is not None else ids
 
 
@@ -127,18 +128,44 @@ def _sample(round_: int, example: Example, task: str, source: str, rationale: st
     }
 
 
+@dataclass
+class ContrastPairs:
+    """A round's self-reflection pairs, and how many mistakes got none for want of a part."""
+
+    pairs: list[dict]
+    without_positive: int = 0  # no correct rationale other than the anchor
+    without_negative: int = 0  # every wrong sample was cut off before stating an answer
+
+    def note(self) -> str:
+        """The round summary's line on the pairs."""
+        note = (f"contrast pairs: {len(self.pairs)}; {self.without_positive} questions had no distinct "
+                f"correct rationale")
+        if self.without_negative:
+            note += f", {self.without_negative} no wrong rationale that states an answer"
+        return note
+
+
+def _same_text(text: str) -> str:
+    """Rationales compared for sameness: whitespace, case and final punctuation do not count."""
+    return " ".join(text.split()).lower().rstrip(".!")
+
+
 def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: Iterable[dict],
-                         mistakes: dict[str, list[dict]], earlier_rationales: dict[str, list[str]]) -> list[dict]:
+                         mistakes: dict[str, list[dict]], earlier_rationales: dict[str, list[str]],
+                         max_per_question: int = 4) -> ContrastPairs:
     """Self-reflection data (Wang et al. 2023): teacher rationale vs the student's own wrong one.
 
-    anchor = an accepted teacher rationale; positive = another correct rationale for the question
-    (the student's own correct sample, else another teacher rationale, else the gold rationale, else
-    the anchor itself); negative = the student's wrong rationale from the exam.
+    anchor = the question's first accepted teacher rationale of this round; positive = a *different*
+    correct rationale (the student's own correct samples, the round's other accepted rationales, the
+    earlier rounds' accepted ones, the gold rationale), never the anchor again; negative = a wrong
+    sample of the student that states an answer (a cut-off output is not wrong reasoning). One pair
+    per unique negative, up to `max_per_question`, the positives taken in turn; a mistake without a
+    distinct positive gets no pair and is counted.
     """
-    pairs: list[dict] = []
+    result = ContrastPairs([])
     accepted: dict[str, list[dict]] = defaultdict(list)
     for r in rationales:
-        if r["accepted"]:
+        if r["accepted"] and r["rationale"]:
             accepted[r["example_id"]].append(r)
     for example_id, taught in sorted(accepted.items()):
         attempts = mistakes.get(example_id)
@@ -146,27 +173,45 @@ def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: 
             continue
         example = examples[example_id]
         anchor = student_target("explain", example.answer, taught[0]["rationale"])
-        correct_outputs = [a["output"] for a in attempts if a["correct"] and a["output"]]
-        other_teacher = [t["rationale"] for t in taught[1:]] + earlier_rationales.get(example_id, [])
-        if correct_outputs:
-            positive = correct_outputs[0]
-        elif other_teacher:
-            positive = student_target("explain", example.answer, other_teacher[0])
-        elif example.rationale:
-            positive = student_target("explain", example.answer, example.rationale)
-        else:
-            positive = anchor
-        for wrong in (a for a in attempts if not a["correct"] and a["output"]):
-            pairs.append({
+        negatives = _unique([a["output"] for a in attempts
+                             if not a["correct"] and a.get("extracted") is not None], exclude=anchor)
+        teacher_texts = [t["rationale"] for t in taught[1:]] + earlier_rationales.get(example_id, [])
+        if example.rationale:
+            teacher_texts.append(example.rationale)
+        positives = _unique([a["output"] for a in attempts if a["correct"]]
+                            + [student_target("explain", example.answer, t) for t in teacher_texts], exclude=anchor)
+        if not negatives:
+            result.without_negative += 1
+            continue
+        if not positives:
+            result.without_positive += 1
+            continue
+        for index, negative in enumerate(negatives[:max_per_question]):
+            result.pairs.append({
                 "round": round_,
                 "example_id": example_id,
                 "input": student_prompt(example.question, "explain"),
                 "anchor": anchor,
-                "positive": positive,
-                "negative": wrong["output"] if wrong["output"].startswith(" ") else " " + wrong["output"],
+                "positive": _leading_space(positives[index % len(positives)]),
+                "negative": _leading_space(negative),
             })
-            break  # one pair per question: its first wrong sample
-    return pairs
+    return result
+
+
+def _unique(texts: list[str], exclude: str) -> list[str]:
+    """`texts` without empty ones, repeats, or the text of `exclude`, in order."""
+    seen, kept = {_same_text(exclude)}, []
+    for text in texts:
+        key = _same_text(text or "")
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(text)
+    return kept
+
+
+def _leading_space(text: str) -> str:
+    """A target continues the prompt's `Answer:` after a space, as `student_target` writes it."""
+    return text if text.startswith(" ") else " " + text
 
 
 def replay_samples(round_: int, earlier: list[dict], new_count: int, fraction: float, seed: int) -> list[dict]:

@@ -231,6 +231,12 @@ def _load_jsonl(data_cfg: DataSection, split: str) -> list[Example]:
     return examples
 
 
+def _load_hf(data_cfg: DataSection, split: str) -> list[Example]:
+    from tutorloop.loop.hf_dataset import load_hf_examples  # hf_dataset imports Example from here
+
+    return load_hf_examples(data_cfg, split)
+
+
 def _load_synthetic(data_cfg: DataSection, split: str) -> list[Example]:
     from tutorloop.loop.synthetic import generate_problems  # synthetic imports Example from here
 
@@ -267,8 +273,8 @@ def get_task(name: str) -> Task:
 
 
 def answer_type_of(data_cfg: DataSection) -> str:
-    """Answer type of the configured task (a generic JSONL dataset declares its own)."""
-    if data_cfg.task == "jsonl":
+    """Answer type of the configured task (a generic JSONL or Hugging Face dataset declares its own)."""
+    if data_cfg.task in ("jsonl", "hf"):
         return data_cfg.answer_type
     return get_task(data_cfg.task).answer_type
 
@@ -285,11 +291,21 @@ def subset(examples: list[Example], size: int | None, dataset: str, split: str) 
     return shuffled[:size]
 
 
+def drop_test_duplicates(pool: list[Example], test: list[Example]) -> tuple[list[Example], int]:
+    """The pool without questions whose text (whitespace and case aside) is a test question, and how many
+    went: the published MultiArith train and test splits share questions word for word, and a pool
+    that holds a test question would train on the test."""
+    asked = {normalize_question(e.question).casefold() for e in test}
+    kept = [e for e in pool if normalize_question(e.question).casefold() not in asked]
+    return kept, len(pool) - len(kept)
+
+
 def load_examples(data_cfg: DataSection, split: str) -> list[Example]:
     """Examples of the configured task and split ("train" or "test"), cut to pool_size / test_size."""
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    task = get_task(data_cfg.task)
-    examples = task.loader(data_cfg, split)
+    # task hf (a Hugging Face dataset, loop/hf_dataset.py) is dispatched here, beside the registry
+    loader = _load_hf if data_cfg.task == "hf" else get_task(data_cfg.task).loader
+    examples = loader(data_cfg, split)
     size = data_cfg.pool_size if split == "train" else data_cfg.test_size
     return subset(examples, size, data_cfg.task, split)

@@ -23,12 +23,15 @@ from tutorloop.loop.config import Config
 from tutorloop.loop.console import console_to_log
 from tutorloop.loop.curriculum import (TeachingTargets, build_contrast_pairs, build_samples, find_mistakes,
                                        random_selection, replay_samples, teaching_targets)
-from tutorloop.loop.datasets import Example, answer_type_of, load_examples
+from tutorloop.loop.datasets import Example, answer_type_of, drop_test_duplicates, load_examples
 from tutorloop.loop.errors import RunError
-from tutorloop.loop.formatting import percent
+from tutorloop.loop.formatting import next_steps, percent
 from tutorloop.loop.round_plan import (BASELINE, CORE, ROUND_PLAN, TAILORED, Phase, derive_seed, planned_rounds,
                                        round_kind)
+from tutorloop.loop.run_teachers import RunTeachers, round_teachers
 from tutorloop.loop.stopping import StopRequested, StopSignals
+from tutorloop.loop.tailored_reply import tailored_example
+from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers
 from tutorloop.store.history import RunHistory
 from tutorloop.store.journal import TeacherJournal
@@ -80,13 +83,16 @@ class RoundEngine:
         self.history.hold()  # released before every wait on actors or the teacher
         self.journal = TeacherJournal(run_dir)
         self.answer_type = answer_type_of(cfg.data)
-        self.pool = load_examples(cfg.data, "train")
         self.test = load_examples(cfg.data, "test")
+        # Clean splits: a pool question that is also a test question is not trained on.
+        self.pool, self.pool_duplicates = drop_test_duplicates(load_examples(cfg.data, "train"), self.test)
         self.examples = {e.id: e for e in self.pool + self.test}
         if workers is None:
             workers = RayWorkers(cfg, self.answer_type, address, log_file=run_dir / LOG_FILE)
         self.workers = workers
+        self.trackers = Trackers(cfg, run_dir)  # run.report_to; nothing when the list is empty
         self.stopping = StopSignals()
+        self.teachers = RunTeachers(cfg.teacher, run_dir)  # starts served teachers when a round needs them
         # Where the wall time went, for scripts/bench_loop.py: teacher waits measured here, model
         # time reported by the actors at shutdown.
         self.seconds = {"teacher_wait_s": 0.0, "teacher_callbacks_s": 0.0}
@@ -106,14 +112,20 @@ class RoundEngine:
         with console_to_log(self.run_dir / LOG_FILE):
             return self._run()
 
+    def _duplicates_note(self) -> str:
+        count = self.pool_duplicates
+        return f" ({count} duplicate{'s' if count != 1 else ''} of test questions dropped)" if count else ""
+
     def _run(self) -> int:
         self.history.set_status("running")
         try:
+            self.teachers.check_remote({round_kind(r) for r in planned_rounds(self.cfg.run)
+                                        if r >= 0 and not self.history.phase_done(r, "teach")})
             self.workers.start()
             self.seconds.update(self.workers.seconds)
             self.stopping.install()
-            print(f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task "
-                  f"{self.cfg.data.task} | pool {len(self.pool)} | test {len(self.test)}", flush=True)
+            print(f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} | "
+                  f"pool {len(self.pool)}{self._duplicates_note()} | test {len(self.test)}", flush=True)
             message = self._rounds()
             self.history.set_status("finished", message)
             print(f"tutorloop: {message}. History: {self.history.path}", flush=True)
@@ -141,7 +153,11 @@ class RoundEngine:
             self.stopping.restore()
             self.history.release()
             self.journal.close()
-            self.actor_seconds = self.workers.shutdown()
+            self.trackers.close()
+            try:
+                self.teachers.close()  # before Ray goes: the servers are Ray actors
+            finally:
+                self.actor_seconds = self.workers.shutdown()
 
     def _rounds(self) -> str:
         """Runs the rounds not done yet; returns how the run ended."""
@@ -192,6 +208,8 @@ class RoundEngine:
                 self._phases[name](state, phase)
         state.report.seconds = time.monotonic() - started
         self.history.close_round(round_, {"line": state.report.line(), "notes": state.report.notes})
+        modes = list(dict.fromkeys(self.cfg.student.eval_modes + self.cfg.student.baseline_modes))
+        self.trackers.log_round(round_, round_metrics(self.history, round_, modes))
         return state.report
 
     # ----- exams -----------------------------------------------------------------------------------
@@ -234,7 +252,9 @@ class RoundEngine:
         state.report.mistakes = len(state.mistakes)
 
     def _evaluate(self, state: RoundState, phase: Phase) -> None:
-        modes = self.cfg.student.eval_modes
+        modes = list(self.cfg.student.eval_modes)
+        if state.kind == BASELINE:  # the fair baseline: also formats the untrained student knows
+            modes += [m for m in self.cfg.student.baseline_modes if m not in modes]
         adapter = self._adapter(state.round)
         phase.begin(len(self.test) * len(modes))
         values = {}
@@ -242,6 +262,9 @@ class RoundEngine:
             attempts = self.exam(state.round, "eval", self.test, mode, 1, True, adapter)
             values[f"accuracy_{mode}"] = sum(a["correct"] for a in attempts) / max(len(attempts), 1)
         values["accuracy"] = values[f"accuracy_{modes[0]}"]
+        if state.kind == BASELINE and len(modes) > 1:
+            state.report.notes.append("baseline by mode: " + ", ".join(
+                f"{mode} {percent(values[f'accuracy_{mode}'])}" for mode in modes))
         phase.outputs.metrics["test"] = values
         state.report.test_accuracy = values["accuracy"]
 
@@ -255,14 +278,18 @@ class RoundEngine:
 
         training, report = self.cfg.training, state.report
         seed = derive_seed(self.cfg.run.seed, state.round, "teach")
-        targets = teaching_targets(self.pool, self.examples, state.mistakes, training, self.cfg.teacher, seed)
+        teachers = round_teachers(self.cfg.teacher, state.kind)  # only this kind of round's teachers
+        targets = teaching_targets(self.pool, self.examples, state.mistakes, training, teachers, seed)
         jobs = []
         if targets.ask_teacher:
-            jobs = plan_jobs(targets.examples, self.cfg.teacher, state.round, strategies=targets.strategies,
+            jobs = plan_jobs(targets.examples, teachers, state.round, strategies=targets.strategies,
                              mistakes=targets.mistakes)
         phase.begin(len(jobs))
-        outcome = self._ask_teacher(jobs, report)
+        outcome = self._ask_teacher(jobs, report, state.kind)
         rationales = [dict(r, round=state.round) for r in outcome.rationales]
+        example = tailored_example(rationales, state.mistakes or {}, self.examples) if state.kind == TAILORED else None
+        if example:
+            report.notes.append(example)
         accepted = sum(1 for r in rationales if r["accepted"])
         if state.kind == CORE and not accepted and set(training.tasks) - {"answer"}:
             raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on; "
@@ -273,6 +300,8 @@ class RoundEngine:
             "teacher_calls": outcome.calls_sent, "cache_hits": outcome.cache_hits,
             "teacher_cost_usd": outcome.cost_usd, "rationales_accepted": accepted, "samples": len(samples),
             "contrast_pairs": len(pairs), "budget_exhausted": float(outcome.budget_exhausted)}
+        if state.kind == CORE:  # recorded once per run, with the round that trains on the pool first
+            phase.outputs.metrics["train"]["pool_test_duplicates"] = self.pool_duplicates
         phase.outputs.info = {"message": outcome.message}
         phase.after_commit(self.journal.clear)
 
@@ -283,15 +312,19 @@ class RoundEngine:
         state.report.cache_hits = int(metric(state.round, "train", "cache_hits") or 0)
         state.report.cost_usd = float(metric(state.round, "train", "teacher_cost_usd") or 0)
 
-    def _ask_teacher(self, jobs: list[TeachingJob], report: RoundReport) -> TeachingOutcome:
-        """The teaching session over `jobs`: answers stored as they come, the journal's first."""
+    def _ask_teacher(self, jobs: list[TeachingJob], report: RoundReport, kind: str) -> TeachingOutcome:
+        """The teaching session over `jobs` (served teachers started first): answers stored as they come,
+        the journal's first."""
         from tutorloop.loop.teaching import TeachingSession
 
         recovered, in_flight = self.history.recover_answers(self.journal)
         if recovered or in_flight:
             report.notes.append(f"resumed teaching: {recovered} answers recovered from {self.journal.path.name}; "
                                 f"{in_flight} requests were in flight at the stop and are sent again")
-        session = TeachingSession(self.cfg.teacher, jobs, lookup=self._cached_calls, executor=self.workers.teacher(),
+        self.history.release()  # a server may take a while to load
+        teachers, started = self.teachers.for_round(kind, start=bool(jobs))
+        report.notes += started
+        session = TeachingSession(teachers, jobs, lookup=self._cached_calls, executor=self.workers.teacher(teachers),
                                   persist=self._persist_calls, spent_usd=self.history.spent_usd(),
                                   on_wait=self.history.release, journal=self.journal)
         callbacks_before = self.seconds["teacher_callbacks_s"]
@@ -326,10 +359,19 @@ class RoundEngine:
         weights = {t.name: t.loss_weight for t in self.cfg.teacher.teachers}
         samples = build_samples(state.round, self.examples, rationales, training.tasks, weights,
                                 [t.id for t in targets.examples])
+        # A tagged teacher's rationale trains its own prefix and also the plain explain prompt, the one
+        # the exam and eval ask with: else a tagged teacher's lessons would never reach the eval.
+        tagged = [dict(r, task="explain") for r in rationales
+                  if r["accepted"] and r.get("task") not in (None, "explain")]
+        if "explain" in training.tasks and tagged:
+            samples += build_samples(state.round, self.examples, tagged, ["explain"], weights, [])
         pairs: list[dict] = []
         if state.kind == TAILORED and training.reflection != "none":
-            pairs = build_contrast_pairs(state.round, self.examples, rationales, state.mistakes or {},
-                                         self.history.earlier_rationales(state.round))
+            built = build_contrast_pairs(state.round, self.examples, rationales, state.mistakes or {},
+                                         self.history.earlier_rationales(state.round),
+                                         training.max_pairs_per_question)
+            pairs = built.pairs
+            state.report.notes.append(built.note())
         if state.kind == TAILORED and training.replay_fraction > 0:
             earlier = self.history.earlier_samples(state.round)
             samples += replay_samples(state.round, earlier, len(samples), training.replay_fraction, seed)
@@ -346,6 +388,7 @@ class RoundEngine:
             if state.kind == TAILORED and self.cfg.training.continue_from_previous:
                 init = self._adapter(round_ - 1)
             adapter, steps = self._run_training(round_, samples, pairs, init, checkpoint_dir)
+            self.trackers.log_steps(round_, steps)
         elif state.kind == TAILORED:
             # Nothing new to learn (no mistakes, or no usable rationale): keep the previous adapter.
             adapter, steps = self._adapter(round_ - 1), []
@@ -375,7 +418,7 @@ class RoundEngine:
 
             self.history.release()
             result = self.workers.train(samples, pairs, init, str(checkpoint_dir), on_progress,
-                                        self.stopping.check)
+                                        self.stopping.check, seed=derive_seed(self.cfg.run.seed, round_, "train"))
         return result["adapter"], [dict(s, round=round_) for s in result["steps"]]
 
     # ----- adapters --------------------------------------------------------------------------------
@@ -398,12 +441,3 @@ class RoundEngine:
         adapter_from_bytes(adapter, target)
         return str(relative), hashlib.sha256(adapter).hexdigest()
 
-
-def next_steps(run_dir: Path) -> str:
-    """Three queries worth running on a finished run."""
-    queries = [
-        "SELECT round, kind, test_accuracy, mistakes, teacher_calls, round_s FROM round_summary",
-        "SELECT from_round, to_round, mode, wrong_to_right, right_to_wrong FROM transitions",
-        "SELECT round, teacher, strategy, calls, accepted, rejections, cost_usd FROM teacher_yield",
-    ]
-    return "Try:\n" + "\n".join(f'  tutorloop sql {run_dir} "{q}"' for q in queries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -21,3 +22,13 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(_markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_markdown_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def next_steps(run_dir: Path) -> str:
+    """Three queries worth running on a finished run."""
+    queries = [
+        "SELECT round, kind, test_accuracy, mistakes, teacher_calls, round_s FROM round_summary",
+        "SELECT from_round, to_round, mode, wrong_to_right, right_to_wrong FROM transitions",
+        "SELECT round, teacher, strategy, calls, accepted, rejections, cost_usd FROM teacher_yield",
+    ]
+    return "Try:\n" + "\n".join(f'  tutorloop sql {run_dir} "{q}"' for q in queries)

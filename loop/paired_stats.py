@@ -3,18 +3,20 @@
 Two runs (or two rounds) answer the same questions, so their difference is judged question by
 question: a paired bootstrap interval of the accuracy difference, and the exact McNemar test on the
 discordant questions (wrong in A and right in B, against right in A and wrong in B). For arms that
-differ only in seed, the mean accuracy over seeds with a Student-t 95% interval.
+differ only in seed, the mean accuracy over seeds with a Student-t 95% interval, and the same paired
+test with each question's share of an arm's seeds in place of right/wrong (`seed_shares`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 BOOTSTRAP_RESAMPLES = 10_000
+SIGNIFICANCE = 0.05
 # Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; above 30 the normal's 1.96.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
          2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -29,13 +31,13 @@ class PairedComparison:
     difference: float  # accuracy_b - accuracy_a
     ci_low: float
     ci_high: float
-    wrong_to_right: int  # wrong in A, right in B
-    right_to_wrong: int  # right in A, wrong in B
-    p_value: float  # exact two-sided McNemar
+    wrong_to_right: int  # wrong in A, right in B (with seed shares: right in more of B's seeds)
+    right_to_wrong: int  # right in A, wrong in B (with seed shares: right in more of A's seeds)
+    p_value: float  # exact two-sided McNemar (with seed shares: the sign test over questions)
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        return self.p_value < SIGNIFICANCE
 
 
 def mcnemar_exact(wrong_to_right: int, right_to_wrong: int) -> float:
@@ -48,9 +50,11 @@ def mcnemar_exact(wrong_to_right: int, right_to_wrong: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap_difference(correct_a: Sequence[bool], correct_b: Sequence[bool], seed: int = 0,
+def bootstrap_difference(correct_a: Sequence[float], correct_b: Sequence[float], seed: int = 0,
                          resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """95% percentile interval of accuracy(B) - accuracy(A), resampling questions with their pair intact."""
+    """95% percentile interval of accuracy(B) - accuracy(A), resampling questions with their pair intact.
+
+    Values are right (1) / wrong (0), or a question's share of seeds that got it right."""
     diff = np.asarray(correct_b, dtype=np.float64) - np.asarray(correct_a, dtype=np.float64)
     if diff.size == 0:
         return 0.0, 0.0
@@ -64,13 +68,23 @@ def bootstrap_difference(correct_a: Sequence[bool], correct_b: Sequence[bool], s
     return float(low), float(high)
 
 
-def compare_paired(correct_a: dict[str, bool], correct_b: dict[str, bool], seed: int = 0) -> PairedComparison:
-    """A against B on the questions both answered (keyed by question id)."""
+def discordant(correct_a: Mapping[str, float], correct_b: Mapping[str, float]) -> tuple[int, int]:
+    """(questions B did better on, questions A did better on), over the questions both answered."""
+    shared = set(correct_a) & set(correct_b)
+    return (sum(1 for q in shared if float(correct_b[q]) > float(correct_a[q])),
+            sum(1 for q in shared if float(correct_a[q]) > float(correct_b[q])))
+
+
+def compare_paired(correct_a: Mapping[str, float], correct_b: Mapping[str, float],
+                   seed: int = 0) -> PairedComparison:
+    """A against B on the questions both answered (keyed by question id).
+
+    Values are right/wrong (McNemar), or shares of seeds from `seed_shares`: then a question counts
+    once, for the arm that got it right in more seeds (the sign test, McNemar's exact test generalized)."""
     shared = sorted(set(correct_a) & set(correct_b))
-    a = [bool(correct_a[q]) for q in shared]
-    b = [bool(correct_b[q]) for q in shared]
-    wrong_to_right = sum(1 for x, y in zip(a, b) if not x and y)
-    right_to_wrong = sum(1 for x, y in zip(a, b) if x and not y)
+    a = [float(correct_a[q]) for q in shared]
+    b = [float(correct_b[q]) for q in shared]
+    wrong_to_right, right_to_wrong = discordant(correct_a, correct_b)
     low, high = bootstrap_difference(a, b, seed)
     n = max(len(shared), 1)
     return PairedComparison(questions=len(shared), accuracy_a=sum(a) / n, accuracy_b=sum(b) / n,
@@ -89,3 +103,18 @@ def seed_interval(accuracies: Sequence[float]) -> tuple[float, float, float]:
     t = _T975[df - 1] if df <= len(_T975) else 1.96
     half = t * float(values.std(ddof=1)) / math.sqrt(values.size)
     return mean, mean - half, mean + half
+
+
+def seed_shares(runs: Sequence[Mapping[str, bool]]) -> dict[str, float]:
+    """Per question (those every run answered): the share of the runs (an arm's seeds) that got it right."""
+    if not runs:
+        return {}
+    shared = set(runs[0]).intersection(*runs[1:])
+    return {q: sum(bool(run[q]) for run in runs) / len(runs) for q in sorted(shared)}
+
+
+def verdict(p_value: float) -> str:
+    """A p-value in plain words."""
+    if p_value < SIGNIFICANCE:
+        return f"significant at 0.05 (p={p_value:.3g})"
+    return f"not significant (p={p_value:.3g}): the difference is within noise"

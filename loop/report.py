@@ -12,8 +12,9 @@ import html
 from pathlib import Path
 from typing import Any, Callable
 
-from tutorloop.loop.compare import strategies_by_round
+from tutorloop.loop.compare import difference_cells, strategies_by_round
 from tutorloop.loop.formatting import markdown_table, percent
+from tutorloop.loop.paired_stats import BOOTSTRAP_RESAMPLES, PairedComparison
 from tutorloop.loop.report_charts import PLOTS
 from tutorloop.loop.report_data import (EXAMPLES_SHOWN, PHASES, ReportData, accuracy_column, load_report_data,
                                         round_label)
@@ -68,12 +69,22 @@ def _describe(data: ReportData) -> list[tuple[str, str]]:
     ]
 
 
+def paired_cell(test: PairedComparison | None) -> str:
+    """One round against another in a table cell: the difference, its interval and the verdict."""
+    if test is None:
+        return "-"
+    difference, interval, said = difference_cells(test, "the earlier round", "this round")
+    return f"{difference}, 95% interval {interval}; {said}"
+
+
 def _accuracy_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["round", "kind"] + [f"test {m}" for m in data.modes] + ["pool exam", "mistakes", "accepted rationales",
-                                                                     "samples", "contrast pairs"]
+                                                                     "samples", "contrast pairs", "vs round 0",
+                                                                     "vs previous round"]
     rows = [[round_label(r["round"]), r["kind"]] + [percent(r.get(accuracy_column(m))) for m in data.modes]
             + [percent(r["pool_accuracy"]), num(r["mistakes"]), num(r["rationales_accepted"]), num(r["samples"]),
-               num(r["contrast_pairs"])] for r in data.rounds]
+               num(r["contrast_pairs"])] + [paired_cell(t) for t in data.round_tests.get(r["round"], (None, None))]
+            for r in data.rounds]
     return head, rows
 
 
@@ -122,7 +133,10 @@ Table = tuple[list[str], list[list[str]]]
 _SECTIONS: list[tuple[str, str, str, Callable[[ReportData], Table] | None, str]] = [
     ("Accuracy per round", "accuracy", "accuracy per round", _accuracy_table,
      "Round -1 is the untrained student (zero-shot baseline); round 0 trains on the teacher's rationales for "
-     "the whole pool; later rounds train on the teacher's corrections of the student's mistakes."),
+     "the whole pool; later rounds train on the teacher's corrections of the student's mistakes. "
+     "vs round 0 and vs previous round: the change in test accuracy (first eval mode) on the same questions, "
+     f"its 95% interval ({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions) and the exact McNemar "
+     "test on the questions that changed; not significant means the change is within noise."),
     ("Mistakes and transitions", "mistakes", "mistakes and transitions", _transition_table,
      "Test questions that changed between consecutive evaluated rounds."),
     ("Teacher cost against accuracy", "cost", "accuracy against teacher cost", _cost_table,

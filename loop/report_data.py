@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tutorloop.loop.compare_stats import load_outcomes, round_tests
 from tutorloop.loop.errors import RunError
+from tutorloop.loop.paired_stats import PairedComparison
 from tutorloop.store.query import fetch_rows, history_path
 
 PHASES = ("exam", "teach", "train", "eval")
@@ -47,6 +49,8 @@ class ReportData:
     curves: list[dict[str, Any]]
     examples: list[dict[str, Any]]
     modes: list[str] = field(default_factory=list)
+    # round -> (against round 0, against the previous evaluated round), paired on the test questions
+    round_tests: dict[int, tuple[PairedComparison | None, PairedComparison | None]] = field(default_factory=dict)
 
 
 def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> ReportData:
@@ -67,7 +71,8 @@ def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> Rep
         yield_rows=fetch_rows(path, "SELECT * FROM teacher_yield ORDER BY round, teacher, strategy"),
         curves=fetch_rows(path, "SELECT round, step, term, value FROM training_curves "
                                 "WHERE value IS NOT NULL ORDER BY round, term, step"),
-        examples=pick_examples(feedback, examples), modes=modes)
+        examples=pick_examples(feedback, examples), modes=modes,
+        round_tests=round_tests(load_outcomes([path])[0]))
 
 
 def pick_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

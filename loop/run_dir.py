@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
-from tutorloop.loop.datasets import load_examples
+from tutorloop.loop.datasets import drop_test_duplicates, load_examples
 from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.errors import RunError
 from tutorloop.loop.round_plan import planned_rounds
@@ -49,7 +49,8 @@ def create_run(cfg: Config, run_dir: Path) -> None:
     """A new run directory: the resolved config, and the history with the run and its examples."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write_yaml(run_dir / CONFIG_FILE)
-    examples = load_examples(cfg.data, "train") + load_examples(cfg.data, "test")
+    test = load_examples(cfg.data, "test")
+    examples = drop_test_duplicates(load_examples(cfg.data, "train"), test)[0] + test  # the pool the engine uses
     RunHistory(run_dir).create(
         {"run_id": uuid.uuid4().hex, "name": cfg.run.name, "created_at": datetime.now(), "status": "created",
          "config": cfg.to_dict(), "config_hash": cfg.fingerprint(RESUME_SAFE_KEYS), "versions": _versions()},

@@ -14,7 +14,7 @@ Strategies, and the papers behind them:
   question with its gold answer.
 - tailored (Wang et al. 2023, "Democratizing reasoning ability"): the question, the student's wrong
   rationale and answer; the teacher replies with "Mistake: ..." and "Correct reasoning: ..."
-  (parsed by `parse_tailored`).
+  (parsed by loop/tailored_reply.py).
 
 A file of the same name in `teacher.prompts_dir` replaces a built-in template. Templates are
 `str.format` strings; the fields are {question}, {answer} (gold), {answer_trigger}, {exemplars},
@@ -46,7 +46,6 @@ _ANSWER_TAIL = re.compile(
     r"(?:\s*\(arabic numerals\))?\s+is\b[^\n]*$",
     re.IGNORECASE,
 )
-_TAILORED = re.compile(r"Mistake:\s*(?P<mistake>.*?)\s*Correct reasoning:\s*(?P<reasoning>.+)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -108,15 +107,6 @@ def clean_rationale(text: str | None) -> str:
     text = (text or "").strip()
     match = _ANSWER_TAIL.search(text)
     return text[:match.start()].strip() if match else text
-
-
-def parse_tailored(text: str | None) -> tuple[str, str] | None:
-    """(mistake statement, corrected reasoning incl. its answer line) of a tailored reply, or None."""
-    match = _TAILORED.search(text or "")
-    if not match or not match.group("reasoning").strip():
-        return None
-    mistake = " ".join(match.group("mistake").split())
-    return mistake, match.group("reasoning").strip()
 
 
 class PromptBuilder:

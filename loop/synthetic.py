@@ -26,8 +26,8 @@ TEST_SHARE = 5  # one step chain in TEST_SHARE belongs to the test split
 
 _PEOPLE = [("Tom", "he"), ("Anna", "she"), ("Ben", "he"), ("Mia", "she"), ("Sam", "he"), ("Lea", "she")]
 _THINGS = ["apples", "marbles", "coins", "books", "stickers", "pens"]
-_OP_PHRASES = {"+": "gets {b} more", "-": "gives away {b}", "*": "gets {b} times as many"}
-_OP_WORDS = {"+": "Add", "-": "Take away", "*": "Multiply by"}
+OP_PHRASES = {"+": "gets {b} more", "-": "gives away {b}", "*": "gets {b} times as many"}
+OP_WORDS = {"+": "Add", "-": "Take away", "*": "Multiply by"}
 _STEP = re.compile(r"(-?\d+)\s*([+\-*x×])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 
@@ -43,7 +43,7 @@ def apply_op(op: str, a: int, b: int) -> int:
 
 def step_sentence(op: str, a: int, b: int, result: int) -> str:
     """The rationale sentence of one step, e.g. 'Add 4: 3 + 4 = 7.'"""
-    return f"{_OP_WORDS[op]} {b}: {a} {op} {b} = {result}."
+    return f"{OP_WORDS[op]} {b}: {a} {op} {b} = {result}."
 
 
 def solve_steps(meta_steps: list[dict[str, Any]]) -> list[str]:
@@ -106,7 +106,7 @@ def _question(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str
     things = rng.choice(_THINGS)
     sentences = [f"{name} has {start} {things}."]
     for i, (op, b) in enumerate(ops):
-        phrase = _OP_PHRASES[op].format(b=b)
+        phrase = OP_PHRASES[op].format(b=b)
         sentences.append(f"{pronoun.capitalize()} {phrase}." if i == 0 else f"Then {pronoun} {phrase}.")
     sentences.append(f"How many {things} does {name} have now?")
     return " ".join(sentences)

@@ -36,9 +36,10 @@ from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.strategies import (
-    Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
+    Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates,
 )
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.tailored_reply import parse_tailored_reply
 from tutorloop.store.journal import TeacherJournal
 
 RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",
@@ -100,15 +101,11 @@ def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
     strategies = list(strategies if strategies is not None else teacher_cfg.strategies)
     if "tailored" in strategies and mistakes is None:
         raise ConfigError("teacher.strategies: 'tailored' needs the student's mistakes (none were given)")
-    for teacher in teacher_cfg.teachers:
-        other = [s for s in strategies if s != "zero_shot_cot"]
-        if teacher.backend == "replay" and other:
-            raise ConfigError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
-                             f"not {', '.join(other)}")
+    per_teacher = {teacher.name: _teacher_strategies(teacher, strategies) for teacher in teacher_cfg.teachers}
     jobs = []
     for example in examples:
         for teacher in teacher_cfg.teachers:
-            for strategy in strategies:
+            for strategy in per_teacher[teacher.name]:
                 mistake = None
                 exemplars: list[Exemplar] = []
                 if strategy == "tailored":
@@ -118,9 +115,23 @@ def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
                     mistake = wrong[0]
                 if strategy in ("few_shot_cot", "teacher_forcing"):
                     exemplars = _pick_exemplars(example, examples, teacher_cfg.exemplars, teacher_cfg.prompts_dir)
-                for sample in range(teacher_cfg.diverse_samples):
+                samples = teacher_cfg.tailored_samples if strategy == "tailored" else teacher_cfg.diverse_samples
+                for sample in range(samples):
                     jobs.append(TeachingJob(example, teacher, strategy, sample, round, exemplars, mistake))
     return jobs
+
+
+def _teacher_strategies(teacher: TeacherEndpoint, strategies: list[str]) -> list[str]:
+    """The strategies `teacher` is asked with. A replay teacher cannot read a mistake: beside a teacher
+    that tailors it re-explains the mistaken question (zero_shot_cot), as in a round of replay alone."""
+    if teacher.backend != "replay":
+        return strategies
+    chosen = list(dict.fromkeys("zero_shot_cot" if s == "tailored" else s for s in strategies))
+    other = [s for s in chosen if s != "zero_shot_cot"]
+    if other:
+        raise ConfigError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
+                         f"not {', '.join(other)}")
+    return chosen
 
 
 class _JobRun:
@@ -138,7 +149,9 @@ class _JobRun:
     def _request(self, stage: str, text: str, max_tokens: int | None = None,
                  temperature: float | None = None, stop: list[str] | None = None) -> TeacherRequest:
         job, cfg = self.job, self.cfg
-        if temperature is None:
+        if temperature is None and job.strategy == "tailored":  # a second reply is a second, distinct correction
+            temperature = cfg.temperature if job.sample_index == 0 else cfg.diverse_temperature
+        elif temperature is None:
             temperature = cfg.diverse_temperature if cfg.diverse_samples > 1 else cfg.temperature
         params: dict[str, Any] = {"temperature": temperature, "max_tokens": max_tokens or cfg.max_tokens}
         if stop:
@@ -193,15 +206,13 @@ class _JobRun:
                 self._grade(record, rationale, extracted)
             return None
         if request.stage == "tailored":
-            parsed = None if failed else parse_tailored(record["response"])
+            reply = None if failed else parse_tailored_reply(record["response"], job.example.answer_type)
             if failed:
                 self._finish(record, None, None, failed)
-            elif parsed is None:
+            elif reply is None:
                 self._finish(record, clean_rationale(record["response"]), None, "bad_format")
             else:
-                mistake, reasoning = parsed
-                self._grade(record, clean_rationale(reasoning), extract_answer(reasoning, job.example.answer_type),
-                            feedback=mistake or None)
+                self._grade(record, reply.rationale, reply.answer, feedback=reply.mistake or None)
             return None
         # single-stage strategies, and the two stages of crop
         if failed:

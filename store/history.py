@@ -16,7 +16,7 @@ from tutorloop.loop.errors import RunError
 
 from .connect import connect
 from .journal import TeacherJournal
-from .query import HISTORY_FILE, _literal, fetch_rows
+from .query import HISTORY_FILE, sql_literal, fetch_rows
 from .writer import StoreWriter, Transaction
 
 # Tables whose rows belong to a round; a fork drops the rows of the rounds after its start.
@@ -53,7 +53,7 @@ def copy_rounds(source: Path, target: Path, after_round: int) -> None:
     batches) and never modified."""
     con = connect(target, read_only=False)
     try:
-        con.execute(f"ATTACH {_literal(str(source))} AS parent (READ_ONLY)")
+        con.execute(f"ATTACH {sql_literal(str(source))} AS parent (READ_ONLY)")
         done = {r[0] for r in con.execute("SELECT round FROM parent.rounds WHERE status = 'done'").fetchall()}
         if after_round not in done:
             finished = ", ".join(str(r) for r in sorted(done)) or "none"

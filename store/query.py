@@ -90,7 +90,7 @@ def run_names(runs: Sequence[str | Path]) -> list[str]:
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -112,7 +112,7 @@ def _attach_runs(con: duckdb.DuckDBPyConnection, paths: list[Path], names: list[
     """Every table and view of `con`'s main schema as the union of the runs' own, with a `run` column."""
     try:
         for index, path in enumerate(paths):
-            attach = f"ATTACH {_literal(str(path))} AS run{index} (READ_ONLY)"
+            attach = f"ATTACH {sql_literal(str(path))} AS run{index} (READ_ONLY)"
             retry_on_lock(lambda: con.execute(attach), path, read_only=True, timeout_s=timeout_s)  # noqa: B023
             # Each run gets a schema of its own with its tables and the views rebuilt on them: a view
             # resolves its unqualified table names there, never in the unions below.
@@ -124,7 +124,7 @@ def _attach_runs(con: duckdb.DuckDBPyConnection, paths: list[Path], names: list[
         con.execute("USE memory.main")
         for relation in (*TABLES, *VIEWS):
             # BY NAME: files from different tutorloop versions may order or lack columns differently.
-            parts = [f"SELECT {_literal(name)} AS run, * FROM r{i}.{relation}" for i, name in enumerate(names)]
+            parts = [f"SELECT {sql_literal(name)} AS run, * FROM r{i}.{relation}" for i, name in enumerate(names)]
             con.execute(f"CREATE VIEW {relation} AS " + " UNION ALL BY NAME ".join(parts))
     except duckdb.Error as exc:  # a file too old or too damaged for this version's views
         raise StoreError(f"{', '.join(map(str, paths))}: cannot read the histories together "

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tutorloop.loop.answers import answers_match, extract_answer, normalize_gold, normalize_number
+from tutorloop.loop.answers import (answers_match, extract_answer, extract_chat_answer, normalize_gold,
+                                    normalize_number)
 from tutorloop.loop.config import DataSection
 from tutorloop.loop.student_prompt import student_target
 from tutorloop.loop.datasets import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
@@ -193,3 +194,34 @@ def test_gsm8k_solutions_grade_against_their_gold() -> None:
         solution = raw[int(ex.id.rsplit("/", 1)[1])]["answer"]
         assert extract_answer(solution, "number") == ex.answer
     assert sum(answers_match(extract_answer(ex.rationale, "number"), ex.answer, "number") for ex in examples) >= 30
+
+
+@pytest.mark.parametrize("text, answer_type, expected", [
+    # SmolLM2-135M-Instruct's own answers to MultiArith in the prompted baseline
+    (" If 4 cupcakes and 29 cookies ...\nSo Wendy sold 112 - 4 = 108 pastries.\n#### 108\nThe answer is: 108",
+     "number", "108"),
+    (" Now, we add these two totals together: 17 + 36 = 44 points.\n\n"
+     "Therefore, Carol had 44 points at the end of the game.", "number", "44"),
+    ("So, the answer is 10.\n\nThe answer is 10.", "number", "10"),
+    ("The total is $1,800.00 in all.\n\n**Final Answer:** $1,800", "number", "1800"),
+    ("We get 3 + 4 = 7, so the final answer is $\\boxed{7}$. Check: 7 - 4 = 3.", "number", "7"),
+    ("Answer: 12 (after 3 steps)", "number", "12"),
+    ("The correct answer is (B) 05/01/2021.", "choice", "B"),
+    ("Alice ends with the pink ball.\n\nAnswer: (C)", "choice", "C"),
+    ("Yes. The coin was flipped twice, so it is still heads up.\nThe answer is yes.", "yesno", "yes"),
+    ("Let me see: Ka flips it, so no, the coin is not heads up.", "yesno", "no"),
+    ('The last letters are "n" and "a", so the answer is "na".', "text", "na"),
+    # an answer phrase with nothing usable after it falls back to the text's last candidate
+    ("3 + 4 = 7 apples. The answer is the number of apples.", "number", "7"),
+    ("I cannot tell.", "number", None),
+])
+def test_chat_answers_are_read_leniently(text: str, answer_type: str, expected: str | None) -> None:
+    assert extract_chat_answer(text, answer_type) == expected
+
+
+def test_chat_reading_differs_from_the_strict_rule_only_where_meant() -> None:
+    # The strict rule: a trigger followed by no answer is no answer; the lenient one looks back.
+    text = "3 + 4 = 7 apples. The answer is the number of apples."
+    assert extract_answer(text, "number") is None and extract_chat_answer(text, "number") == "7"
+    # Training-format outputs read the same either way.
+    assert extract_chat_answer(student_target("explain", "7", "3 + 4 = 7."), "number") == "7"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection, TrainingSection
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
                                        random_selection, replay_samples, teaching_targets)
@@ -54,7 +56,8 @@ def test_teaching_targets_per_kind_of_round() -> None:
     assert (core.examples, core.strategies, core.mistakes, core.ask_teacher) == (pool, ["cote"], None, True)
     # A tailored round: its hardest mistakes first, up to max_mistakes, with the student's attempts.
     tailored = teaching_targets(pool, examples, mistakes, training, teacher, seed=0)
-    assert [e.id for e in tailored.examples] == [ids[0], ids[2]]  # none right in either; ids[1] half right
+    # ids[2] has two wrong samples; ids[0] and ids[1] one each, ids[0] of one sample (the larger wrong share).
+    assert [e.id for e in tailored.examples] == [ids[2], ids[0]]
     assert tailored.strategies == ["tailored"] and set(tailored.mistakes) == {ids[0], ids[2]}
     # A replay teacher cannot tailor: it re-explains.
     replay = TeacherSection(teachers=[TeacherEndpoint(backend="replay")], strategies=["zero_shot_cot"])
@@ -87,18 +90,80 @@ def test_build_samples_multitask_and_weights() -> None:
     assert all(s["example_id"] != ids[1] for s in samples if s["task"] != "answer")
 
 
+def wrong(example_id: str, index: int, text: str, extracted: str | None = "1") -> dict:
+    return dict(attempt(example_id, index, False, text), extracted=extracted)
+
+
 def test_contrast_pairs_use_the_students_own_wrong_rationale() -> None:
     examples = {e.id: e for e in generate_problems(2, 0, 1, 1, 9)}
     a, b = sorted(examples)
-    mistakes = {a: [attempt(a, 0, False, " my wrong work"), attempt(a, 1, True, " right work")],
-                b: [attempt(b, 0, False, " bad")]}
-    pairs = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {})
-    assert len(pairs) == 2
-    pa = next(p for p in pairs if p["example_id"] == a)
-    assert pa["negative"] == " my wrong work" and pa["positive"] == " right work"
+    mistakes = {a: [wrong(a, 0, " my wrong work, so 1"), attempt(a, 1, True, " right work")],
+                b: [wrong(b, 0, " bad, so 1")]}
+    built = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {})
+    assert len(built.pairs) == 2 and built.without_positive == 0
+    pa = next(p for p in built.pairs if p["example_id"] == a)
+    assert pa["negative"] == " my wrong work, so 1" and pa["positive"] == " right work"
     assert pa["anchor"].startswith(" Add 4") and pa["input"].startswith("[explain]")
-    pb = next(p for p in pairs if p["example_id"] == b)
+    pb = next(p for p in built.pairs if p["example_id"] == b)
     assert pb["positive"].startswith(" " + examples[b].rationale.split(".")[0])  # gold rationale fallback
+
+
+def test_a_contrast_positive_is_never_the_anchor_nor_empty() -> None:
+    # Rationales without a gold one (as in the recorded-teacher datasets), so only teacher and student
+    # texts can be positives.
+    examples = {e.id: replace(e, rationale=None) for e in generate_problems(4, 0, 1, 1, 9)}
+    a, b, c, d = sorted(examples)
+    anchor_text = "Add 4: 3 + 4 = 7."
+    as_target = student_target("explain", examples[a].answer, anchor_text)
+    mistakes = {
+        # the student's correct sample repeats the anchor (spacing and case aside), another is empty
+        a: [wrong(a, 0, " no, 1"), attempt(a, 1, True, "  " + as_target.upper() + " "), attempt(a, 2, True, " ")],
+        # a second accepted teacher sample with the anchor's very text
+        b: [wrong(b, 0, " no, 1")],
+        # an earlier round's accepted rationale, different: a valid positive
+        c: [wrong(c, 0, " no, 1")],
+        # a second, different teacher sample: a valid positive
+        d: [wrong(d, 0, " no, 1")],
+    }
+    rationales = [rationale(a, text=anchor_text), rationale(b, text=anchor_text), rationale(b, text=anchor_text),
+                  rationale(c, text=anchor_text), rationale(d, text=anchor_text),
+                  rationale(d, teacher="u", text="Four more than 3 is 7.")]
+    built = build_contrast_pairs(1, examples, rationales, mistakes, {c: [anchor_text, "3 and 4 make 7."]})
+    assert sorted(p["example_id"] for p in built.pairs) == [c, d]
+    assert built.without_positive == 2
+    assert "contrast pairs: 2; 2 questions had no distinct correct rationale" in built.note()
+    for pair in built.pairs:
+        assert pair["positive"].strip() and " ".join(pair["positive"].split()) != " ".join(pair["anchor"].split())
+    assert next(p for p in built.pairs if p["example_id"] == d)["positive"].startswith(" Four more than 3")
+
+
+def test_contrast_negatives_state_a_wrong_answer_one_pair_each_capped() -> None:
+    examples = {e.id: e for e in generate_problems(2, 0, 1, 1, 9)}
+    a, b = sorted(examples)
+    cut_off = wrong(a, 0, " First we take 3 and then we", extracted=None)  # ran out of tokens: no answer
+    mistakes = {a: [cut_off, attempt(a, 1, True, " right work")],
+                b: [wrong(b, i, text) for i, text in
+                    enumerate([" one, so 1", " One,  so 1", " two, so 2", " three, so 3", " four, so 4",
+                               " five, so 5"])]
+                + [attempt(b, 6, True, " right one"), attempt(b, 7, True, " right two")]}
+    built = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {}, max_per_question=3)
+    assert built.without_negative == 1 and all(p["example_id"] == b for p in built.pairs)
+    # " One,  so 1" repeats " one, so 1": one pair per unique wrong rationale, capped at 3
+    assert [p["negative"] for p in built.pairs] == [" one, so 1", " two, so 2", " three, so 3"]
+    # the positives in turn: the student's correct samples, then the gold rationale
+    gold = student_target("explain", examples[b].answer, examples[b].rationale)
+    assert [p["positive"] for p in built.pairs] == [" right one", " right two", gold]
+    uncapped = build_contrast_pairs(1, examples, [rationale(b)], mistakes, {}, max_per_question=10)
+    assert len(uncapped.pairs) == 5
+
+
+def test_hardest_mistakes_have_the_most_wrong_samples() -> None:
+    k = 4
+    rows = [attempt(q, i, i >= wrong_count) for q, wrong_count in (("q1", 1), ("q2", 4), ("q3", 2), ("q4", 0))
+            for i in range(k)]
+    mistakes = find_mistakes(rows)
+    assert set(mistakes) == {"q1", "q2", "q3"}  # any wrong sample of the k makes a mistake
+    assert order_mistakes(mistakes, "hardest", None, 0) == ["q2", "q3", "q1"]
 
 
 def test_replay_mixes_share_of_earlier_samples() -> None:

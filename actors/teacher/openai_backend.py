@@ -9,9 +9,10 @@ as "ok". Token counts come from the response's `usage`, else from `estimate_toke
 every attempt that got a response (an unusable response is billed too). The API key is read from
 the environment when the client is created.
 
-Connection failures feed the backend's circuit breaker (health.py): 8 in a row, or a request out of
-retries on them while GET /models gets no answer either, open it, and from then on every request
-ends at once as "unreachable", which the pool turns into one TeacherUnavailable for the phase.
+Connection failures feed the backend's circuit breaker (health.py): `teacher.max_consecutive_failures`
+in a row, or a request out of retries on them while GET /models gets no answer either, open it, and
+from then on every request ends at once as "unreachable", which the pool turns into one
+TeacherUnavailable for the phase.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens, redact
 from tutorloop.actors.teacher.health import (
-    PREFLIGHT_TIMEOUT_S, UNREACHABLE, CircuitBreaker, client_options, failure_cause,
+    UNREACHABLE, CircuitBreaker, client_options, failure_cause,
 )
 from tutorloop.actors.teacher.limits import TokenBucket, retry_after_seconds
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
@@ -92,7 +93,7 @@ class OpenAIBackend:
         self.concurrency = max(1, math.ceil(cfg.concurrency / share))
         self.rpm = TokenBucket(cfg.requests_per_minute / share) if cfg.requests_per_minute else None
         self.tpm = TokenBucket(cfg.tokens_per_minute / share) if cfg.tokens_per_minute else None
-        self.breaker = CircuitBreaker(endpoint)
+        self.breaker = CircuitBreaker(endpoint, cfg.max_consecutive_failures)
         self._client: Any = None
         self._semaphore: asyncio.Semaphore | None = None
         self._secret = ""
@@ -200,7 +201,7 @@ class OpenAIBackend:
         import openai
 
         try:
-            await client.models.list(timeout=min(self.cfg.timeout_s, PREFLIGHT_TIMEOUT_S))
+            await client.models.list(timeout=min(self.cfg.timeout_s, self.cfg.preflight_timeout_s))
         except openai.APIConnectionError:
             return False
         except openai.APIError:

@@ -14,7 +14,7 @@ import os
 from typing import Any
 
 from tutorloop.actors.teacher.health import (
-    PREFLIGHT_TIMEOUT_S, TeacherUnavailable, client_options, failure_cause, where,
+    TeacherUnavailable, client_options, failure_cause, where,
 )
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
 
@@ -29,7 +29,8 @@ def check_teacher(endpoint: TeacherEndpoint, cfg: TeacherSection) -> None:
         return
     import openai
 
-    timeout_s = min(cfg.timeout_s, PREFLIGHT_TIMEOUT_S)
+    # Listing models is cheap: a server that takes longer than this to do it is not ready to teach.
+    timeout_s = min(cfg.timeout_s, cfg.preflight_timeout_s)
     client = openai.OpenAI(**client_options(endpoint, timeout_s))
     try:
         try:

@@ -9,7 +9,7 @@ questions come from fixed templates), and answers the prompt kinds of loop/strat
   rationale, in the gold rationale's form ("Add 4: 3 + 4 = 7. Take away 2: 7 - 2 = 5.");
 - a stage-2 prompt (ends with an answer trigger "... the answer ... is"): " <answer>.";
 - a tailored prompt (holds "Student's reasoning:"): the student's first wrong step, a one-line
-  statement of what was wrong, and the corrected reasoning, in the format `parse_tailored` reads;
+  statement of what was wrong, and the corrected reasoning, in the format loop/tailored_reply.py reads;
 - any other prompt (few-shot CoT, COTE, RP, teacher forcing): the rationale followed by
   "Therefore, the answer is <answer>." The question is the LAST synthetic question in the prompt, so
   in-context examples before it are skipped.
@@ -26,7 +26,7 @@ from tutorloop.actors.teacher.calls import TeacherRequest, call_record, estimate
 from tutorloop.loop.config import TeacherEndpoint
 # The question templates and step words are synthetic.py's; building the parser from them keeps
 # the two in step if a phrase changes.
-from tutorloop.loop.synthetic import _OP_PHRASES, _OP_WORDS, apply_op, parse_rationale_steps, solve_steps
+from tutorloop.loop.synthetic import OP_PHRASES, OP_WORDS, apply_op, parse_rationale_steps, solve_steps
 
 # Labels of the tailored prompt (loop/teacher_prompts/tailored.txt) and of its answer format.
 STUDENT_REASONING = "Student's reasoning:"
@@ -36,7 +36,7 @@ CORRECT_REASONING = "Correct reasoning:"
 FINAL = "Therefore, the answer is"
 REFUSAL = "I can only solve the synthetic arithmetic problems of this course."
 
-_OP_SENTENCE = {op: re.escape(phrase).replace(re.escape("{b}"), r"(\d+)") for op, phrase in _OP_PHRASES.items()}
+_OP_SENTENCE = {op: re.escape(phrase).replace(re.escape("{b}"), r"(\d+)") for op, phrase in OP_PHRASES.items()}
 _STEP_SENTENCE = re.compile(
     r"(?:He|She|Then he|Then she) (?:" + "|".join(f"(?P<op{i}>{p})" for i, p in enumerate(_OP_SENTENCE.values())) + r")\."
 )
@@ -87,7 +87,7 @@ def first_mistake(steps: list[dict[str, Any]], student_reasoning: str, student_a
     correct = [(s["a"], s["op"], s["b"], s["result"]) for s in steps]
     student = parse_rationale_steps(student_reasoning)
     for i, (a, op, b, result) in enumerate(correct):
-        verb = f"{_OP_WORDS[op].lower()} {b}"
+        verb = f"{OP_WORDS[op].lower()} {b}"
         if i >= len(student):
             if i == 0:
                 return f"The reasoning computes no step; the first step is to {verb}: {a} {op} {b} = {result}."
@@ -118,15 +118,28 @@ def _section(prompt: str, label: str, until: str | None = None) -> str:
     return head.strip()
 
 
-def tailored_response(steps: list[dict[str, Any]], student_reasoning: str, student_answer: str | None) -> str:
-    """The tailored answer: what was wrong, then the correct reasoning and answer."""
+def worked_steps(steps: list[dict[str, Any]]) -> str:
+    """The same correct steps worded as a running total: a second, distinct correct rationale."""
+    value, parts = int(steps[0]["a"]), [f"We start with {steps[0]['a']}."]
+    for step in steps:
+        result = apply_op(step["op"], value, int(step["b"]))
+        parts.append(f"Then {value} {step['op']} {step['b']} = {result}.")
+        value = result
+    return " ".join(parts)
+
+
+def tailored_response(steps: list[dict[str, Any]], student_reasoning: str, student_answer: str | None,
+                      sample_index: int = 0) -> str:
+    """The tailored answer: what was wrong, then the correct reasoning and answer. A second sample of
+    the same request words the reasoning differently, as a sampled LLM reply would (a contrast positive)."""
     mistake = first_mistake(steps, student_reasoning, student_answer)
-    rationale = " ".join(solve_steps(steps))
+    rationale = " ".join(solve_steps(steps)) if sample_index == 0 else worked_steps(steps)
     return f"{MISTAKE} {mistake}\n{CORRECT_REASONING} {rationale}\n{FINAL} {steps[-1]['result']}."
 
 
-def respond(prompt: str) -> str:
-    """The program teacher's reply to a prompt (the text of the user message or the completion prompt)."""
+def respond(prompt: str, sample_index: int = 0) -> str:
+    """The program teacher's reply to a prompt (the text of the user message or the completion prompt);
+    `sample_index` > 0 words a tailored correction differently."""
     tailored = STUDENT_REASONING in prompt
     # In a tailored prompt the question comes before the student's text, which may echo other numbers.
     steps = find_question(prompt.split(STUDENT_REASONING, 1)[0] if tailored else prompt)
@@ -135,7 +148,7 @@ def respond(prompt: str) -> str:
     if tailored:
         reasoning = _section(prompt, STUDENT_REASONING, STUDENT_ANSWER)
         stated = _section(prompt, STUDENT_ANSWER) if STUDENT_ANSWER in prompt else ""
-        return tailored_response(steps, reasoning, stated.splitlines()[0] if stated else None)
+        return tailored_response(steps, reasoning, stated.splitlines()[0] if stated else None, sample_index)
     answer = steps[-1]["result"]
     text = prompt.rstrip()
     if _ANSWER_TRIGGER_END.search(text.splitlines()[-1]):
@@ -154,7 +167,7 @@ class ProgramBackend:
 
     async def complete(self, request: TeacherRequest) -> dict[str, Any]:
         started = time.monotonic()
-        text = respond(request.text())
+        text = respond(request.text(), request.sample_index)
         tokens_in, tokens_out = request.tokens_in_estimate(), estimate_tokens(text)
         return call_record(request, status="ok", response=text, finish_reason="stop", tokens_in=tokens_in,
                            tokens_out=tokens_out, cost_usd=self.endpoint.price.cost_usd(tokens_in, tokens_out),

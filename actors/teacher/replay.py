@@ -1,17 +1,54 @@
-"""The `replay` backend: recorded text-davinci-002 zero-shot CoT outputs, looked up by question.
+"""The `replay` backend: recorded zero-shot CoT outputs, looked up by question.
 
+By default the recordings are the shipped text-davinci-002 outputs of `data.task`. With
+`recording: FILE` a teacher replays the user's own outputs instead, for any dataset: a `.json` file in
+the shipped recorded format (data/README.md), or a `.jsonl` file with one answer per line,
+`{"question": ..., "rationale": ..., "answer": ...}`, where `answer` (optional) is what the teacher
+said after "Therefore, the answer is"; without it the rationale itself must state its answer
+("... the answer is 8"). Lines with the same question are its samples 0, 1, ... in file order.
 A question without a recording is a "miss"; a replayed answer costs nothing.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens
 from tutorloop.loop.config import TeacherEndpoint
-from tutorloop.loop.datasets import load_recorded_teacher, normalize_question
+from tutorloop.loop.datasets import _field, _read_jsonl, _read_recorded, load_recorded_teacher, normalize_question
 from tutorloop.loop.errors import DataError
+
+Recording = dict[str, list[dict[str, Any]]]  # normalize_question(question) -> completions in sample order
+
+
+def _jsonl_completions(path: Path) -> Recording:
+    """A JSONL file of question and rationale, as completions of the recorded format."""
+    by_question: Recording = {}
+    for number, record in _read_jsonl(path):
+        question, rationale = (_field(record, key, path, number).strip() for key in ("question", "rationale"))
+        for key, value in (("question", question), ("rationale", rationale)):
+            if not value:
+                raise DataError(f"{path}: line {number}: field '{key}' is empty")
+        answer = record.get("answer")
+        by_question.setdefault(normalize_question(question), []).append({
+            "question": question, "reasoning_completion": rationale, "reasoning_finish_reason": "stop",
+            "completion": f" {answer}" if answer is not None else rationale})
+    return by_question
+
+
+def load_recording(recording: str | Path) -> Recording:
+    """The user's own recorded teacher outputs (see the module docstring), by question.
+
+    Raises DataError with one line naming the file (and the line or entry) where it is bad."""
+    path = Path(recording).expanduser()
+    if path.suffix == ".jsonl":
+        return _jsonl_completions(path)
+    by_question: Recording = {}
+    for completions in _read_recorded(path).values():
+        by_question.setdefault(normalize_question(completions[0]["question"]), []).extend(completions)
+    return by_question
 
 
 class ReplayBackend:
@@ -20,12 +57,15 @@ class ReplayBackend:
     def __init__(self, endpoint: TeacherEndpoint, data_dir: str) -> None:
         self.endpoint = endpoint
         self.data_dir = data_dir
-        self._recordings: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._recordings: dict[str, Recording] = {}
 
     def _lookup(self, request: TeacherRequest) -> dict[str, Any] | None:
-        if request.dataset not in self._recordings:
-            self._recordings[request.dataset] = load_recorded_teacher(self.data_dir, request.dataset)
-        completions = self._recordings[request.dataset].get(normalize_question(request.question), [])
+        # The user's own recording answers for every dataset; else the shipped one of the request's task.
+        source = self.endpoint.recording or request.dataset
+        if source not in self._recordings:
+            self._recordings[source] = (load_recording(source) if self.endpoint.recording
+                                        else load_recorded_teacher(self.data_dir, request.dataset))
+        completions = self._recordings[source].get(normalize_question(request.question), [])
         return completions[request.sample_index] if request.sample_index < len(completions) else None
 
     async def complete(self, request: TeacherRequest) -> dict[str, Any]:

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Parse and acceptance rates of the tailored prompt on a local llama.cpp teacher, for real wrong rationales.
+
+Each mistake is a train question with a wrong rationale: by default the recorded text-davinci-002
+rationales whose answer is wrong (real mistakes of a real model, data/recorded_teacher), the first
+`--n` in index order; with `--run RUN_DIR`, the student's own wrong exam outputs of that run. The
+tailored prompt (built-in, or `--prompts-dir`'s tailored.txt) goes to Qwen2.5-Coder-1.5B-Instruct
+(or `--model`) served by llama.cpp through tutorloop's own openai backend, sample 0 greedy and, with
+`--second`, sample 1 at temperature 0.7 (the self-reflection positive). Prints per-task parse rate
+(both labels found), acceptance rate (the corrected answer equals gold), seconds per request, and one
+example; `--dump FILE` writes every reply as JSON lines. Run it under `nice`: it competes for cores.
+
+    nice -n 10 .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --n 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LlamaCppServer, resolve_gguf
+from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
+from tutorloop.loop.answers import answers_match, extract_answer
+from tutorloop.loop.config import DataSection, TeacherEndpoint, TeacherSection, load_config
+from tutorloop.loop.datasets import Example, load_examples, load_recorded_teacher, normalize_question
+from tutorloop.loop.strategies import PromptBuilder, load_templates
+from tutorloop.loop.tailored_reply import grade_tailored_reply, parse_tailored_reply
+
+Mistake = tuple[Example, str, str | None]  # the question, the wrong rationale, its answer
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", action="append", help="recorded task(s); default multiarith")
+    parser.add_argument("--n", type=int, default=12, help="mistakes per task")
+    parser.add_argument("--run", help="take the wrong exam outputs of this run directory instead")
+    parser.add_argument("--model", default=LOCAL_TEACHER_ALIAS, help="GGUF path or alias")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--max-tokens", type=int, default=320)
+    parser.add_argument("--second", action="store_true", help="also sample 1 at temperature 0.7")
+    parser.add_argument("--prompts-dir", help="folder with a tailored.txt replacing the built-in one")
+    parser.add_argument("--dump", help="write every reply as JSON lines here")
+    return parser.parse_args()
+
+
+def recorded_mistakes(task: str, n: int) -> list[Mistake]:
+    """The first `n` train questions whose recorded teacher rationale ends in a wrong answer."""
+    recorded = load_recorded_teacher("data", task)
+    found, seen = [], set()
+    for example in sorted(load_examples(DataSection(task=task), "train"), key=lambda e: int(e.id.rsplit("/", 1)[1])):
+        completion = (recorded.get(normalize_question(example.question)) or [None])[0]
+        if completion is None or normalize_question(example.question) in seen:
+            continue  # some questions appear twice in the split
+        seen.add(normalize_question(example.question))
+        answer = extract_answer(f"Therefore, the answer is{completion['completion']}", example.answer_type)
+        if not answers_match(answer, example.answer, example.answer_type):
+            found.append((example, completion["reasoning_completion"].strip(), answer))
+        if len(found) == n:
+            break
+    return found
+
+
+def run_mistakes(run_dir: str, n: int) -> list[Mistake]:
+    """The first wrong exam sample of up to `n` questions of a run (read-only, the run may be live)."""
+    config = load_config(Path(run_dir) / "config.yaml")
+    examples = {e.id: e for e in load_examples(config.data, "train")}
+    with duckdb.connect(str(Path(run_dir) / "history.duckdb"), read_only=True) as db:
+        rows = db.execute("SELECT example_id, any_value(output ORDER BY sample_index), "
+                          "any_value(extracted ORDER BY sample_index) FROM attempts "
+                          "WHERE phase = 'exam' AND NOT correct GROUP BY example_id ORDER BY example_id").fetchall()
+    return [(examples[i], output or "", extracted) for i, output, extracted in rows[:n] if i in examples]
+
+
+def requests_for(mistakes: list[Mistake], builder: PromptBuilder, second: bool,
+                 max_tokens: int) -> list[TeacherRequest]:
+    samples = [(0, 0.0)] + ([(1, 0.7)] if second else [])
+    return [TeacherRequest(teacher="local", backend="openai", model=LOCAL_TEACHER_ALIAS, api="chat",
+                           messages=[{"role": "user", "content": builder.tailored(example, rationale, answer)}],
+                           params={"temperature": temperature, "max_tokens": max_tokens}, sample_index=index,
+                           strategy="tailored", example_id=example.id, stage="tailored")
+            for example, rationale, answer in mistakes for index, temperature in samples]
+
+
+def summarize(task: str, records: list[dict], examples: dict[str, Example], dump: list[dict], wall_s: float) -> None:
+    parsed = accepted = 0
+    shown = False
+    for record in records:
+        example = examples[record["example_id"]]
+        reply = parse_tailored_reply(record["response"], example.answer_type) if record["status"] == "ok" else None
+        reason = "bad_format" if reply is None else grade_tailored_reply(reply, example.answer, example.answer_type)
+        parsed += reply is not None
+        accepted += reason is None
+        dump.append({"example_id": example.id, "sample_index": record["sample_index"], "gold": example.answer,
+                     "status": record["status"], "reason": reason, "latency_s": record["latency_s"],
+                     "tokens_out": record["tokens_out"], "response": record["response"]})
+        if reason is None and not shown:
+            shown = True
+            print(f"  example {example.id} (gold {example.answer}):\n    mistake: {reply.mistake}\n"
+                  f"    correction: {' '.join(reply.rationale.split())[:400]} -> {reply.answer}")
+    latencies = [r["latency_s"] for r in records]
+    tokens = [r["tokens_out"] for r in records]
+    total = max(len(records), 1)
+    print(f"{task}: {len(records)} requests | parsed {parsed}/{len(records)} ({parsed / total:.0%}) | "
+          f"accepted {accepted}/{len(records)} ({accepted / total:.0%}) | "
+          f"{statistics.mean(latencies):.1f} s per request (median {statistics.median(latencies):.1f}) | "
+          f"{wall_s / total:.1f} s of wall time per reply | {statistics.mean(tokens):.0f} tokens out per reply",
+          flush=True)
+
+
+def main() -> int:
+    args = parse_args()
+    tasks = args.task or ["multiarith"]
+    sets = {"run": run_mistakes(args.run, args.n)} if args.run else {t: recorded_mistakes(t, args.n) for t in tasks}
+    builder = PromptBuilder(load_templates(args.prompts_dir))
+    dump: list[dict] = []
+    server = LlamaCppServer(resolve_gguf(args.model), threads=args.threads, ctx=args.ctx, parallel=args.parallel,
+                            alias=LOCAL_TEACHER_ALIAS)
+    started = time.perf_counter()
+    base_url = server.start()
+    print(f"server {base_url} up in {time.perf_counter() - started:.0f} s ({args.threads} thread(s), "
+          f"{args.parallel} slot(s))", flush=True)
+    endpoint = TeacherEndpoint(name="local", backend="openai", model=LOCAL_TEACHER_ALIAS, base_url=base_url)
+    cfg = TeacherSection(teachers=[endpoint], concurrency=args.parallel, timeout_s=600, max_retries=1,
+                         retry_unusable=False, max_tokens=args.max_tokens)
+    try:
+        with LocalTeacherPool(cfg) as pool:
+            for task, mistakes in sets.items():
+                examples = {m[0].id: m[0] for m in mistakes}
+                requests = requests_for(mistakes, builder, args.second, args.max_tokens)
+                records, asked = [], time.perf_counter()
+                for group in pool.ask(requests):
+                    records += group
+                    print(f"  {len(records)}/{len(requests)} replies, last {group[-1]['latency_s']:.0f} s",
+                          file=sys.stderr, flush=True)
+                summarize(task, records, examples, dump, time.perf_counter() - asked)
+    finally:
+        server.stop()
+    if args.dump:
+        Path(args.dump).write_text("".join(json.dumps(row) + "\n" for row in dump))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
