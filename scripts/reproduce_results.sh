@@ -9,7 +9,8 @@
 #        tracking-main tracking-random tracking-noreflect tracking-answer
 #        exact-0 exact-1 exact-2 (issue 16: the synthetic task with the exact program teacher, seed 0/1/2:
 #        tailored, random selection at the same teacher budget, no self-reflection), exact-compare
-#        (their paired tests into $RUNS/exact-compare.md)
+#        (their paired tests into $RUNS/exact-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -51,6 +52,7 @@ COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
 EXACT_SEEDS=(0 1 2)
+ALPHA=configs/experiments/alpha_sweep.yaml
 
 exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations forked after its round 0
     run "exact-s$1" "$EXACT" --set run.seed="$1"
@@ -87,6 +89,11 @@ step() {
         exact-compare) tutorloop compare --group "$(exact_arm tailored exact)" --group "$(exact_arm random exact-random)" \
                            --group "$(exact_arm noreflect exact-noreflect)" --format markdown --out "$RUNS/exact-compare.md"
                        echo "== exact-compare: wrote $RUNS/exact-compare.md" ;;
+        alpha-0.5) run alpha-0.5 "$ALPHA" ;;
+        alpha-0.[0-9]) fork_after -1 "$1" alpha-0.5 --set training.alpha="${1#alpha-}" ;;
+        alpha-compare) tutorloop compare "$RUNS/alpha-0.1" "$RUNS/alpha-0.5" "$RUNS/alpha-0.9" --format markdown \
+                           --out "$RUNS/alpha-compare.md"
+                       echo "== alpha-compare: wrote $RUNS/alpha-compare.md" ;;
         *) echo "unknown step: $1" >&2; exit 2 ;;
     esac
 }
@@ -95,7 +102,7 @@ STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
                                   coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer
-                                  exact-0 exact-1 exact-2 exact-compare)
+                                  exact-0 exact-1 exact-2 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"
