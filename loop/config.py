@@ -112,7 +112,8 @@ class GenerationSection(Section):
     num_samples: int = Field(4, ge=1, description="k sampled answers (at `temperature`) per pool question in "
                                                   "tailored exams; a question with any wrong one is a mistake "
                                                   "(Wang et al. 2023 sample 4); 1 = one greedy answer")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1, description="rows decoding at once in an exam: a step costs about the same "
+                                                  "at 16 rows or 32 on CPU (scripts/bench_exam.py)")
     stop: list[str] = ["\n\n", "Question:"]
 
 

@@ -29,7 +29,7 @@ import torch
 from tutorloop.actors.exam import Examiner, cut_at_stop, eos_token_ids
 from tutorloop.actors.models import adapter_to_bytes, cache_dir
 from tutorloop.actors.training import LoraTrainer
-from tutorloop.loop.config import DataSection, StudentSection, TrainingSection
+from tutorloop.loop.config import DataSection, GenerationSection, StudentSection, TrainingSection
 from tutorloop.loop.datasets import Example, load_examples, load_recorded_teacher, normalize_question
 from tutorloop.loop.student_prompt import student_prompt, student_target
 
@@ -40,10 +40,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--task", default="multiarith", help="recorded task: test questions and training rationales")
-    parser.add_argument("--n", type=int, default=64, help="test questions")
+    parser.add_argument("--n", type=int, default=96, help="test questions (more than a batch per part: refills)")
     parser.add_argument("--blocks", type=int, default=2, help="parts measured in turn by all three")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=GenerationSection().batch_size, help="default: the config's")
     parser.add_argument("--sweep", default="", help="more batch sizes for exam vs batched generate, e.g. 8,32")
     parser.add_argument("--train-samples", type=int, default=160, help="0: the bare model (short answers)")
     parser.add_argument("--adapter", help="a trained adapter instead: peft folder or its bytes (as a run stores them)")
