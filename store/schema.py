@@ -13,7 +13,7 @@ import duckdb
 
 from tutorloop.loop.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 _V1_TABLES = """
@@ -157,8 +157,18 @@ CREATE TABLE checkpoints (
 # Version 2: a forked run names the run and round it continues from (`tutorloop fork`).
 _V2_RUN_PARENT = "ALTER TABLE runs ADD COLUMN parent VARCHAR;"
 
+# Version 3: attempts, the largest table, without its primary key. Maintaining the key's index was 40% of
+# a bulk insert (scripts/bench_store.py); the engine stores each exam chunk once, in the transaction that
+# counts it in its phase's progress, and resume skips counted chunks, so no duplicate can arise.
+_V3_ATTEMPTS_WITHOUT_KEY = """
+CREATE TABLE attempts_without_key AS SELECT * FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_without_key RENAME TO attempts;
+""" + "".join(f"ALTER TABLE attempts ALTER COLUMN {column} SET NOT NULL;\n" for column in
+              ("round", "phase", "split", "example_id", "mode", "sample_index", "correct", "batch"))
+
 # Each entry upgrades the file from version i to i + 1. Version 0 is an empty file.
-MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT]
+MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT, _V3_ATTEMPTS_WITHOUT_KEY]
 
 TABLES = ("runs", "rounds", "phases", "examples", "attempts", "teacher_calls", "rationales", "samples",
           "contrast_pairs", "train_steps", "metrics", "checkpoints")

@@ -84,6 +84,35 @@ def test_ignore_duplicates_keeps_first(tmp_path: Path) -> None:
     assert fetch_rows(tmp_path / "h.duckdb", "SELECT response FROM teacher_calls") == [{"response": "first"}]
 
 
+def test_version_2_file_keeps_its_attempts_without_the_key(tmp_path: Path) -> None:
+    """A file written before attempts lost its primary key opens with its rows, NOT NULL columns and
+    views intact."""
+    from tutorloop.store.schema import MIGRATIONS, views_sql
+
+    path = tmp_path / "h.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER, applied_at TIMESTAMP)")
+    for version, migration in enumerate(MIGRATIONS[:2]):
+        con.execute(migration)
+        con.execute("INSERT INTO schema_version VALUES (?, current_timestamp)", [version + 1])
+    con.execute(views_sql())
+    con.execute("INSERT INTO attempts BY NAME SELECT * FROM (VALUES (0, 'eval', 'test', 'a', 'explain', 0, 'x', "
+                "'1', true, 3, 4, 0)) t(round, phase, split, example_id, mode, sample_index, output, extracted, "
+                "correct, prompt_tokens, output_tokens, batch)")
+    con.close()
+    writer = StoreWriter(path)
+    writer.insert("attempts", [attempt(0, "b", False)])
+    assert fetch_rows(path, "SELECT example_id, correct FROM attempts ORDER BY example_id") == [
+        {"example_id": "a", "correct": True}, {"example_id": "b", "correct": False}]
+    assert fetch_rows(path, "SELECT max(version) AS v FROM schema_version")[0]["v"] == SCHEMA_VERSION
+    keys = fetch_rows(path, "SELECT count(*) AS n FROM duckdb_constraints() WHERE table_name = 'attempts' "
+                            "AND constraint_type = 'PRIMARY KEY'")
+    assert keys == [{"n": 0}]
+    with pytest.raises(duckdb.ConstraintException):
+        writer.insert("attempts", [dict(attempt(0, "c", True), correct=None)])
+    assert fetch_rows(path, "SELECT count(*) AS n FROM question_history")[0]["n"] >= 1
+
+
 def test_migration_from_empty_and_refusal_of_newer(tmp_path: Path) -> None:
     path = tmp_path / "h.duckdb"
     duckdb.connect(str(path)).close()  # version 0: an empty file
