@@ -15,7 +15,9 @@ from tutorloop.actors.waiting import wait_ready
 from tutorloop.loop.config import RaySection, StudentSection
 from tutorloop.loop.datasets import Example
 
-EXAM_CHUNK_BATCHES = 4  # an exam is handed out (and stored) in chunks of this many generation batches
+# An exam is handed out (and stored, and counted on its progress bar) in chunks of this many generation
+# batches: more than one, so continuous batching has questions to refill freed rows with.
+EXAM_CHUNK_BATCHES = 2
 
 
 def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:

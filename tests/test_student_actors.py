@@ -65,7 +65,7 @@ def test_student_group_shards_and_trainer_streams_its_steps(local_ray, tmp_path)
         # Chunks of batch_size * EXAM_CHUNK_BATCHES questions over both actors; together the whole exam,
         # exactly what one plain Examiner answers.
         size = 2 * EXAM_CHUNK_BATCHES
-        assert sorted(c.index for c in chunks) == [0, 1, 2]
+        assert sorted(c.index for c in chunks) == list(range(-(-len(test) // size))) and len(chunks) > 2
         assert all(c.examples == test[c.index * size:(c.index + 1) * size] for c in chunks)
         assert [r for c in sorted(chunks, key=lambda c: c.index) for r in c.records] == \
             Examiner(cfg, "number").run(test, "explain")
