@@ -11,6 +11,9 @@
 #        tailored, random selection at the same teacher budget, no self-reflection), exact-compare
 #        (their paired tests into $RUNS/exact-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
+#        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
+#        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
+#        seed 0/1/2, about an hour a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md and -coin.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -51,8 +54,9 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
-EXACT_SEEDS=(0 1 2)
+SEEDS=(0 1 2)
 ALPHA=configs/experiments/alpha_sweep.yaml
+LIVE=configs/experiments/live_teacher.yaml
 
 exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations forked after its round 0
     run "exact-s$1" "$EXACT" --set run.seed="$1"
@@ -60,9 +64,14 @@ exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations fork
     fork "exact-noreflect-s$1" "exact-s$1" --set training.reflection=none
 }
 
-exact_arm() {  # exact_arm ARM PREFIX: ARM=RUNS/PREFIX-s0,RUNS/PREFIX-s1,... for compare --group
+live_seed() {  # live_seed TASK PREFIX SEED: the tailored run, then the random arm forked after its round 0
+    run "$2-s$3" "$LIVE" --set data.task="$1" --set run.seed="$3"
+    fork "$2-random-s$3" "$2-s$3" --set training.selection=random
+}
+
+seed_arm() {  # seed_arm ARM PREFIX: ARM=RUNS/PREFIX-s0,RUNS/PREFIX-s1,... for compare --group
     local dirs=() seed
-    for seed in "${EXACT_SEEDS[@]}"; do dirs+=("$RUNS/$2-s$seed"); done
+    for seed in "${SEEDS[@]}"; do [ ! -d "$RUNS/$2-s$seed" ] || dirs+=("$RUNS/$2-s$seed"); done
     (IFS=,; echo "$1=${dirs[*]}")
 }
 
@@ -86,9 +95,16 @@ step() {
         tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-answer) run tracking-answer configs/tracking_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         exact-[0-9]) exact_seed "${1#exact-}" ;;
-        exact-compare) tutorloop compare --group "$(exact_arm tailored exact)" --group "$(exact_arm random exact-random)" \
-                           --group "$(exact_arm noreflect exact-noreflect)" --format markdown --out "$RUNS/exact-compare.md"
+        exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
+                           --group "$(seed_arm noreflect exact-noreflect)" --format markdown --out "$RUNS/exact-compare.md"
                        echo "== exact-compare: wrote $RUNS/exact-compare.md" ;;
+        live-ma-[0-9]) live_seed multiarith live-ma "${1#live-ma-}" ;;
+        live-coin-[0-9]) live_seed coin_flip live-coin "${1#live-coin-}" ;;
+        live-compare) tutorloop compare --group "$(seed_arm tailored-ma live-ma)" --group "$(seed_arm random-ma live-ma-random)" \
+                          --format markdown --out "$RUNS/live-compare-ma.md"
+                      tutorloop compare --group "$(seed_arm tailored-coin live-coin)" \
+                          --group "$(seed_arm random-coin live-coin-random)" --format markdown --out "$RUNS/live-compare-coin.md"
+                      echo "== live-compare: wrote $RUNS/live-compare-ma.md and $RUNS/live-compare-coin.md" ;;
         alpha-0.5) run alpha-0.5 "$ALPHA" ;;
         alpha-0.[0-9]) fork_after -1 "$1" alpha-0.5 --set training.alpha="${1#alpha-}" ;;
         alpha-compare) tutorloop compare "$RUNS/alpha-0.1" "$RUNS/alpha-0.5" "$RUNS/alpha-0.9" --format markdown \
@@ -102,7 +118,8 @@ STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
                                   coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer
-                                  exact-0 exact-1 exact-2 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare)
+                                  exact-0 exact-1 exact-2 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
+                                  live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"
