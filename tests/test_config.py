@@ -20,7 +20,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_configs_load() -> None:
-    configs = sorted((REPO / "configs").glob("*.yaml"))
+    configs = sorted((REPO / "configs").rglob("*.yaml"))  # experiments/ too
     assert configs, "configs/ holds the run configs"
     for path in configs:
         cfg = load_config(path)
