@@ -5,7 +5,11 @@ second once (printed as `writer_warm_up_s`), which is not throughput.
 
 For reference it also times a raw Arrow insert: the same rows converted beforehand, through one
 connection held open, which is the ceiling the writer's conversion and per-batch open approach.
-Last line: one JSON object {"rows", "rows_per_s", "baseline_rows_per_s", "ratio", "raw_arrow_rows_per_s"}.
+The writer and the raw insert take about a second and vary by a third from one try to the next (the
+file's checkpoint writes), so each is the median of `--repeats` tries, each into a fresh file;
+executemany takes half a minute and is timed once.
+Last line: one JSON object {"rows", "rows_per_s", "baseline_rows_per_s", "ratio", "raw_arrow_rows_per_s",
+"writer_s_min", "writer_s_max", "repeats"}.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=50_000, help="rows per writer transaction")
+    parser.add_argument("--repeats", type=int, default=5, help="tries of the writer and the raw insert (median)")
     args = parser.parse_args()
     rows = make_rows(args.rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,15 +89,20 @@ def main() -> None:
         warm_s = time_writer(Path(tmp) / "warm-writer.duckdb", warm, len(warm))
         time_raw_arrow(Path(tmp) / "warm-raw.duckdb", warm, len(warm))
         time_executemany(Path(tmp) / "warm-baseline.duckdb", warm)
-        writer_s = time_writer(Path(tmp) / "writer.duckdb", rows, args.batch)
-        raw_s = time_raw_arrow(Path(tmp) / "raw.duckdb", rows, args.batch)
+        writer_tries = [time_writer(Path(tmp) / f"writer-{i}.duckdb", rows, args.batch) for i in range(args.repeats)]
+        raw_s = statistics.median(time_raw_arrow(Path(tmp) / f"raw-{i}.duckdb", rows, args.batch)
+                                  for i in range(args.repeats))
         baseline_s = time_executemany(Path(tmp) / "baseline.duckdb", rows)
+    writer_s = statistics.median(writer_tries)
     result = {"rows": len(rows), "rows_per_s": round(len(rows) / writer_s),
               "baseline_rows_per_s": round(len(rows) / baseline_s), "ratio": round(baseline_s / writer_s, 1),
-              "raw_arrow_rows_per_s": round(len(rows) / raw_s), "writer_warm_up_s": round(warm_s, 2)}
+              "raw_arrow_rows_per_s": round(len(rows) / raw_s), "writer_warm_up_s": round(warm_s, 2),
+              "writer_s_min": round(min(writer_tries), 2), "writer_s_max": round(max(writer_tries), 2),
+              "repeats": args.repeats}
     print(f"one-time warm-up of the writer (first conversion and connection, 1000 rows): {warm_s:.2f} s")
-    print(f"StoreWriter (Arrow, {args.batch} rows/transaction): {writer_s:.2f} s, {result['rows_per_s']} rows/s")
-    print(f"raw Arrow insert (converted beforehand, one connection): {raw_s:.2f} s, "
+    print(f"StoreWriter (Arrow, {args.batch} rows/transaction): {writer_s:.2f} s (median of {args.repeats}, "
+          f"{min(writer_tries):.2f}-{max(writer_tries):.2f}), {result['rows_per_s']} rows/s")
+    print(f"raw Arrow insert (converted beforehand, one connection): {raw_s:.2f} s (median), "
           f"{result['raw_arrow_rows_per_s']} rows/s")
     print(f"executemany (one transaction): {baseline_s:.2f} s, {result['baseline_rows_per_s']} rows/s")
     print(f"ratio: {result['ratio']}x")
