@@ -31,13 +31,15 @@ def find_mistakes(attempts: Iterable[dict]) -> dict[str, list[dict]]:
 
 def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | None, seed: int) -> list[str]:
     """Which mistakes to teach first: `hardest` (most wrong samples of the k, then the larger wrong
-    share), `random`, or `pool` order."""
+    share, ties in a seeded random order), `random`, or `pool` order."""
     ids = sorted(mistakes)
-    if order == "random":
+    if order in ("random", "hardest"):
         random.Random(seed).shuffle(ids)
-    elif order == "hardest":
+    if order == "hardest":
+        # Most mistakes tie (all k samples wrong); breaking ties by id would teach the same few
+        # questions every round, so the stable sort keeps the shuffled order within a tie.
         wrong = {i: sum(not r["correct"] for r in mistakes[i]) for i in ids}
-        ids.sort(key=lambda i: (-wrong[i], -wrong[i] / len(mistakes[i]), i))
+        ids.sort(key=lambda i: (-wrong[i], -wrong[i] / len(mistakes[i])))
     return ids[:limit] if limit is not None else ids
 
 

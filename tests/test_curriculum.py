@@ -166,6 +166,19 @@ def test_hardest_mistakes_have_the_most_wrong_samples() -> None:
     assert order_mistakes(mistakes, "hardest", None, 0) == ["q2", "q3", "q1"]
 
 
+def test_hardest_mistakes_break_ties_by_seed() -> None:
+    # 40 questions with both samples wrong, 10 with one: the tied ones come first in a seeded order,
+    # not in id order (which would teach the same few questions every round)
+    rows = [attempt(f"q{n:02d}", i, n >= 40 and i == 1) for n in range(50) for i in range(2)]
+    mistakes = find_mistakes(rows)
+    first, again, other = (order_mistakes(mistakes, "hardest", None, seed) for seed in (1, 1, 2))
+    assert first == again and first != other
+    assert set(first[:40]) == {f"q{n:02d}" for n in range(40)} == set(other[:40])
+    assert first[:10] != sorted(first[:10])
+    limited = [set(order_mistakes(mistakes, "hardest", 10, seed)) for seed in range(4)]
+    assert len(set.union(*limited)) > 20  # other seeds (rounds) teach other tied questions
+
+
 def test_replay_mixes_share_of_earlier_samples() -> None:
     earlier = [{"round": 0, "example_id": str(i), "task": "explain", "source": "t", "input": "q", "target": "a",
                 "weight": 1.0} for i in range(40)]
