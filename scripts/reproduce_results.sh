@@ -9,7 +9,8 @@
 #        tracking-main tracking-random tracking-noreflect tracking-answer
 #        exact-0 exact-1 exact-2 (issue 16: the synthetic task with the exact program teacher, seed 0/1/2:
 #        tailored, random selection at the same teacher budget, no self-reflection, mistakes taught in
-#        random order instead of hardest first), exact-compare
+#        random order instead of hardest first, two corrections per mistake with and without
+#        self-reflection), exact-compare
 #        (their paired tests into $RUNS/exact-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
@@ -64,6 +65,8 @@ exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations fork
     fork "exact-random-s$1" "exact-s$1" --set training.selection=random
     fork "exact-noreflect-s$1" "exact-s$1" --set training.reflection=none
     fork "exact-anyorder-s$1" "exact-s$1" --set training.mistake_order=random
+    fork "exact-twosamples-s$1" "exact-s$1" --set teacher.tailored_samples=2
+    fork "exact-twosamples-noreflect-s$1" "exact-s$1" --set teacher.tailored_samples=2 --set training.reflection=none
 }
 
 live_seed() {  # live_seed TASK PREFIX SEED: the tailored run, then the random arm forked after its round 0
@@ -99,6 +102,8 @@ step() {
         exact-[0-9]) exact_seed "${1#exact-}" ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
+                           --group "$(seed_arm twosamples exact-twosamples)" \
+                           --group "$(seed_arm twosamples-noreflect exact-twosamples-noreflect)" \
                            --format markdown --out "$RUNS/exact-compare.md"
                        echo "== exact-compare: wrote $RUNS/exact-compare.md" ;;
         live-ma-[0-9]) live_seed multiarith live-ma "${1#live-ma-}" ;;
