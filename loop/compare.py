@@ -21,7 +21,8 @@ from tutorloop.loop.compare_stats import (Arm, RunOutcome, arm_problem, arm_roun
                                           load_outcomes, named_arms, pairing_problem)
 from tutorloop.loop.errors import EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import percent
-from tutorloop.loop.paired_stats import BOOTSTRAP_RESAMPLES, PairedComparison, compare_paired, seed_interval, verdict
+from tutorloop.loop.paired_stats import (BOOTSTRAP_RESAMPLES, SIGNIFICANCE, PairedComparison, compare_paired,
+                                         seed_interval, verdict)
 from tutorloop.store.query import multi_query, run_names
 
 _PAIRED_NOTE = (f"Paired on the same test questions, each run graded in its first eval mode (the mode of its test "
@@ -35,7 +36,10 @@ _ARM_TESTS_NOTE = (f"Questions are the unit: each question scores the share of a
                    f"difference = B - A; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions "
                    f"(seed 0); p: exact sign test over the questions whose shares differ (McNemar when each arm has "
                    f"one seed), so a question several seeds agree on counts once. per-seed p: McNemar between the "
-                   f"arms' runs with the same run.seed. Not corrected for the number of rows.")
+                   f"arms' runs with the same run.seed. p (seeds, paired t): the accuracy differences of the seeds "
+                   f"both arms ran, against 0 (two seeds at least): whether retraining would give the same "
+                   f"difference, which the question-level p does not say. The verdict follows the question-level p "
+                   f"and adds the seed-level one. Not corrected for the number of rows.")
 
 
 def strategies_by_round(rows: Sequence[dict]) -> str:
@@ -164,17 +168,13 @@ def pairs_table(outcomes: Sequence[RunOutcome]) -> pa.Table:
     return _table(head, rows)
 
 
-def _accuracy(run: RunOutcome, round_: int) -> float:
-    return sum(run.correct[round_][q] for q in run.questions) / len(run.questions)
-
-
 def arms_table(arms: Sequence[Arm]) -> pa.Table:
     """Per arm and round every run of it evaluated: mean over seeds and its t interval."""
     head = ["arm", "runs", "seeds", "round", "mean accuracy", "95% interval (seeds)", "per seed"]
     rows = []
     for arm in arms:
         for round_ in arm_rounds([arm]):
-            values = [_accuracy(r, round_) for r in arm.runs]
+            values = [r.accuracy(round_) for r in arm.runs]
             mean, low, high = seed_interval(values)
             # An accuracy lies in [0, 1]; the t interval of a few seeds near either end can pass it.
             interval = f"[{percent(max(low, 0.0))}, {percent(min(high, 1.0))}]" if len(values) > 1 else "- (one seed)"
@@ -186,22 +186,27 @@ def arms_table(arms: Sequence[Arm]) -> pa.Table:
 def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
     """Per pair of arms and shared round: the paired test with questions as the unit."""
     head = ["round", "arm A", "arm B", "seeds A / B", "mean A", "mean B", "difference", "95% interval",
-            "questions better in B", "questions better in A", "p (sign test)", "per-seed p (McNemar)", "verdict"]
+            "questions better in B", "questions better in A", "p (sign test)", "per-seed p (McNemar)",
+            "p (seeds, paired t)", "verdict"]
     rows = []
     for i, a in enumerate(arms):
         for b in arms[i + 1:]:
             seeds = f"{len(a.runs)} / {len(b.runs)}"
             problem = arm_problem(a, b)
             if problem:
-                rows.append(["-", a.name, b.name, seeds] + ["-"] * 8 + [problem])
+                rows.append(["-", a.name, b.name, seeds] + ["-"] * 9 + [problem])
                 continue
             for test in arm_tests(a, b):
                 c = test.comparison
                 diff, interval, said = difference_cells(c)
                 per_seed = "; ".join(f"seed {s}: {p:.3g}" for s, p in test.per_seed.items()) or "-"
+                seed_p = "-" if test.seed_p is None else f"{test.seed_p:.3g}"
+                if test.seed_p is not None:
+                    said += (f"; over seeds {'also significant' if test.seed_p < SIGNIFICANCE else 'not'} "
+                             f"(p={test.seed_p:.3g})")
                 rows.append([str(test.round), a.name, b.name, seeds, percent(c.accuracy_a), percent(c.accuracy_b),
                              diff, interval, str(c.wrong_to_right), str(c.right_to_wrong), f"{c.p_value:.3g}",
-                             per_seed, said])
+                             per_seed, seed_p, said])
     return _table(head, rows)
 
 

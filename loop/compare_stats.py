@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from tutorloop.loop.config import RESUME_SAFE_KEYS, changed_keys, config_from_dict
 from tutorloop.loop.errors import ConfigError
-from tutorloop.loop.paired_stats import PairedComparison, compare_paired, discordant, mcnemar_exact, seed_shares
+from tutorloop.loop.paired_stats import (PairedComparison, compare_paired, discordant, mcnemar_exact, seed_paired_t,
+                                         seed_shares)
 from tutorloop.store.query import multi_query, run_names
 
 # Keys in which the runs of one arm may differ (run.rounds too: arms are compared round by round).
@@ -42,6 +43,10 @@ class RunOutcome:
     def rounds(self) -> list[int]:
         """Rounds evaluated on every test question (a round still being evaluated is left out)."""
         return [r for r, flags in sorted(self.correct.items()) if self.questions and set(self.questions) <= set(flags)]
+
+    def accuracy(self, round_: int) -> float:
+        """Share of the test questions right in `round_` (one of `rounds()`)."""
+        return sum(self.correct[round_][q] for q in self.questions) / len(self.questions)
 
 
 @dataclass
@@ -162,6 +167,7 @@ class ArmTest:
     round: int
     comparison: PairedComparison
     per_seed: dict[Any, float]  # run.seed -> McNemar p between the arms' runs with that seed
+    seed_p: float | None  # paired t-test over the seeds both arms ran (None with fewer than two)
 
 
 def arm_problem(a: Arm, b: Arm) -> str | None:
@@ -181,10 +187,11 @@ def arm_tests(a: Arm, b: Arm) -> list[ArmTest]:
     tests = []
     for round_ in arm_rounds([a, b]):
         shares = [seed_shares([r.correct[round_] for r in arm.runs]) for arm in (a, b)]
-        per_seed = {}
+        per_seed, differences = {}, []
         for run_a in a.runs:
             run_b = next((r for r in b.runs if r.seed == run_a.seed), None)
             if run_b is not None and run_a.seed not in per_seed:
                 per_seed[run_a.seed] = mcnemar_exact(*discordant(run_a.correct[round_], run_b.correct[round_]))
-        tests.append(ArmTest(round_, compare_paired(*shares), per_seed))
+                differences.append(run_b.accuracy(round_) - run_a.accuracy(round_))
+        tests.append(ArmTest(round_, compare_paired(*shares), per_seed, seed_paired_t(differences)))
     return tests

@@ -3,8 +3,10 @@
 Two runs (or two rounds) answer the same questions, so their difference is judged question by
 question: a paired bootstrap interval of the accuracy difference, and the exact McNemar test on the
 discordant questions (wrong in A and right in B, against right in A and wrong in B). For arms that
-differ only in seed, the mean accuracy over seeds with a Student-t 95% interval, and the same paired
-test with each question's share of an arm's seeds in place of right/wrong (`seed_shares`).
+differ only in seed, the mean accuracy over seeds with a Student-t 95% interval, the same paired
+test with each question's share of an arm's seeds in place of right/wrong (`seed_shares`), and a
+paired t-test over seeds (`seed_paired_t`): questions as the unit say how sure we are on these test
+questions, seeds say whether retraining would give the same difference.
 """
 
 from __future__ import annotations
@@ -103,6 +105,50 @@ def seed_interval(accuracies: Sequence[float]) -> tuple[float, float, float]:
     t = _T975[df - 1] if df <= len(_T975) else 1.96
     half = t * float(values.std(ddof=1)) / math.sqrt(values.size)
     return mean, mean - half, mean + half
+
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean: use the symmetry
+        return 1.0 - _incomplete_beta(1.0 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 300):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * result
+
+
+def student_t_two_sided(t: float, df: int) -> float:
+    """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
+    return _incomplete_beta(df / (df + t * t), df / 2, 0.5)
+
+
+def seed_paired_t(differences: Sequence[float]) -> float | None:
+    """Two-sided p of the paired t-test over seeds: `differences` holds accuracy(B) - accuracy(A) for
+    each seed both arms ran. None with fewer than two seeds; seeds that all agree exactly give 1 (no
+    difference) or 0 (the same nonzero difference every time)."""
+    values = np.asarray(differences, dtype=np.float64)
+    if values.size < 2:
+        return None
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    if sd < 1e-12:
+        return 1.0 if abs(mean) < 1e-12 else 0.0
+    return student_t_two_sided(mean / (sd / math.sqrt(values.size)), values.size - 1)
 
 
 def seed_shares(runs: Sequence[Mapping[str, bool]]) -> dict[str, float]:

@@ -137,8 +137,16 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     assert two["p (sign test)"] == f"{2 * 12 / 2 ** 11:.3g}" == "0.0117"
     # per seed: seeds 0 and 2 are 1 against 10, seed 1 is 1 against 9
     assert two["per-seed p (McNemar)"] == "seed 0: 0.0117; seed 1: 0.0215; seed 2: 0.0117"
-    assert two["verdict"] == "significant at 0.05 (p=0.0117): A does better"
-    assert tests["1"]["verdict"] == "not significant (p=1): the difference is within noise"
+    # over seeds: accuracy differences -9/24, -8/24, -9/24; t with 2 degrees of freedom, whose two-sided
+    # p is 1 - |t| / sqrt(2 + t^2)
+    diffs = [-9 / 24, -8 / 24, -9 / 24]
+    mean = sum(diffs) / 3
+    t = mean / (math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2) / math.sqrt(3))
+    seed_p = 1 - abs(t) / math.sqrt(2 + t * t)
+    assert two["p (seeds, paired t)"] == f"{seed_p:.3g}" == "0.00148"
+    assert two["verdict"] == "significant at 0.05 (p=0.0117): A does better; over seeds also significant (p=0.00148)"
+    assert tests["1"]["verdict"] == ("not significant (p=1): the difference is within noise; "
+                                     "over seeds not (p=1)")
 
     text = cli("compare", *seeded, timeout=300).stdout
     assert "Arms of seeds" in text and "Paired tests between arms" in text and "found from the stored configs" in text

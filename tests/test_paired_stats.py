@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tutorloop.loop.paired_stats import (bootstrap_difference, compare_paired, discordant, mcnemar_exact,
-                                         seed_interval, seed_shares, verdict)
+                                         seed_interval, seed_paired_t, seed_shares, student_t_two_sided, verdict)
 
 
 @pytest.mark.parametrize("b, c, expected", [
@@ -90,3 +90,24 @@ def test_verdict_in_plain_words() -> None:
     assert verdict(2 * (1 + 10) / 1024) == "significant at 0.05 (p=0.0215)"
     assert verdict(0.41) == "not significant (p=0.41): the difference is within noise"
     assert verdict(0.05).startswith("not significant")  # the threshold itself is not below 0.05
+
+
+@pytest.mark.parametrize("t, df, expected", [
+    (1.0, 1, 0.5),                                           # Cauchy: 1 - 2 atan(1) / pi
+    (3.0, 1, 1 - 2 * math.atan(3.0) / math.pi),
+    (2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474 ** 2)),       # df 2: 1 - |t| / sqrt(2 + t^2)
+    (-2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474 ** 2)),
+    (0.0, 7, 1.0),
+    (4.303, 2, 0.05), (2.776, 4, 0.05), (2.228, 10, 0.05), (2.042, 30, 0.05),  # the 97.5% quantile table
+])
+def test_student_t_two_sided_p_by_hand(t: float, df: int, expected: float) -> None:
+    assert student_t_two_sided(t, df) == pytest.approx(expected, abs=2e-4)
+
+
+def test_seed_paired_t() -> None:
+    # differences +1.0, +6.5, +7.5 points: mean 5, sd 3.5, t = 5 / (3.5 / sqrt(3)) with 2 degrees of freedom
+    t = 5 / (3.5 / math.sqrt(3))
+    assert seed_paired_t([0.010, 0.065, 0.075]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert seed_paired_t([0.05]) is None                 # one seed: no test
+    assert seed_paired_t([0.0, 0.0, 0.0]) == 1.0         # the same outcome every seed
+    assert seed_paired_t([0.02, 0.02]) == 0.0            # the same nonzero difference every seed
