@@ -56,7 +56,7 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
-SEEDS=(0 1 2)
+SEEDS=(${SEEDS:-0 1 2})  # the seeds the compare steps pair; SEEDS="0 1 2 3 4" for more
 ALPHA=configs/experiments/alpha_sweep.yaml
 LIVE=configs/experiments/live_teacher.yaml
 
