@@ -7,7 +7,7 @@
 #        coin-main (configs/demo.yaml on the whole pool, 128 examined and up to 64 taught per round),
 #        coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
 #        tracking-main tracking-random tracking-noreflect tracking-answer
-#        exact-0 exact-1 exact-2 (issue 16: the synthetic task with the exact program teacher, seed 0/1/2:
+#        exact-0 ... exact-4 (issue 16: the synthetic task with the exact program teacher, seed 0-4:
 #        tailored, random selection at the same teacher budget, no self-reflection, mistakes taught in
 #        random order instead of hardest first, two corrections per mistake with and without
 #        self-reflection), exact-compare
@@ -56,7 +56,7 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
-SEEDS=(${SEEDS:-0 1 2})  # the seeds the compare steps pair; SEEDS="0 1 2 3 4" for more
+SEEDS=(${SEEDS:-0 1 2 3 4})  # the seeds the compare steps pair (those with a run directory)
 ALPHA=configs/experiments/alpha_sweep.yaml
 LIVE=configs/experiments/live_teacher.yaml
 
@@ -126,7 +126,7 @@ STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
                                   coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer
-                                  exact-0 exact-1 exact-2 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
+                                  exact-0 exact-1 exact-2 exact-3 exact-4 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
