@@ -201,7 +201,8 @@ class _JobRun:
             if failed:
                 self._finish(record, rationale, None, failed)
             else:
-                extracted = extract_answer(f"{answer_trigger(job.example.answer_type)}{record['response']}",
+                # A completion continues the trigger with " 6"; a chat model replies "6": join with a space.
+                extracted = extract_answer(f"{answer_trigger(job.example.answer_type)} {record['response'].lstrip()}",
                                            job.example.answer_type)
                 self._grade(record, rationale, extracted)
             return None

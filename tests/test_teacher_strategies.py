@@ -52,6 +52,12 @@ def test_zero_shot_cot_two_stages() -> None:
     assert second.text() == (f"Q: {Q}\nA: Let's think step by step. Add 4: 3 + 4 = 7. "
                              "Therefore, the answer (arabic numerals) is")
     assert second.stage == "answer" and second.params["temperature"] == 0.0
+    # the answer as a completion continues the trigger (" 5."), a chat model replies without the space ("5")
+    for reply in (" 5.", "5", "5\n"):
+        answered = _JobRun(job, PromptBuilder(load_templates()), config)
+        answered.advance(first, record)
+        assert answered.advance(second, dict(record, request_hash=second.request_hash, response=reply)) is None
+        assert (answered.result["extracted"], answered.result["reject_reason"]) == ("5", None), reply
     # non-numeric tasks get the plain trigger
     job = plan_jobs([COIN], config, 0, ["zero_shot_cot"])[0]
     run = _JobRun(job, PromptBuilder(load_templates()), config)
