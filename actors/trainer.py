@@ -109,7 +109,12 @@ class RemoteTrainer:
                     reported = state
                 asked = self.actor.progress.remote(seen)
             if ready:
-                return ray.get(result)
+                outcome = ray.get(result)
+                # The last steps may land between two polls: the bar and the phase end at total/total.
+                total = reported[0] if reported else len(outcome["steps"])
+                if reported != (total, total) and total:
+                    on_progress(total, total, outcome["steps"][-1] if outcome["steps"] else None)
+                return outcome
             try:
                 poll()
             except BaseException:
