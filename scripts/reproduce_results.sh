@@ -11,7 +11,9 @@
 #        tailored, random selection at the same teacher budget, no self-reflection, mistakes taught in
 #        random order instead of hardest first, two corrections per mistake with and without
 #        self-reflection), exact-compare
-#        (their paired tests into $RUNS/exact-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        (their paired tests into $RUNS/exact-compare.md),
+#        onestep-0 ... onestep-19 (issue 16: the same on one-step problems, alpha 0.1, the exam at temperature
+#        0.5: tailored against random selection), onestep-compare (into $RUNS/onestep-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -56,6 +58,8 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
+ONESTEP=configs/experiments/exact_tailoring_one_step.yaml
+ONESTEP_SEEDS=(${ONESTEP_SEEDS:-$(seq -s ' ' 0 19)})
 SEEDS=(${SEEDS:-0 1 2 3 4})  # the seeds the compare steps pair (those with a run directory)
 ALPHA=configs/experiments/alpha_sweep.yaml
 LIVE=configs/experiments/live_teacher.yaml
@@ -100,6 +104,12 @@ step() {
         tracking-noreflect) fork tracking-noreflect tracking-main --set training.reflection=none --set run.rounds="$ABLATION_ROUNDS" ;;
         tracking-answer) run tracking-answer configs/tracking_cpu.yaml "${ANSWER_ONLY[@]}" ;;
         exact-[0-9]) exact_seed "${1#exact-}" ;;
+        onestep-[0-9]|onestep-[0-9][0-9]) run "onestep-s${1#onestep-}" "$ONESTEP" --set run.seed="${1#onestep-}"
+                       fork "onestep-random-s${1#onestep-}" "onestep-s${1#onestep-}" --set training.selection=random ;;
+        onestep-compare) SEEDS=("${ONESTEP_SEEDS[@]}")
+                         tutorloop compare --group "$(seed_arm tailored onestep)" --group "$(seed_arm random onestep-random)" \
+                             --format markdown --out "$RUNS/onestep-compare.md"
+                         echo "== onestep-compare: wrote $RUNS/onestep-compare.md" ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
                            --group "$(seed_arm twosamples exact-twosamples)" \
@@ -126,7 +136,9 @@ STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(demo coin-explain-only coin-explain-only-tailored demo-alpha
                                   coin-main coin-random coin-noreflect coin-answer ma-answer ma-main ma-random ma-noreflect
                                   tracking-main tracking-random tracking-noreflect tracking-answer
-                                  exact-0 exact-1 exact-2 exact-3 exact-4 exact-compare alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
+                                  exact-0 exact-1 exact-2 exact-3 exact-4 exact-compare
+                                  $(printf 'onestep-%s ' "${ONESTEP_SEEDS[@]}") onestep-compare
+                                  alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
