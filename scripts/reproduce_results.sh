@@ -110,7 +110,10 @@ step() {
                          tutorloop compare --group "$(seed_arm tailored onestep)" --group "$(seed_arm random onestep-random)" \
                              --format markdown --out "$RUNS/onestep-compare.md"
                          { echo; echo "## By problem (scripts/exact_by_chain.sql)"; tutorloop sql "$RUNS"/onestep-s* \
-                             "$RUNS"/onestep-random-s* -f scripts/exact_by_chain.sql --format markdown; } >> "$RUNS/onestep-compare.md"
+                             "$RUNS"/onestep-random-s* -f scripts/exact_by_chain.sql --format markdown
+                           echo; echo "## Where selection gains and loses, on the pool (scripts/exact_by_taught.sql)"
+                           tutorloop sql "$RUNS"/onestep-s* "$RUNS"/onestep-random-s* -f scripts/exact_by_taught.sql \
+                             --format markdown; } >> "$RUNS/onestep-compare.md"
                          echo "== onestep-compare: wrote $RUNS/onestep-compare.md" ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
