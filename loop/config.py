@@ -298,7 +298,18 @@ class TrainingSection(Section):
     max_pairs_per_question: int = Field(4, ge=1, description="contrast pairs per mistake at most: one per unique "
                                                              "wrong rationale of the student")
     mistake_order: Literal["hardest", "random", "pool"] = "hardest"
+    mistake_balance: Literal["none", "answer"] = Field(
+        "none", description="answer: the taught mistakes take each gold answer in turn (in mistake_order within "
+                            "an answer), so a round of mistakes on a yes/no task does not teach one answer only")
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_balance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Runs recorded before `mistake_balance` existed keep their config fingerprint (resume, fork, compare).
+        data = handler(self)
+        if self.mistake_balance == "none":
+            data.pop("mistake_balance", None)
+        return data
 
 
 class RaySection(Section):

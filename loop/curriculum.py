@@ -29,9 +29,12 @@ def find_mistakes(attempts: Iterable[dict]) -> dict[str, list[dict]]:
     return mistakes
 
 
-def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | None, seed: int) -> list[str]:
+def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | None, seed: int,
+                   answers: dict[str, str] | None = None) -> list[str]:
     """Which mistakes to teach first: `hardest` (most wrong samples of the k, then the larger wrong
-    share, ties in a seeded random order), `random`, or `pool` order."""
+    share, ties in a seeded random order), `random`, or `pool` order. With `answers` (id -> gold
+    answer) the order takes each gold answer in turn: every answer's first mistake, then every
+    answer's second, each turn in that order."""
     ids = sorted(mistakes)
     if order in ("random", "hardest"):
         random.Random(seed).shuffle(ids)
@@ -40,6 +43,15 @@ def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | Non
         # questions every round, so the stable sort keeps the shuffled order within a tie.
         wrong = {i: sum(not r["correct"] for r in mistakes[i]) for i in ids}
         ids.sort(key=lambda i: (-wrong[i], -wrong[i] / len(mistakes[i])))
+    if answers is not None:
+        # A student's hardest mistakes on a yes/no task are mostly the answer it under-predicts;
+        # teaching only those flips its prior (RESULTS.md, coin_flip with the live teacher).
+        seen: dict[str, int] = defaultdict(int)
+        turn = {}
+        for i in ids:
+            turn[i] = seen[answers[i]]
+            seen[answers[i]] += 1
+        ids.sort(key=lambda i: turn[i])
     return ids[:limit] if limit is not None else ids
 
 
@@ -74,7 +86,8 @@ def teaching_targets(pool: list[Example], examples: dict[str, Example], mistakes
     if mistakes is None:
         targets = list(pool)
     else:
-        ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed)
+        answers = {i: examples[i].answer for i in mistakes} if training.mistake_balance == "answer" else None
+        ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed, answers)
         if training.selection == "random":
             ordered = random_selection(pool, len(ordered), seed)
         else:

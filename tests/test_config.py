@@ -49,6 +49,11 @@ def test_fingerprint_ignores_resume_safe_keys(tmp_path: Path) -> None:
     c = load_config(path, ["training.lr=0.1"])
     assert a.fingerprint(RESUME_SAFE_KEYS) == b.fingerprint(RESUME_SAFE_KEYS)
     assert a.fingerprint(RESUME_SAFE_KEYS) != c.fingerprint(RESUME_SAFE_KEYS)
+    # a key added later and left at its default keeps the fingerprint of the runs recorded before it
+    assert "mistake_balance" not in a.to_dict()["training"]
+    balanced = load_config(path, ["training.mistake_balance=answer"])
+    assert balanced.to_dict()["training"]["mistake_balance"] == "answer"
+    assert balanced.fingerprint(RESUME_SAFE_KEYS) != a.fingerprint(RESUME_SAFE_KEYS)
 
 
 BAD_INPUTS = [
@@ -57,6 +62,7 @@ BAD_INPUTS = [
     ("run:\n  rounds: many\n", [], "key 'run.rounds'"),
     ("run:\n  rounds: -1\n", [], "key 'run.rounds'"),
     ("training:\n  alpha: 1.5\n", [], "key 'training.alpha'"),
+    ("training:\n  mistake_balance: label\n", [], "key 'training.mistake_balance'"),
     ("student:\n  quantization: 3bit\n", [], "key 'student.quantization'"),
     ("teacher:\n  teachers:\n    - name: a\n    - name: a\n", [], "key 'teacher.teachers'"),
     ("teacher:\n  teachers:\n    - name: a\n      backend: telepathy\n", [], "key 'teacher.teachers.0.backend'"),

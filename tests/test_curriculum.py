@@ -179,6 +179,44 @@ def test_hardest_mistakes_break_ties_by_seed() -> None:
     assert len(set.union(*limited)) > 20  # other seeds (rounds) teach other tied questions
 
 
+def test_balanced_mistakes_take_each_gold_answer_in_turn() -> None:
+    # Hardest first, the 6 "yes" mistakes (both samples wrong) would fill a cap of 4 alone: the student
+    # under-predicts "yes", and a round of them only would teach it to answer "yes" to everything.
+    yes = [f"y{n}" for n in range(6)]
+    no = [f"n{n}" for n in range(4)]
+    rows = [attempt(q, i, q in no and i == 1) for q in yes + no for i in range(2)]
+    mistakes = find_mistakes(rows)
+    answers = {q: "yes" for q in yes} | {q: "no" for q in no}
+    hardest = order_mistakes(mistakes, "hardest", 4, seed=0)
+    assert set(hardest) <= set(yes)
+    balanced = order_mistakes(mistakes, "hardest", None, seed=0, answers=answers)
+    assert [answers[q] for q in balanced[:8]].count("yes") == 4
+    assert [answers[q] for q in balanced[8:]] == ["yes", "yes"]  # "no" has run out
+    # within an answer the hardest order holds; the answers take turns in the order they first appear
+    plain = order_mistakes(mistakes, "hardest", None, seed=0)
+    for group in (yes, no):
+        assert [q for q in balanced if q in group] == [q for q in plain if q in group]
+    assert balanced[0] == plain[0] and balanced[1] == next(q for q in plain if q in no)
+    # numeric answers that all differ keep the plain order
+    distinct = {q: str(n) for n, q in enumerate(yes + no)}
+    assert order_mistakes(mistakes, "hardest", None, 3, distinct) == order_mistakes(mistakes, "hardest", None, 3)
+
+
+def test_teaching_targets_balance_gold_answers_when_asked() -> None:
+    pool = [replace(e, answer="yes" if n < 6 else "no", answer_type="yesno")
+            for n, e in enumerate(generate_problems(10, 0, 1, 1, 9))]
+    examples = {e.id: e for e in pool}
+    rows = [attempt(e.id, i, e.answer == "no" and i == 1) for e in pool for i in range(2)]
+    mistakes = find_mistakes(rows)
+    teacher = TeacherSection(teachers=[TeacherEndpoint(backend="program")], strategies=["cote"])
+    plain = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=4), teacher, seed=0)
+    assert [e.answer for e in plain.examples] == ["yes"] * 4
+    balanced = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=4, mistake_balance="answer"),
+                                teacher, seed=0)
+    assert sorted(e.answer for e in balanced.examples) == ["no", "no", "yes", "yes"]
+    assert set(balanced.mistakes) == {e.id for e in balanced.examples}
+
+
 def test_replay_mixes_share_of_earlier_samples() -> None:
     earlier = [{"round": 0, "example_id": str(i), "task": "explain", "source": "t", "input": "q", "target": "a",
                 "weight": 1.0} for i in range(40)]
