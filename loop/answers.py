@@ -23,11 +23,12 @@ from decimal import Decimal
 
 ANSWER_TYPES = ("number", "yesno", "choice", "text")
 
-# Explicit triggers, case-insensitive. Covers Fine-tune-CoT stage 2 ("Therefore, the answer is",
-# "Therefore, the answer (arabic numerals) is"), few-shot CoT ("The answer is"), GSM8K ("####") and
-# the Fine-tune-CoT token format ("-->").
+# The qualifier of zero-shot CoT's stage-2 trigger: "(arabic numerals)" for numbers, "(Yes or No)" for yes/no.
+TRIGGER_QUALIFIER = r"(?:\s*\((?:arabic numerals|yes or no)\))?"
+# Explicit triggers, case-insensitive. Covers zero-shot CoT stage 2 ("Therefore, the answer is", with
+# either qualifier), few-shot CoT ("The answer is"), GSM8K ("####") and the Fine-tune-CoT token format ("-->").
 _TRIGGER = re.compile(
-    r"(?:the\s+(?:final\s+)?answer(?:\s*\(arabic numerals\))?\s+is\b:?|####|-->)", re.IGNORECASE
+    rf"(?:the\s+(?:final\s+)?answer{TRIGGER_QUALIFIER}\s+is\b:?|####|-->)", re.IGNORECASE
 )
 
 # Chat models answer in their own words: "Answer: 5", "the correct answer is (B)", "**Final answer:** 5".

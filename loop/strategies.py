@@ -4,7 +4,8 @@ Strategies, and the papers behind them:
 - zero_shot_cot (Fine-tune-CoT, Ho et al. 2023, "Large language models are reasoning teachers"; two
   stages): `zero_shot_cot_reason` ("Q: {question}\\nA: Let's think step by step.") asks for the
   rationale; `zero_shot_cot_answer` appends the rationale and the answer trigger, "Therefore, the
-  answer is" ("Therefore, the answer (arabic numerals) is" for numbers).
+  answer is" ("Therefore, the answer (arabic numerals) is" for numbers, "Therefore, the answer (Yes or
+  No) is" for yes/no, as Zero-shot-CoT asks).
 - few_shot_cot (Wei et al. 2022): in-context examples (`few_shot_cot_exemplar` each), then the question.
 - cote, rp, crop (Li et al. 2022, "Explanations from large language models make small reasoners
   better"): cote, the teacher reasons step by step and states its answer, kept only when it matches
@@ -29,11 +30,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tutorloop.loop.answers import TRIGGER_QUALIFIER
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.errors import ConfigError, DataError
 from tutorloop.loop.student_prompt import ANSWER_TRIGGER
 
 NUMBER_TRIGGER = "Therefore, the answer (arabic numerals) is"
+YESNO_TRIGGER = "Therefore, the answer (Yes or No) is"
 TEMPLATE_NAMES = (
     "zero_shot_cot_reason", "zero_shot_cot_answer", "few_shot_cot", "few_shot_cot_exemplar", "cote", "rp",
     "teacher_forcing", "teacher_forcing_exemplar", "tailored",
@@ -43,7 +46,7 @@ EXEMPLARS_FILE = "few_shot_exemplars.txt"
 # A closing answer sentence ("Therefore, the answer is 18.", "The answer is 6.") on the last line.
 _ANSWER_TAIL = re.compile(
     r"(?:(?<=[.!?\n])|^)[ \t]*(?:(?:so|thus|therefore|hence),?\s+)?the\s+(?:final\s+)?answer"
-    r"(?:\s*\(arabic numerals\))?\s+is\b[^\n]*$",
+    rf"{TRIGGER_QUALIFIER}\s+is\b[^\n]*$",
     re.IGNORECASE,
 )
 
@@ -56,8 +59,10 @@ class Exemplar:
 
 
 def answer_trigger(answer_type: str) -> str:
-    """The stage-2 trigger: Fine-tune-CoT's numeric variant for numbers, else the plain one."""
-    return NUMBER_TRIGGER if answer_type == "number" else ANSWER_TRIGGER
+    """The stage-2 trigger: Fine-tune-CoT's numeric variant for numbers, Zero-shot-CoT's (Kojima et al.
+    2022) yes/no variant for yes/no (a chat model answers the plain one with "The coin is still heads
+    up."), else the plain one."""
+    return {"number": NUMBER_TRIGGER, "yesno": YESNO_TRIGGER}.get(answer_type, ANSWER_TRIGGER)
 
 
 def _read_builtin(name: str) -> str:

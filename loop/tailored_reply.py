@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from textwrap import shorten
 from typing import Any
 
-from tutorloop.loop.answers import answers_match, extract_answer
+from tutorloop.loop.answers import TRIGGER_QUALIFIER, answers_match, extract_answer
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.strategies import clean_rationale
 
@@ -34,7 +34,7 @@ _REASONING_WORDS = r"correct(?:ed)?[ \t]+(?:reasoning|solution|steps)"
 _REASONING = re.compile(rf"{_LEAD}(?:the[ \t]+)?{_REASONING_WORDS}{_TAIL}|[ \t*_]+{_REASONING_WORDS}[ \t*_]*:[ \t*_]*",
                         re.IGNORECASE)
 # The closing answer sentence (the grader's trigger) and the end of its line.
-_ANSWER_LINE = re.compile(r"the\s+(?:final\s+)?answer(?:\s*\(arabic numerals\))?\s+is\b[^\n]*", re.IGNORECASE)
+_ANSWER_LINE = re.compile(rf"the\s+(?:final\s+)?answer{TRIGGER_QUALIFIER}\s+is\b[^\n]*", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`]+|^#+\s*", re.MULTILINE)
 
 

@@ -225,6 +225,21 @@ class TeacherServer:
         with self._lock:
             return len(self.requests)
 
+    def settle(self, quiet_s: float = 0.3, timeout_s: float = 10.0) -> int:
+        """Wait until no request is being answered and none has arrived for `quiet_s`; the call count then.
+
+        A killed client's requests already on the wire still arrive after it is gone."""
+        deadline, seen, quiet_since = time.monotonic() + timeout_s, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            with self._lock:
+                now = (len(self.requests), self._in_flight)
+            if now != seen:
+                seen, quiet_since = now, time.monotonic()
+            elif now[1] == 0 and time.monotonic() - quiet_since >= quiet_s:
+                break
+            time.sleep(0.05)
+        return self.calls
+
     def script(self, *faults: str) -> None:
         """Faults for the next requests, in arrival order (one each); then requests are answered normally."""
         self._check(faults)

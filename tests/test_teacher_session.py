@@ -301,7 +301,7 @@ def test_journal_keeps_answers_that_never_reached_the_store(teacher_server: Teac
         TeachingSession(cfg, jobs, DictCache().lookup, pool, die, progress=False, journal=journal).run()
     journal.close()
     recovered = TeacherJournal(tmp_path).recover()
-    first_calls = teacher_server.calls
+    first_calls = teacher_server.settle()
     assert recovered.answers and len(recovered.answers) + len(recovered.in_flight) == 3
     assert {a["request_hash"] for a in recovered.answers}.isdisjoint(recovered.in_flight)
 

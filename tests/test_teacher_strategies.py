@@ -58,12 +58,25 @@ def test_zero_shot_cot_two_stages() -> None:
         answered.advance(first, record)
         assert answered.advance(second, dict(record, request_hash=second.request_hash, response=reply)) is None
         assert (answered.result["extracted"], answered.result["reject_reason"]) == ("5", None), reply
-    # non-numeric tasks get the plain trigger
+    # yes/no tasks get Zero-shot-CoT's yes/no trigger: asked the plain one, a chat teacher (the live Qwen on
+    # coin_flip) restated "The coin is still heads up." in all 16 replies, none a yes or no
     job = plan_jobs([COIN], config, 0, ["zero_shot_cot"])[0]
+    for reply, extracted in ((" Yes.", "yes"), ("No", "no"), ("yes, the coin is heads up.", "yes"),
+                             ("The coin is still heads up.", None)):
+        run = _JobRun(job, PromptBuilder(load_templates()), config)
+        first = run.first_request()
+        second = run.advance(first, dict(record, request_hash=first.request_hash, response=" Ann flips it."))
+        assert second.text().endswith("Let's think step by step. Ann flips it. Therefore, the answer (Yes or No) is")
+        assert run.advance(second, dict(record, request_hash=second.request_hash, response=reply)) is None
+        assert run.result["extracted"] == extracted, reply
+    # other answer types get the plain trigger
+    choice = Example(id="tracking/train/0", dataset="tracking_shuffled_objects", split="train", answer="A",
+                     answer_type="choice", question="Who has the ball? Options: (A) Ann (B) Bo")
+    job = plan_jobs([choice], config, 0, ["zero_shot_cot"])[0]
     run = _JobRun(job, PromptBuilder(load_templates()), config)
     first = run.first_request()
-    second = run.advance(first, dict(record, request_hash=first.request_hash, response=" Ann flips it."))
-    assert second.text().endswith("Let's think step by step. Ann flips it. Therefore, the answer is")
+    second = run.advance(first, dict(record, request_hash=first.request_hash, response=" Ann has it."))
+    assert second.text().endswith("Let's think step by step. Ann has it. Therefore, the answer is")
 
 
 def test_single_stage_prompts_exact() -> None:
