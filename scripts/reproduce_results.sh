@@ -17,7 +17,8 @@
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
-#        and on coin_flip a third arm whose mistakes take each gold answer in turn (training.mistake_balance);
+#        and on coin_flip a third arm whose mistakes take each gold answer in turn (training.mistake_balance)
+#        and a fourth, the third without self-reflection;
 #        seed 0/1/2, about an hour a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md and -coin.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -125,12 +126,16 @@ step() {
         live-ma-[0-9]) live_seed multiarith live-ma "${1#live-ma-}" ;;
         live-coin-[0-9]) live_seed coin_flip live-coin "${1#live-coin-}"
                          fork "live-coin-balanced-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
-                             --set training.mistake_balance=answer ;;
+                             --set training.mistake_balance=answer
+                         fork "live-coin-balanced-noreflect-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
+                             --set training.mistake_balance=answer --set training.reflection=none ;;
         live-compare) tutorloop compare --group "$(seed_arm tailored-ma live-ma)" --group "$(seed_arm random-ma live-ma-random)" \
                           --format markdown --out "$RUNS/live-compare-ma.md"
                       tutorloop compare --group "$(seed_arm tailored-coin live-coin)" \
                           --group "$(seed_arm random-coin live-coin-random)" \
-                          --group "$(seed_arm balanced-coin live-coin-balanced)" --format markdown --out "$RUNS/live-compare-coin.md"
+                          --group "$(seed_arm balanced-coin live-coin-balanced)" \
+                          --group "$(seed_arm balanced-noreflect-coin live-coin-balanced-noreflect)" \
+                          --format markdown --out "$RUNS/live-compare-coin.md"
                       echo "== live-compare: wrote $RUNS/live-compare-ma.md and $RUNS/live-compare-coin.md" ;;
         alpha-0.5) run alpha-0.5 "$ALPHA" ;;
         alpha-0.[0-9]) fork_after -1 "$1" alpha-0.5 --set training.alpha="${1#alpha-}" ;;
