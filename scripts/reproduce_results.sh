@@ -18,8 +18,10 @@
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
 #        and on coin_flip a third arm whose mistakes take each gold answer in turn (training.mistake_balance)
-#        and a fourth, the third without self-reflection;
-#        seed 0/1/2, about an hour a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md and -coin.md)
+#        a fourth, the third without self-reflection, and a control that retrains on random questions
+#        with the recorded davinci rationales instead of Qwen's;
+#        seed 0/1/2, about 75 minutes a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md
+#        and -coin.md, each for the seeds that have runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -65,6 +67,8 @@ ONESTEP_SEEDS=(${ONESTEP_SEEDS:-$(seq -s ' ' 0 19)})
 SEEDS=(${SEEDS:-0 1 2 3 4})  # the seeds the compare steps pair (those with a run directory)
 ALPHA=configs/experiments/alpha_sweep.yaml
 LIVE=configs/experiments/live_teacher.yaml
+# The control arm's teacher: the recorded davinci rationales in every round, no live teacher
+REPLAY_ONLY='teacher.teachers=[{name: davinci-002, backend: replay, model: text-davinci-002}]'
 
 exact_seed() {  # exact_seed SEED: the tailored run, then the two ablations forked after its round 0
     run "exact-s$1" "$EXACT" --set run.seed="$1"
@@ -128,15 +132,22 @@ step() {
                          fork "live-coin-balanced-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
                              --set training.mistake_balance=answer
                          fork "live-coin-balanced-noreflect-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
-                             --set training.mistake_balance=answer --set training.reflection=none ;;
-        live-compare) tutorloop compare --group "$(seed_arm tailored-ma live-ma)" --group "$(seed_arm random-ma live-ma-random)" \
-                          --format markdown --out "$RUNS/live-compare-ma.md"
-                      tutorloop compare --group "$(seed_arm tailored-coin live-coin)" \
-                          --group "$(seed_arm random-coin live-coin-random)" \
-                          --group "$(seed_arm balanced-coin live-coin-balanced)" \
-                          --group "$(seed_arm balanced-noreflect-coin live-coin-balanced-noreflect)" \
-                          --format markdown --out "$RUNS/live-compare-coin.md"
-                      echo "== live-compare: wrote $RUNS/live-compare-ma.md and $RUNS/live-compare-coin.md" ;;
+                             --set training.mistake_balance=answer --set training.reflection=none
+                         fork "live-coin-replay-random-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
+                             --set training.selection=random --set "$REPLAY_ONLY" ;;
+        live-compare) if [ -d "$RUNS/live-ma-random-s${SEEDS[0]}" ]; then
+                          tutorloop compare --group "$(seed_arm tailored-ma live-ma)" \
+                              --group "$(seed_arm random-ma live-ma-random)" \
+                              --format markdown --out "$RUNS/live-compare-ma.md"
+                          echo "== live-compare: wrote $RUNS/live-compare-ma.md"; fi
+                      if [ -d "$RUNS/live-coin-replay-random-s${SEEDS[0]}" ]; then
+                          tutorloop compare --group "$(seed_arm tailored-coin live-coin)" \
+                              --group "$(seed_arm random-coin live-coin-random)" \
+                              --group "$(seed_arm balanced-coin live-coin-balanced)" \
+                              --group "$(seed_arm balanced-noreflect-coin live-coin-balanced-noreflect)" \
+                              --group "$(seed_arm replay-random-coin live-coin-replay-random)" \
+                              --format markdown --out "$RUNS/live-compare-coin.md"
+                          echo "== live-compare: wrote $RUNS/live-compare-coin.md"; fi ;;
         alpha-0.5) run alpha-0.5 "$ALPHA" ;;
         alpha-0.[0-9]) fork_after -1 "$1" alpha-0.5 --set training.alpha="${1#alpha-}" ;;
         alpha-compare) tutorloop compare "$RUNS/alpha-0.1" "$RUNS/alpha-0.5" "$RUNS/alpha-0.9" --format markdown \
