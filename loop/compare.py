@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 
 from tutorloop.loop.compare_stats import (Arm, RunOutcome, arm_problem, arm_rounds, arm_tests, detect_arms,
-                                          load_outcomes, named_arms, pairing_problem)
+                                          load_outcomes, named_arms, pairing_problem, seeds_disagree)
 from tutorloop.loop.errors import EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import percent
 from tutorloop.loop.paired_stats import (BOOTSTRAP_RESAMPLES, SIGNIFICANCE, PairedComparison, compare_paired,
@@ -35,11 +35,12 @@ _ARMS_NOTE = ("Arms are runs that differ only in run.seed ({how}): the mean test
 _ARM_TESTS_NOTE = (f"Questions are the unit: each question scores the share of an arm's seeds that got it right. "
                    f"difference = B - A; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions "
                    f"(seed 0); p: exact sign test over the questions whose shares differ (McNemar when each arm has "
-                   f"one seed), so a question several seeds agree on counts once. per-seed p: McNemar between the "
-                   f"arms' runs with the same run.seed. p (seeds, paired t): the accuracy differences of the seeds "
-                   f"both arms ran, against 0 (two seeds at least): whether retraining would give the same "
-                   f"difference, which the question-level p does not say. The verdict follows the question-level p "
-                   f"and adds the seed-level one. Not corrected for the number of rows.")
+                   f"one seed), so a question several seeds agree on counts once. per seed: the difference and "
+                   f"McNemar p between the arms' runs with the same run.seed. p (seeds, paired t): the accuracy "
+                   f"differences of the seeds both arms ran, against 0 (two seeds at least): whether retraining "
+                   f"would give the same difference, which the question-level p does not say. The verdict follows "
+                   f"the question-level p, adds the seed-level one and says where seeds are significant in opposite "
+                   f"directions. Not corrected for the number of rows.")
 
 
 def strategies_by_round(rows: Sequence[dict]) -> str:
@@ -186,7 +187,7 @@ def arms_table(arms: Sequence[Arm]) -> pa.Table:
 def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
     """Per pair of arms and shared round: the paired test with questions as the unit."""
     head = ["round", "arm A", "arm B", "seeds A / B", "mean A", "mean B", "difference", "95% interval",
-            "questions better in B", "questions better in A", "p (sign test)", "per-seed p (McNemar)",
+            "questions better in B", "questions better in A", "p (sign test)", "per seed (B - A, McNemar p)",
             "p (seeds, paired t)", "verdict"]
     rows = []
     for i, a in enumerate(arms):
@@ -199,11 +200,15 @@ def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
             for test in arm_tests(a, b):
                 c = test.comparison
                 diff, interval, said = difference_cells(c)
-                per_seed = "; ".join(f"seed {s}: {p:.3g}" for s, p in test.per_seed.items()) or "-"
+                per_seed = "; ".join(f"seed {s}: {d * 100:+.1f} pts, p={p:.3g}"
+                                     for s, (d, p) in test.per_seed.items()) or "-"
                 seed_p = "-" if test.seed_p is None else f"{test.seed_p:.3g}"
                 if test.seed_p is not None:
                     said += (f"; over seeds {'also significant' if test.seed_p < SIGNIFICANCE else 'not'} "
                              f"(p={test.seed_p:.3g})")
+                disagreement = seeds_disagree(test)
+                if disagreement:
+                    said += f"; {disagreement}"
                 rows.append([str(test.round), a.name, b.name, seeds, percent(c.accuracy_a), percent(c.accuracy_b),
                              diff, interval, str(c.wrong_to_right), str(c.right_to_wrong), f"{c.p_value:.3g}",
                              per_seed, seed_p, said])

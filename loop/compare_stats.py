@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from tutorloop.loop.config import RESUME_SAFE_KEYS, changed_keys, config_from_dict
 from tutorloop.loop.errors import ConfigError
-from tutorloop.loop.paired_stats import (PairedComparison, compare_paired, discordant, mcnemar_exact, seed_paired_t,
-                                         seed_shares)
+from tutorloop.loop.paired_stats import (SIGNIFICANCE, PairedComparison, compare_paired, discordant, mcnemar_exact,
+                                         seed_paired_t, seed_shares)
 from tutorloop.store.query import multi_query, run_names
 
 # Keys in which the runs of one arm may differ (run.rounds too: arms are compared round by round).
@@ -166,7 +166,7 @@ def _checked(arms: list[Arm]) -> list[Arm]:
 class ArmTest:
     round: int
     comparison: PairedComparison
-    per_seed: dict[Any, float]  # run.seed -> McNemar p between the arms' runs with that seed
+    per_seed: dict[Any, tuple[float, float]]  # run.seed -> (B - A accuracy, McNemar p) of that seed's two runs
     seed_p: float | None  # paired t-test over the seeds both arms ran (None with fewer than two)
 
 
@@ -182,6 +182,16 @@ def arm_rounds(arms: Sequence[Arm]) -> list[int]:
     return sorted(set.intersection(*sets)) if sets else []
 
 
+def seeds_disagree(test: ArmTest) -> str | None:
+    """Where some seeds favour A and others B, each at p < 0.05: pooled over questions this can look like a
+    result, though retraining decides the sign."""
+    a = [str(s) for s, (d, p) in test.per_seed.items() if p < SIGNIFICANCE and d < 0]
+    b = [str(s) for s, (d, p) in test.per_seed.items() if p < SIGNIFICANCE and d > 0]
+    if not (a and b):
+        return None
+    return f"seeds disagree: A significantly better on seed {', '.join(a)}, B on seed {', '.join(b)}"
+
+
 def arm_tests(a: Arm, b: Arm) -> list[ArmTest]:
     """A against B per shared round: questions are the unit, each scored by its share of an arm's seeds."""
     tests = []
@@ -191,7 +201,9 @@ def arm_tests(a: Arm, b: Arm) -> list[ArmTest]:
         for run_a in a.runs:
             run_b = next((r for r in b.runs if r.seed == run_a.seed), None)
             if run_b is not None and run_a.seed not in per_seed:
-                per_seed[run_a.seed] = mcnemar_exact(*discordant(run_a.correct[round_], run_b.correct[round_]))
-                differences.append(run_b.accuracy(round_) - run_a.accuracy(round_))
+                difference = run_b.accuracy(round_) - run_a.accuracy(round_)
+                p = mcnemar_exact(*discordant(run_a.correct[round_], run_b.correct[round_]))
+                per_seed[run_a.seed] = (difference, p)
+                differences.append(difference)
         tests.append(ArmTest(round_, compare_paired(*shares), per_seed, seed_paired_t(differences)))
     return tests

@@ -136,7 +136,8 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     assert mcnemar_by_hand(1, 10) == pytest.approx(2 * 12 / 2 ** 11)
     assert two["p (sign test)"] == f"{2 * 12 / 2 ** 11:.3g}" == "0.0117"
     # per seed: seeds 0 and 2 are 1 against 10, seed 1 is 1 against 9
-    assert two["per-seed p (McNemar)"] == "seed 0: 0.0117; seed 1: 0.0215; seed 2: 0.0117"
+    assert two["per seed (B - A, McNemar p)"] == ("seed 0: -37.5 pts, p=0.0117; seed 1: -33.3 pts, p=0.0215; "
+                                                  "seed 2: -37.5 pts, p=0.0117")
     # over seeds: accuracy differences -9/24, -8/24, -9/24; t with 2 degrees of freedom, whose two-sided
     # p is 1 - |t| / sqrt(2 + t^2)
     diffs = [-9 / 24, -8 / 24, -9 / 24]
@@ -151,6 +152,18 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     text = cli("compare", *seeded, timeout=300).stdout
     assert "Arms of seeds" in text and "Paired tests between arms" in text and "found from the stored configs" in text
     assert "Paired tests between runs" not in text  # 15 run pairs would bury the two arms
+
+
+def test_seeds_significant_in_opposite_directions_are_named(runs: dict[str, Path]) -> None:
+    # Round 2: seed 0 pairs t0 (10 right) with r0 (1 right), seed 1 pairs r1 (2 right) with t1 (10 right), so
+    # A is ahead on seed 0 (10 vs 1 discordant) and B on seed 1 (9 vs 1); pooled, the arms nearly tie.
+    x, y = f"x={runs['t0']},{runs['r1']}", f"y={runs['r0']},{runs['t1']}"
+    two = {r["round"]: r for r in compare_json("--group", x, "--group", y, "--table", "arm-tests")}["2"]
+    assert two["per seed (B - A, McNemar p)"] == "seed 0: -37.5 pts, p=0.0117; seed 1: +33.3 pts, p=0.0215"
+    assert two["verdict"].endswith("; seeds disagree: A significantly better on seed 0, B on seed 1")
+    assert "seeds disagree" not in {r["round"]: r for r in compare_json(
+        "--group", f"t={runs['t0']},{runs['t1']}", "--group", f"r={runs['r0']},{runs['r1']}",
+        "--table", "arm-tests")}["2"]["verdict"]
 
 
 def test_named_groups_say_where_an_arm_mixes_configs(runs: dict[str, Path]) -> None:
