@@ -19,7 +19,8 @@
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
 #        and on coin_flip a third arm whose mistakes take each gold answer in turn (training.mistake_balance)
 #        a fourth, the third without self-reflection, and a control that retrains on random questions
-#        with the recorded davinci rationales instead of Qwen's, and that control at a tenth of the lr;
+#        with the recorded davinci rationales instead of Qwen's, that control at a tenth of the lr, and
+#        tailored and random at a tenth of the lr;
 #        seed 0/1/2, about 75 minutes a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md
 #        and -coin.md, each for the seeds that have runs)
 set -euo pipefail
@@ -136,7 +137,10 @@ step() {
                          fork "live-coin-replay-random-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
                              --set training.selection=random --set "$REPLAY_ONLY"
                          fork "live-coin-replay-random-lr1e-4-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
-                             --set training.selection=random --set "$REPLAY_ONLY" --set training.lr=1e-4 ;;
+                             --set training.selection=random --set "$REPLAY_ONLY" --set training.lr=1e-4
+                         fork "live-coin-lr1e-4-s${1#live-coin-}" "live-coin-s${1#live-coin-}" --set training.lr=1e-4
+                         fork "live-coin-random-lr1e-4-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
+                             --set training.selection=random --set training.lr=1e-4 ;;
         live-compare) if [ -d "$RUNS/live-ma-random-s${SEEDS[0]}" ]; then
                           tutorloop compare --group "$(seed_arm tailored-ma live-ma)" \
                               --group "$(seed_arm random-ma live-ma-random)" \
@@ -149,6 +153,8 @@ step() {
                               --group "$(seed_arm balanced-noreflect-coin live-coin-balanced-noreflect)" \
                               --group "$(seed_arm replay-random-coin live-coin-replay-random)" \
                               --group "$(seed_arm replay-random-lr1e-4-coin live-coin-replay-random-lr1e-4)" \
+                              --group "$(seed_arm tailored-lr1e-4-coin live-coin-lr1e-4)" \
+                              --group "$(seed_arm random-lr1e-4-coin live-coin-random-lr1e-4)" \
                               --format markdown --out "$RUNS/live-compare-coin.md"
                           echo "== live-compare: wrote $RUNS/live-compare-coin.md"; fi ;;
         alpha-0.5) run alpha-0.5 "$ALPHA" ;;
