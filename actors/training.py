@@ -266,7 +266,8 @@ class LoraTrainer:
         # new mix (tailored mistakes, replay) with its own warm-up and decay; moments estimated on the
         # previous round's data would set this round's first step sizes, and carrying them would tie a
         # round to optimizer files the run history does not keep. The warm-up lets the new moments settle.
-        optim = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        lr = self.cfg.tailored_lr if init_adapter is not None and self.cfg.tailored_lr else self.cfg.lr
+        optim = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
         warmup = min(max(round(self.cfg.warmup_ratio * total_steps), self.cfg.warmup_steps_min), total_steps - 1)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, partial(warmup_then_decay, warmup=warmup, total=total_steps))
         return TrainState(model, params, optim, sched, order, total_steps)

@@ -269,6 +269,10 @@ class TeacherSection(Section):
 class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0)
+    tailored_lr: float | None = Field(
+        None, gt=0, description="peak lr of a round that continues the previous round's adapter (the tailored "
+                                "rounds with continue_from_previous); default lr. Such a round is a few steps "
+                                "from a fresh AdamW, whose first steps move every LoRA weight by about the lr")
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(384, ge=16)
@@ -304,11 +308,14 @@ class TrainingSection(Section):
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
 
     @model_serializer(mode="wrap")
-    def _without_unset_balance(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before `mistake_balance` existed keep their config fingerprint (resume, fork, compare).
+    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Runs recorded before `mistake_balance` and `tailored_lr` existed keep their config fingerprint
+        # (resume, fork, compare).
         data = handler(self)
         if self.mistake_balance == "none":
             data.pop("mistake_balance", None)
+        if self.tailored_lr is None:
+            data.pop("tailored_lr", None)
         return data
 
 

@@ -54,6 +54,10 @@ def test_fingerprint_ignores_resume_safe_keys(tmp_path: Path) -> None:
     balanced = load_config(path, ["training.mistake_balance=answer"])
     assert balanced.to_dict()["training"]["mistake_balance"] == "answer"
     assert balanced.fingerprint(RESUME_SAFE_KEYS) != a.fingerprint(RESUME_SAFE_KEYS)
+    assert "tailored_lr" not in a.to_dict()["training"]
+    slower = load_config(path, ["training.tailored_lr=1e-4"])
+    assert slower.training.tailored_lr == 1e-4
+    assert slower.fingerprint(RESUME_SAFE_KEYS) != a.fingerprint(RESUME_SAFE_KEYS)
 
 
 BAD_INPUTS = [
@@ -63,6 +67,7 @@ BAD_INPUTS = [
     ("run:\n  rounds: -1\n", [], "key 'run.rounds'"),
     ("training:\n  alpha: 1.5\n", [], "key 'training.alpha'"),
     ("training:\n  mistake_balance: label\n", [], "key 'training.mistake_balance'"),
+    ("training:\n  tailored_lr: 0\n", [], "key 'training.tailored_lr'"),
     ("student:\n  quantization: 3bit\n", [], "key 'student.quantization'"),
     ("teacher:\n  teachers:\n    - name: a\n    - name: a\n", [], "key 'teacher.teachers'"),
     ("teacher:\n  teachers:\n    - name: a\n      backend: telepathy\n", [], "key 'teacher.teachers.0.backend'"),

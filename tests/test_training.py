@@ -177,6 +177,20 @@ def test_triplet_term_alongside_samples_raises_the_margin() -> None:
     assert sum(after) / len(after) > sum(before) / len(before)
 
 
+def test_tailored_lr_sets_the_peak_of_a_training_that_continues_an_adapter() -> None:
+    cfg = student_cfg(RANDOM_GPT2)
+    samples = samples_for(problems(16), ("explain",))
+    tcfg = training_cfg(epochs=1, batch_size=4, lr=3e-3, tailored_lr=3e-4)
+    first = LoraTrainer(cfg, tcfg).train(samples, [])
+    assert max(s["lr"] for s in first.steps) == pytest.approx(3e-3)
+    continued = LoraTrainer(cfg, tcfg).train(samples, [], init_adapter=first.adapter)
+    assert max(s["lr"] for s in continued.steps) == pytest.approx(3e-4)
+    # Left unset, a continued training peaks at the lr as before.
+    plain = LoraTrainer(cfg, training_cfg(epochs=1, batch_size=4, lr=3e-3)).train(samples, [],
+                                                                                   init_adapter=first.adapter)
+    assert max(s["lr"] for s in plain.steps) == pytest.approx(3e-3)
+
+
 def test_qlora_4bit_trains_on_cpu(tmp_path) -> None:
     cfg = student_cfg(PRETRAINED_TINY, quantization="4bit")
     model, _ = load_student(cfg, for_training=True)
