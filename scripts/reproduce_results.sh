@@ -13,7 +13,9 @@
 #        self-reflection), exact-compare
 #        (their paired tests into $RUNS/exact-compare.md),
 #        onestep-0 ... onestep-19 (issue 16: the same on one-step problems, alpha 0.1, the exam at temperature
-#        0.5: tailored against random selection), onestep-compare (into $RUNS/onestep-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        0.5: tailored against random selection), onestep-compare (into $RUNS/onestep-compare.md),
+#        onestep-tlr-0 ... onestep-tlr-19 and onestep-tlr-compare (the same two arms with training.tailored_lr
+#        1e-4, a tenth of round 0's lr), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -91,6 +93,17 @@ seed_arm() {  # seed_arm ARM PREFIX: ARM=RUNS/PREFIX-s0,RUNS/PREFIX-s1,... for c
     (IFS=,; echo "$1=${dirs[*]}")
 }
 
+onestep_compare() {  # onestep_compare TAILORED_PREFIX RANDOM_PREFIX OUT: paired tests, by chain, by what was taught
+    SEEDS=("${ONESTEP_SEEDS[@]}")
+    tutorloop compare --group "$(seed_arm tailored "$1")" --group "$(seed_arm random "$2")" \
+        --format markdown --out "$RUNS/$3.md"
+    { echo; echo "## By problem (scripts/exact_by_chain.sql)"
+      tutorloop sql "$RUNS/$1"-s* "$RUNS/$2"-s* -f scripts/exact_by_chain.sql --format markdown
+      echo; echo "## Where selection gains and loses, on the pool (scripts/exact_by_taught.sql)"
+      tutorloop sql "$RUNS/$1"-s* "$RUNS/$2"-s* -f scripts/exact_by_taught.sql --format markdown; } >> "$RUNS/$3.md"
+    echo "== $3: wrote $RUNS/$3.md"
+}
+
 step() {
     case $1 in
         coin-main) run coin-main configs/demo.yaml "${COIN_WHOLE_POOL[@]}" --set training.exam_size=128 \
@@ -113,15 +126,11 @@ step() {
         exact-[0-9]) exact_seed "${1#exact-}" ;;
         onestep-[0-9]|onestep-[0-9][0-9]) run "onestep-s${1#onestep-}" "$ONESTEP" --set run.seed="${1#onestep-}"
                        fork "onestep-random-s${1#onestep-}" "onestep-s${1#onestep-}" --set training.selection=random ;;
-        onestep-compare) SEEDS=("${ONESTEP_SEEDS[@]}")
-                         tutorloop compare --group "$(seed_arm tailored onestep)" --group "$(seed_arm random onestep-random)" \
-                             --format markdown --out "$RUNS/onestep-compare.md"
-                         { echo; echo "## By problem (scripts/exact_by_chain.sql)"; tutorloop sql "$RUNS"/onestep-s* \
-                             "$RUNS"/onestep-random-s* -f scripts/exact_by_chain.sql --format markdown
-                           echo; echo "## Where selection gains and loses, on the pool (scripts/exact_by_taught.sql)"
-                           tutorloop sql "$RUNS"/onestep-s* "$RUNS"/onestep-random-s* -f scripts/exact_by_taught.sql \
-                             --format markdown; } >> "$RUNS/onestep-compare.md"
-                         echo "== onestep-compare: wrote $RUNS/onestep-compare.md" ;;
+        onestep-tlr-[0-9]|onestep-tlr-[0-9][0-9]) seed=${1#onestep-tlr-}
+                       run "onestep-tlr-s$seed" "$ONESTEP" --set run.seed="$seed" --set training.tailored_lr=1e-4
+                       fork "onestep-random-tlr-s$seed" "onestep-tlr-s$seed" --set training.selection=random ;;
+        onestep-compare) onestep_compare onestep onestep-random onestep-compare ;;
+        onestep-tlr-compare) onestep_compare onestep-tlr onestep-random-tlr onestep-tlr-compare ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
                            --group "$(seed_arm twosamples exact-twosamples)" \
@@ -172,6 +181,7 @@ STEPS=("$@")
                                   tracking-main tracking-random tracking-noreflect tracking-answer
                                   exact-0 exact-1 exact-2 exact-3 exact-4 exact-compare
                                   $(printf 'onestep-%s ' "${ONESTEP_SEEDS[@]}") onestep-compare
+                                  $(printf 'onestep-tlr-%s ' "${ONESTEP_SEEDS[@]}") onestep-tlr-compare
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare)
 for s in "${STEPS[@]}"; do
