@@ -24,7 +24,10 @@
 #        with the recorded davinci rationales instead of Qwen's, that control at a tenth of the lr, and
 #        tailored and random at a tenth of the lr;
 #        seed 0/1/2, about 75 minutes a seed), live-compare (their paired tests into $RUNS/live-compare-ma.md
-#        and -coin.md, each for the seeds that have runs)
+#        and -coin.md, each for the seeds that have runs),
+#        live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 (the pre-registered replication on fresh seeds of
+#        coin_flip tailored against random at lr 1e-4: round 0 only, then the two arms; about 42 minutes a seed),
+#        live-coin-rep-compare (their paired tests into $RUNS/live-compare-coin-replication.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -150,6 +153,18 @@ step() {
                          fork "live-coin-lr1e-4-s${1#live-coin-}" "live-coin-s${1#live-coin-}" --set training.lr=1e-4
                          fork "live-coin-random-lr1e-4-s${1#live-coin-}" "live-coin-s${1#live-coin-}" \
                              --set training.selection=random --set training.lr=1e-4 ;;
+        live-coin-rep-[0-9]) seed=${1#live-coin-rep-}  # the pre-registered replication: round 0 only, then the two lr 1e-4 arms
+                             run "live-coin-core-s$seed" "$LIVE" --set data.task=coin_flip --set run.seed="$seed" \
+                                 --set run.rounds=0
+                             fork "live-coin-lr1e-4-s$seed" "live-coin-core-s$seed" --set run.rounds=1 \
+                                 --set training.lr=1e-4
+                             fork "live-coin-random-lr1e-4-s$seed" "live-coin-core-s$seed" --set run.rounds=1 \
+                                 --set training.selection=random --set training.lr=1e-4 ;;
+        live-coin-rep-compare) SEEDS=(${SEEDS_REP:-4 5 6})
+                               tutorloop compare --group "$(seed_arm tailored-lr1e-4 live-coin-lr1e-4)" \
+                                   --group "$(seed_arm random-lr1e-4 live-coin-random-lr1e-4)" \
+                                   --format markdown --out "$RUNS/live-compare-coin-replication.md"
+                               echo "== live-coin-rep-compare: wrote $RUNS/live-compare-coin-replication.md" ;;
         live-compare) if [ -d "$RUNS/live-ma-random-s${SEEDS[0]}" ]; then
                           tutorloop compare --group "$(seed_arm tailored-ma live-ma)" \
                               --group "$(seed_arm random-ma live-ma-random)" \
