@@ -198,7 +198,8 @@ STEPS=("$@")
                                   $(printf 'onestep-%s ' "${ONESTEP_SEEDS[@]}") onestep-compare
                                   $(printf 'onestep-tlr-%s ' "${ONESTEP_SEEDS[@]}") onestep-tlr-compare
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
-                                  live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare)
+                                  live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare
+                                  live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"
