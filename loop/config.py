@@ -50,12 +50,23 @@ class SyntheticSection(Section):
     max_steps: int = Field(2, ge=1)
     max_value: int = Field(9, ge=1)
     allow_mul: bool = Field(False, description="also multiplication steps, besides + and -")
+    test_problems: Literal["unseen", "reworded"] = Field(
+        "unseen", description="unseen: test step chains never in the pool (transfer); reworded: the pool's "
+                              "chains in new words (did the student fix what it got wrong)")
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> "SyntheticSection":
         if self.max_steps < self.min_steps:
             raise ValueError("max_steps must be >= min_steps")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_test(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Runs recorded before `test_problems` existed keep their config fingerprint (resume, fork, compare).
+        data = handler(self)
+        if self.test_problems == "unseen":
+            data.pop("test_problems", None)
+        return data
 
 
 class DataSection(Section):

@@ -238,14 +238,19 @@ def _load_hf(data_cfg: DataSection, split: str) -> list[Example]:
 
 
 def _load_synthetic(data_cfg: DataSection, split: str) -> list[Example]:
-    from tutorloop.loop.synthetic import generate_problems  # synthetic imports Example from here
+    from tutorloop.loop.synthetic import generate_problems, reworded_problems  # they import Example from here
 
     cfg = data_cfg.synthetic
-    size = cfg.train_size if split == "train" else cfg.test_size
     # Fixed seeds: the split itself partitions the problem space (see synthetic.py), so the seed only
     # has to be stable.
-    return generate_problems(size, seed=0, min_steps=cfg.min_steps, max_steps=cfg.max_steps,
-                             max_value=cfg.max_value, split=split, allow_mul=cfg.allow_mul)
+    pool = generate_problems(cfg.train_size, seed=0, min_steps=cfg.min_steps, max_steps=cfg.max_steps,
+                             max_value=cfg.max_value, split="train", allow_mul=cfg.allow_mul)
+    if split == "train":
+        return pool
+    if cfg.test_problems == "reworded":
+        return reworded_problems(pool, cfg.test_size, seed=0)
+    return generate_problems(cfg.test_size, seed=0, min_steps=cfg.min_steps, max_steps=cfg.max_steps,
+                             max_value=cfg.max_value, split="test", allow_mul=cfg.allow_mul)
 
 
 TASKS: dict[str, Task] = {

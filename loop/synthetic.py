@@ -8,7 +8,8 @@ Problem:   "Tom has 3 apples. He gets 4 more. Then he gives away 2. How many app
 Rationale: "Add 4: 3 + 4 = 7. Take away 2: 7 - 2 = 5."   (one sentence per step, always this form)
 
 Train and test never share a problem: every step chain is assigned to one split by a hash of its
-numbers, so no seed or size can leak a test problem into training.
+numbers, so no seed or size can leak a test problem into training. `reworded_problems` builds the other
+kind of test: the pool's own step chains asked in new words, never a pool question word for word.
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def _random_chain(rng: random.Random, n_steps: int, max_value: int,
     return start, ops
 
 
-def _question(rng: random.Random, start: int, ops: list[tuple[str, int]]) -> str:
-    name, pronoun = rng.choice(_PEOPLE)
-    things = rng.choice(_THINGS)
+def _question(rng: random.Random, start: int, ops: list[tuple[str, int]],
+              wording: tuple[tuple[str, str], str] | None = None) -> str:
+    (name, pronoun), things = wording or (rng.choice(_PEOPLE), rng.choice(_THINGS))
     sentences = [f"{name} has {start} {things}."]
     for i, (op, b) in enumerate(ops):
         phrase = OP_PHRASES[op].format(b=b)
@@ -135,20 +136,44 @@ def generate_problems(n: int, seed: int, min_steps: int, max_steps: int, max_val
         start, ops = _random_chain(rng, rng.randint(min_steps, max_steps), max_value, allow_mul)
         if _split_of(start, ops) != split:
             continue
-        steps, value = [], start
-        for op, b in ops:
-            result = apply_op(op, value, b)
-            steps.append({"op": op, "a": value, "b": b, "result": result})
-            value = result
-        index = len(examples)
-        examples.append(Example(
-            id=f"{DATASET}/{split}/{index}",
-            dataset=DATASET,
-            split=split,
-            question=_question(rng, start, ops),
-            answer=str(value),
-            answer_type="number",
-            rationale=" ".join(solve_steps(steps)),
-            meta={"steps": steps},
-        ))
+        examples.append(_example(f"{DATASET}/{split}/{len(examples)}", split, _question(rng, start, ops),
+                                 start, ops))
     return examples
+
+
+def reworded_problems(pool: list[Example], n: int, seed: int) -> list[Example]:
+    """`n` test problems that ask the step chains of `pool` in other words (person and things).
+
+    Chains are drawn from the pool's questions, so a chain the pool repeats is tested as often; no
+    problem repeats a pool question word for word. Such a test measures whether the student fixed
+    the problems it was taught, where the chain-split test measures transfer to unseen chains.
+    """
+    if not pool:
+        raise ConfigError("data.synthetic: a reworded test needs a non-empty training pool")
+    rng = random.Random(f"{DATASET}/reworded/{seed}")
+    pool_questions = {e.question for e in pool}
+    wordings = [(person, things) for person in _PEOPLE for things in _THINGS]
+    examples: list[Example] = []
+    for _ in range(1000 * n + 1000):
+        if len(examples) == n:
+            return examples
+        steps = rng.choice(pool).meta["steps"]
+        start, ops = int(steps[0]["a"]), [(s["op"], int(s["b"])) for s in steps]
+        fresh = [w for w in wordings if _question(rng, start, ops, w) not in pool_questions]
+        if not fresh:  # the pool asks this chain in every wording already
+            continue
+        examples.append(_example(f"{DATASET}/test/{len(examples)}", "test",
+                                 _question(rng, start, ops, rng.choice(fresh)), start, ops))
+    if len(examples) < n:
+        raise ConfigError("data.synthetic: the pool asks its chains in every wording; no reworded test is left")
+    return examples
+
+
+def _example(id_: str, split: str, question: str, start: int, ops: list[tuple[str, int]]) -> Example:
+    steps, value = [], start
+    for op, b in ops:
+        result = apply_op(op, value, b)
+        steps.append({"op": op, "a": value, "b": b, "result": result})
+        value = result
+    return Example(id=id_, dataset=DATASET, split=split, question=question, answer=str(value),
+                   answer_type="number", rationale=" ".join(solve_steps(steps)), meta={"steps": steps})

@@ -15,7 +15,10 @@
 #        onestep-0 ... onestep-19 (issue 16: the same on one-step problems, alpha 0.1, the exam at temperature
 #        0.5: tailored against random selection), onestep-compare (into $RUNS/onestep-compare.md),
 #        onestep-tlr-0 ... onestep-tlr-19 and onestep-tlr-compare (the same two arms with training.tailored_lr
-#        1e-4, a tenth of round 0's lr), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        1e-4, a tenth of round 0's lr), reworded-1 ... reworded-20 (issue 16: one-step problems, a greedy exam,
+#        a test that asks the pool's problems in new words; tailored and random, each at lr 1e-3 and at
+#        training.tailored_lr 1e-4; pre-registered in RESULTS.md, seed 0 was the pilot), reworded-compare
+#        (into $RUNS/reworded-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -70,6 +73,8 @@ ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]"
 EXACT=configs/experiments/exact_tailoring.yaml
 ONESTEP=configs/experiments/exact_tailoring_one_step.yaml
 ONESTEP_SEEDS=(${ONESTEP_SEEDS:-$(seq -s ' ' 0 19)})
+REWORDED=configs/experiments/exact_tailoring_reworded.yaml
+REWORDED_SEEDS=(${REWORDED_SEEDS:-$(seq -s ' ' 1 20)})
 SEEDS=(${SEEDS:-0 1 2 3 4})  # the seeds the compare steps pair (those with a run directory)
 ALPHA=configs/experiments/alpha_sweep.yaml
 LIVE=configs/experiments/live_teacher.yaml
@@ -94,6 +99,28 @@ seed_arm() {  # seed_arm ARM PREFIX: ARM=RUNS/PREFIX-s0,RUNS/PREFIX-s1,... for c
     local dirs=() seed
     for seed in "${SEEDS[@]}"; do [ ! -d "$RUNS/$2-s$seed" ] || dirs+=("$RUNS/$2-s$seed"); done
     (IFS=,; echo "$1=${dirs[*]}")
+}
+
+reworded_seed() {  # reworded_seed SEED: the tailored run, then three forks after its round 0
+    run "reworded-s$1" "$REWORDED" --set run.seed="$1"
+    fork "reworded-random-s$1" "reworded-s$1" --set training.selection=random
+    fork "reworded-tlr-s$1" "reworded-s$1" --set training.tailored_lr=1e-4
+    fork "reworded-random-tlr-s$1" "reworded-s$1" --set training.selection=random --set training.tailored_lr=1e-4
+}
+
+reworded_compare() {  # the pre-registered tests: tailored against random at each lr, by seed and by question
+    SEEDS=("${REWORDED_SEEDS[@]}")
+    tutorloop compare --group "$(seed_arm tailored reworded)" --group "$(seed_arm random reworded-random)" \
+        --group "$(seed_arm tailored-lr1e-4 reworded-tlr)" --group "$(seed_arm random-lr1e-4 reworded-random-tlr)" \
+        --format markdown --out "$RUNS/reworded-compare.md"
+    local lr seed dirs
+    for lr in "" "-tlr"; do
+        dirs=()
+        for seed in "${SEEDS[@]}"; do dirs+=("$RUNS/reworded$lr-s$seed" "$RUNS/reworded-random$lr-s$seed"); done
+        { echo; echo "## Test questions by whether the tailored round taught their problem (reworded$lr, scripts/reworded_by_taught.sql)"
+          tutorloop sql "${dirs[@]}" -f scripts/reworded_by_taught.sql --format markdown; } >> "$RUNS/reworded-compare.md"
+    done
+    echo "== reworded-compare: wrote $RUNS/reworded-compare.md"
 }
 
 onestep_compare() {  # onestep_compare TAILORED_PREFIX RANDOM_PREFIX OUT: paired tests, by chain, by what was taught
@@ -133,6 +160,8 @@ step() {
                        run "onestep-tlr-s$seed" "$ONESTEP" --set run.seed="$seed" --set training.tailored_lr=1e-4
                        fork "onestep-random-tlr-s$seed" "onestep-tlr-s$seed" --set training.selection=random ;;
         onestep-compare) onestep_compare onestep onestep-random onestep-compare ;;
+        reworded-[0-9]|reworded-[0-9][0-9]) reworded_seed "${1#reworded-}" ;;
+        reworded-compare) reworded_compare ;;
         onestep-tlr-compare) onestep_compare onestep-tlr onestep-random-tlr onestep-tlr-compare ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
@@ -197,6 +226,7 @@ STEPS=("$@")
                                   exact-0 exact-1 exact-2 exact-3 exact-4 exact-compare
                                   $(printf 'onestep-%s ' "${ONESTEP_SEEDS[@]}") onestep-compare
                                   $(printf 'onestep-tlr-%s ' "${ONESTEP_SEEDS[@]}") onestep-tlr-compare
+                                  $(printf 'reworded-%s ' "${REWORDED_SEEDS[@]}") reworded-compare
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare
                                   live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare)
