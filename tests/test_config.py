@@ -58,6 +58,10 @@ def test_fingerprint_ignores_resume_safe_keys(tmp_path: Path) -> None:
     slower = load_config(path, ["training.tailored_lr=1e-4"])
     assert slower.training.tailored_lr == 1e-4
     assert slower.fingerprint(RESUME_SAFE_KEYS) != a.fingerprint(RESUME_SAFE_KEYS)
+    assert "test_problems" not in a.to_dict()["data"]["synthetic"]
+    reworded = load_config(path, ["data.synthetic.test_problems=reworded"])
+    assert reworded.to_dict()["data"]["synthetic"]["test_problems"] == "reworded"
+    assert reworded.fingerprint(RESUME_SAFE_KEYS) != a.fingerprint(RESUME_SAFE_KEYS)
 
 
 BAD_INPUTS = [
@@ -72,6 +76,7 @@ BAD_INPUTS = [
     ("teacher:\n  teachers:\n    - name: a\n    - name: a\n", [], "key 'teacher.teachers'"),
     ("teacher:\n  teachers:\n    - name: a\n      backend: telepathy\n", [], "key 'teacher.teachers.0.backend'"),
     ("data:\n  synthetic:\n    min_steps: 3\n    max_steps: 1\n", [], "key 'data.synthetic'"),
+    ("data:\n  synthetic:\n    test_problems: unseen_chains\n", [], "key 'data.synthetic.test_problems'"),
     ("run: [1, 2\n", [], "invalid YAML"),
     ("- just\n- a list\n", [], "expected a mapping"),
     ("run:\n  name: x\n", ["run.seed=abc"], "key 'run.seed'"),

@@ -8,7 +8,8 @@ from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import DataSection, SyntheticSection
 from tutorloop.loop.student_prompt import student_target
 from tutorloop.loop.synthetic import (
-    apply_op, generate_problems, parse_rationale_steps, rationale_lines, solve_steps, step_sentence,
+    apply_op, generate_problems, parse_rationale_steps, rationale_lines, reworded_problems, solve_steps,
+    step_sentence,
 )
 from tutorloop.loop.datasets import load_examples
 from tutorloop.loop.errors import ConfigError
@@ -85,6 +86,35 @@ def test_train_and_test_never_overlap() -> None:
     assert not {_key(x) for x in train} & {_key(x) for x in test}
     assert not {x.question for x in train} & {x.question for x in test}
     assert [x.id for x in load_examples(cfg, "train")] == [x.id for x in train]
+
+
+def test_reworded_test_asks_the_pools_chains_in_new_words() -> None:
+    cfg = DataSection(task="synthetic", synthetic=SyntheticSection(
+        train_size=128, test_size=200, min_steps=1, max_steps=1, test_problems="reworded"))
+    pool, test = load_examples(cfg, "train"), load_examples(cfg, "test")
+    assert len(test) == 200 and {x.id for x in test} == {f"synthetic/test/{i}" for i in range(200)}
+    # the pool is the one the chain-split test would train on: only the test changes
+    assert [x.question for x in pool] == [x.question for x in load_examples(
+        DataSection(task="synthetic", synthetic=SyntheticSection(train_size=128, min_steps=1, max_steps=1)), "train")]
+    pool_chains = {_key(x) for x in pool}
+    assert {_key(x) for x in test} <= pool_chains
+    assert len({_key(x) for x in test}) > len(pool_chains) // 2  # not a handful of chains asked over and over
+    assert not {x.question for x in test} & {x.question for x in pool}
+    for ex in test:
+        assert ex.split == "test" and ex.rationale == " ".join(rationale_lines(ex))
+        assert answers_match(extract_answer(ex.rationale, "number"), ex.answer, "number")
+    assert [x.question for x in reworded_problems(pool, 200, seed=0)] == [x.question for x in test]
+    assert [x.question for x in reworded_problems(pool, 200, seed=1)] != [x.question for x in test]
+
+
+def test_reworded_test_needs_a_wording_the_pool_has_not_used() -> None:
+    with pytest.raises(ConfigError, match="needs a non-empty training pool"):
+        reworded_problems([], 5, seed=0)
+    one_chain = [x for x in generate_problems(400, seed=0, min_steps=1, max_steps=1, max_value=1)]
+    every_wording = {x.question: x for x in one_chain}  # 1 + 1 and 1 - 1, each in all 36 wordings
+    assert len(every_wording) == 72
+    with pytest.raises(ConfigError, match="asks its chains in every wording"):
+        reworded_problems(list(every_wording.values()), 1, seed=0)
 
 
 def test_bad_settings() -> None:
