@@ -18,7 +18,9 @@
 #        1e-4, a tenth of round 0's lr), reworded-1 ... reworded-20 (issue 16: one-step problems, a greedy exam,
 #        a test that asks the pool's problems in new words; tailored and random, each at lr 1e-3 and at
 #        training.tailored_lr 1e-4; pre-registered in RESULTS.md, seed 0 was the pilot), reworded-compare
-#        (into $RUNS/reworded-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        (into $RUNS/reworded-compare.md), reworded-r2-21 ... reworded-r2-40 (the same test, round 2 from a shared
+#        tailored round 1 at training.tailored_lr 1e-4: tailored against random; pre-registered), reworded-r2-compare
+#        (into $RUNS/reworded-r2-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -110,18 +112,27 @@ reworded_seed() {  # reworded_seed SEED: the tailored run, then three forks afte
     fork "reworded-random-tlr-s$1" "reworded-s$1" --set training.selection=random --set training.tailored_lr=1e-4
 }
 
+reworded_r2_seed() {  # reworded_r2_seed SEED: round 0 and a tailored round 1, then round 2 tailored or random
+    run "reworded-r1-s$1" "$REWORDED" --set run.seed="$1" --set run.rounds=1
+    fork_after 1 "reworded-r2-s$1" "reworded-r1-s$1" --set run.rounds=2 --set training.tailored_lr=1e-4
+    fork_after 1 "reworded-r2-random-s$1" "reworded-r1-s$1" --set run.rounds=2 --set training.tailored_lr=1e-4 \
+        --set training.selection=random
+}
+
+reworded_by_taught() {  # reworded_by_taught TAILORED_PREFIX RANDOM_PREFIX: scripts/reworded_by_taught.sql over SEEDS
+    local seed dirs=()
+    for seed in "${SEEDS[@]}"; do dirs+=("$RUNS/$1-s$seed" "$RUNS/$2-s$seed"); done
+    echo; echo "## Test questions by whether the tailored round taught their problem ($1, scripts/reworded_by_taught.sql)"
+    tutorloop sql "${dirs[@]}" -f scripts/reworded_by_taught.sql --format markdown
+}
+
 reworded_compare() {  # the pre-registered tests: tailored against random at each lr, by seed and by question
     SEEDS=("${REWORDED_SEEDS[@]}")
     tutorloop compare --group "$(seed_arm tailored reworded)" --group "$(seed_arm random reworded-random)" \
         --group "$(seed_arm tailored-lr1e-4 reworded-tlr)" --group "$(seed_arm random-lr1e-4 reworded-random-tlr)" \
         --format markdown --out "$RUNS/reworded-compare.md"
-    local lr seed dirs
-    for lr in "" "-tlr"; do
-        dirs=()
-        for seed in "${SEEDS[@]}"; do dirs+=("$RUNS/reworded$lr-s$seed" "$RUNS/reworded-random$lr-s$seed"); done
-        { echo; echo "## Test questions by whether the tailored round taught their problem (reworded$lr, scripts/reworded_by_taught.sql)"
-          tutorloop sql "${dirs[@]}" -f scripts/reworded_by_taught.sql --format markdown; } >> "$RUNS/reworded-compare.md"
-    done
+    { reworded_by_taught reworded reworded-random; reworded_by_taught reworded-tlr reworded-random-tlr; } \
+        >> "$RUNS/reworded-compare.md"
     echo "== reworded-compare: wrote $RUNS/reworded-compare.md"
 }
 
@@ -164,6 +175,13 @@ step() {
         onestep-compare) onestep_compare onestep onestep-random onestep-compare ;;
         reworded-[0-9]|reworded-[0-9][0-9]) reworded_seed "${1#reworded-}" ;;
         reworded-compare) reworded_compare ;;
+        reworded-r2-[0-9]|reworded-r2-[0-9][0-9]) reworded_r2_seed "${1#reworded-r2-}" ;;
+        reworded-r2-compare) SEEDS=(${REWORDED_R2_SEEDS:-$(seq -s ' ' 21 40)})
+                             tutorloop compare --group "$(seed_arm tailored reworded-r2)" \
+                                 --group "$(seed_arm random reworded-r2-random)" --format markdown \
+                                 --out "$RUNS/reworded-r2-compare.md"
+                             reworded_by_taught reworded-r2 reworded-r2-random >> "$RUNS/reworded-r2-compare.md"
+                             echo "== reworded-r2-compare: wrote $RUNS/reworded-r2-compare.md" ;;
         onestep-tlr-compare) onestep_compare onestep-tlr onestep-random-tlr onestep-tlr-compare ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
@@ -238,6 +256,7 @@ STEPS=("$@")
                                   $(printf 'onestep-%s ' "${ONESTEP_SEEDS[@]}") onestep-compare
                                   $(printf 'onestep-tlr-%s ' "${ONESTEP_SEEDS[@]}") onestep-tlr-compare
                                   $(printf 'reworded-%s ' "${REWORDED_SEEDS[@]}") reworded-compare
+                                  $(printf 'reworded-r2-%s ' $(seq 21 40)) reworded-r2-compare
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare
                                   live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare live-ma-e3-0)
