@@ -41,7 +41,9 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     # Four epochs: with per-task means a bare answer's few tokens weigh as much as an explanation's many,
     # so which task's first token comes next must be read from the task prefix; this 2-layer model
     # learns that in 4 epochs (after 2 it still answers with a bare number in explain mode).
-    result = LoraTrainer(cfg, training_cfg(epochs=4, alpha=0.5)).train(samples_for(train), [], on_step=seen.append)
+    # alpha 0.1, as the shipped configs train (RESULTS.md, the alpha sweep): at 0.5 this test's student
+    # wrote the format on an Intel Xeon but got only 0.25 right (0.4 at alpha 0.1 and 0.3).
+    result = LoraTrainer(cfg, training_cfg(epochs=4, alpha=0.1)).train(samples_for(train), [], on_step=seen.append)
     assert seen == result.steps and [s["step"] for s in result.steps] == list(range(1, len(seen) + 1))
     assert all(set(s) == STEP_KEYS for s in result.steps)
     assert result.steps[-1]["epoch"] == 4.0
@@ -55,7 +57,8 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     # Margins (kept from the token-level loss, where they were loosened for an AMD EPYC): explain-mode
     # accuracy at least 0.2 above the untrained model's, the explain format in at least a quarter of the
     # outputs (the untrained model never writes it), bare numbers in at least 80% of answer-mode outputs.
-    # Measured with per-task means (one run, an AMD EPYC): 0.075 -> 0.625 accuracy, 40 of 40 formatted.
+    # Measured with per-task means at alpha 0.5 (one run, an AMD EPYC): 0.075 -> 0.625 accuracy, 40 of 40
+    # formatted; at alpha 0.1 on an Intel Xeon: 0.075 -> 0.4, 40 of 40 formatted, 40 of 40 bare answers.
     def formatted(rows: list[dict]) -> int:
         return sum("Therefore, the answer is" in r["output"] for r in rows)
 
