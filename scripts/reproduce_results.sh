@@ -20,7 +20,8 @@
 #        training.tailored_lr 1e-4; pre-registered in RESULTS.md, seed 0 was the pilot), reworded-compare
 #        (into $RUNS/reworded-compare.md), reworded-r2-21 ... reworded-r2-40 (the same test, round 2 from a shared
 #        tailored round 1 at training.tailored_lr 1e-4: tailored against random; pre-registered), reworded-r2-compare
-#        (into $RUNS/reworded-r2-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        (into $RUNS/reworded-r2-compare.md), reworded-r2-41 ... reworded-r2-60 and reworded-r2-replication (its
+#        pre-registered replication on fresh seeds, into $RUNS/reworded-r2-replication.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -126,6 +127,15 @@ reworded_by_taught() {  # reworded_by_taught TAILORED_PREFIX RANDOM_PREFIX: scri
     tutorloop sql "${dirs[@]}" -f scripts/reworded_by_taught.sql --format markdown
 }
 
+reworded_r2_compare() {  # reworded_r2_compare OUT SEED...: round 2 tailored against random, into $RUNS/OUT.md
+    local out=$1; shift
+    SEEDS=("$@")
+    tutorloop compare --group "$(seed_arm tailored reworded-r2)" --group "$(seed_arm random reworded-r2-random)" \
+        --format markdown --out "$RUNS/$out.md"
+    reworded_by_taught reworded-r2 reworded-r2-random >> "$RUNS/$out.md"
+    echo "== $out: wrote $RUNS/$out.md"
+}
+
 reworded_compare() {  # the pre-registered tests: tailored against random at each lr, by seed and by question
     SEEDS=("${REWORDED_SEEDS[@]}")
     tutorloop compare --group "$(seed_arm tailored reworded)" --group "$(seed_arm random reworded-random)" \
@@ -176,12 +186,8 @@ step() {
         reworded-[0-9]|reworded-[0-9][0-9]) reworded_seed "${1#reworded-}" ;;
         reworded-compare) reworded_compare ;;
         reworded-r2-[0-9]|reworded-r2-[0-9][0-9]) reworded_r2_seed "${1#reworded-r2-}" ;;
-        reworded-r2-compare) SEEDS=(${REWORDED_R2_SEEDS:-$(seq -s ' ' 21 40)})
-                             tutorloop compare --group "$(seed_arm tailored reworded-r2)" \
-                                 --group "$(seed_arm random reworded-r2-random)" --format markdown \
-                                 --out "$RUNS/reworded-r2-compare.md"
-                             reworded_by_taught reworded-r2 reworded-r2-random >> "$RUNS/reworded-r2-compare.md"
-                             echo "== reworded-r2-compare: wrote $RUNS/reworded-r2-compare.md" ;;
+        reworded-r2-compare) reworded_r2_compare reworded-r2-compare $(seq 21 40) ;;
+        reworded-r2-replication) reworded_r2_compare reworded-r2-replication $(seq 41 60) ;;
         onestep-tlr-compare) onestep_compare onestep-tlr onestep-random-tlr onestep-tlr-compare ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \
@@ -257,6 +263,7 @@ STEPS=("$@")
                                   $(printf 'onestep-tlr-%s ' "${ONESTEP_SEEDS[@]}") onestep-tlr-compare
                                   $(printf 'reworded-%s ' "${REWORDED_SEEDS[@]}") reworded-compare
                                   $(printf 'reworded-r2-%s ' $(seq 21 40)) reworded-r2-compare
+                                  $(printf 'reworded-r2-%s ' $(seq 41 60)) reworded-r2-replication
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare
                                   live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare live-ma-e3-0)
