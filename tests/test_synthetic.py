@@ -110,8 +110,8 @@ def test_reworded_test_asks_the_pools_chains_in_new_words() -> None:
 def test_reworded_test_needs_a_wording_the_pool_has_not_used() -> None:
     with pytest.raises(ConfigError, match="needs a non-empty training pool"):
         reworded_problems([], 5, seed=0)
-    one_chain = [x for x in generate_problems(400, seed=0, min_steps=1, max_steps=1, max_value=1)]
-    every_wording = {x.question: x for x in one_chain}  # 1 + 1 and 1 - 1, each in all 36 wordings
+    two_chains = generate_problems(400, seed=0, min_steps=1, max_steps=1, max_value=1)
+    every_wording = {x.question: x for x in two_chains}  # 1 + 1 and 1 - 1, each in all 36 wordings
     assert len(every_wording) == 72
     with pytest.raises(ConfigError, match="asks its chains in every wording"):
         reworded_problems(list(every_wording.values()), 1, seed=0)

@@ -38,11 +38,10 @@ def test_multitask_training_lowers_loss_and_raises_accuracy() -> None:
     untrained = examiner.run(test, "explain")
     before = sum(r["correct"] for r in untrained) / len(test)
     seen = []
-    # Four epochs: with per-task means a bare answer's few tokens weigh as much as an explanation's many,
-    # so which task's first token comes next must be read from the task prefix; this 2-layer model
-    # learns that in 4 epochs (after 2 it still answers with a bare number in explain mode).
-    # alpha 0.1, as the shipped configs train (RESULTS.md, the alpha sweep): at 0.5 this test's student
-    # wrote the format on an Intel Xeon but got only 0.25 right (0.4 at alpha 0.1 and 0.3).
+    # Four epochs: with per-task means which task's first token comes next must be read from the task
+    # prefix; at alpha 0.5 this 2-layer model learned that in 4 epochs (after 2 it still answered with a
+    # bare number in explain mode). alpha 0.1, as the shipped configs train (RESULTS.md, the alpha sweep):
+    # at 0.5 the student wrote the format on an Intel Xeon but got only 0.25 right (0.4 at 0.1 and 0.3).
     result = LoraTrainer(cfg, training_cfg(epochs=4, alpha=0.1)).train(samples_for(train), [], on_step=seen.append)
     assert seen == result.steps and [s["step"] for s in result.steps] == list(range(1, len(seen) + 1))
     assert all(set(s) == STEP_KEYS for s in result.steps)
