@@ -313,9 +313,13 @@ class TrainingSection(Section):
     max_pairs_per_question: int = Field(4, ge=1, description="contrast pairs per mistake at most: one per unique "
                                                              "wrong rationale of the student")
     mistake_order: Literal["hardest", "random", "pool"] = "hardest"
-    mistake_balance: Literal["none", "answer"] = Field(
+    mistake_balance: Literal["none", "answer", "category"] = Field(
         "none", description="answer: the taught mistakes take each gold answer in turn (in mistake_order within "
-                            "an answer), so a round of mistakes on a yes/no task does not teach one answer only")
+                            "an answer), so a round of mistakes on a yes/no task does not teach one answer only; "
+                            "category: the taught questions take each question category in turn (the synthetic "
+                            "task's: a problem's first operation), a category out of mistakes giving questions "
+                            "the student got right, taught with teacher.strategies, until the categories are even "
+                            "(max_mistakes then caps all taught questions)")
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
 
     @model_serializer(mode="wrap")
@@ -349,6 +353,13 @@ class Config(Section):
     teacher: TeacherSection = TeacherSection()
     training: TrainingSection = TrainingSection()
     ray: RaySection = RaySection()
+
+    @model_validator(mode="after")
+    def _balance_has_categories(self) -> Config:
+        if self.training.mistake_balance == "category" and self.data.task != "synthetic":
+            raise ValueError(f"key 'training.mistake_balance': 'category' balances over question categories, "
+                             f"which only data.task 'synthetic' has (got {self.data.task!r})")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -439,7 +450,9 @@ def _child(node: Any, part: str, text: str) -> Any:
 
 
 def _format_error(error: dict, source: str) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if not error["loc"]:  # a check across sections names its keys itself
+        return f"{source}: {error['msg'].removeprefix('Value error, ')}"
+    key = ".".join(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{key}'"

@@ -12,6 +12,7 @@ from typing import Iterable
 
 from tutorloop.loop.config import TeacherSection, TrainingSection
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.student_prompt import student_prompt, student_target
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
@@ -65,6 +66,44 @@ def random_selection(pool: list[Example], count: int, seed: int) -> list[str]:
     return ids[:count]
 
 
+def category_balanced_selection(pool: list[Example], ordered_mistakes: list[str], limit: int | None,
+                                seed: int) -> list[str]:
+    """Questions to teach, balanced over the pool's categories (`Example.meta["category"]`).
+
+    Each category in turn gives its next mistake (in `ordered_mistakes` order) or, once it has none
+    left, a pool question of it that is not a mistake (seeded order), until every mistake is taken and
+    the turn is complete, or `limit` questions. A round of mistakes that all share one category
+    teaches the student that category's answer pattern as a prior (RESULTS.md, the reworded design)."""
+    category = categories(pool)
+    mistaken = set(ordered_mistakes)
+    queues: dict[str, list[str]] = defaultdict(list)
+    for i in ordered_mistakes:
+        queues[category[i]].append(i)
+    others = sorted(i for i in category if i not in mistaken)
+    random.Random(seed).shuffle(others)
+    fills: dict[str, list[str]] = defaultdict(list)
+    for i in others:
+        fills[category[i]].append(i)
+    chosen: list[str] = []
+    while any(queues.values()):
+        for name in sorted(set(queues) | set(fills)):
+            source = queues[name] or fills[name]
+            if source and (limit is None or len(chosen) < limit):
+                chosen.append(source.pop(0))
+        if limit is not None and len(chosen) >= limit:
+            break
+    return chosen
+
+
+def categories(pool: list[Example]) -> dict[str, str]:
+    """Question id -> the category `training.mistake_balance: category` balances over."""
+    for example in pool:
+        if example.meta.get("category") is None:
+            raise ConfigError(f"training.mistake_balance: category needs a category on every question; "
+                              f"{example.id} has none (the synthetic task has them)")
+    return {e.id: str(e.meta["category"]) for e in pool}
+
+
 @dataclass
 class TeachingTargets:
     """What a round asks the teacher about: the questions, the strategies, and for tailored prompts the
@@ -87,12 +126,16 @@ def teaching_targets(pool: list[Example], examples: dict[str, Example], mistakes
         targets = list(pool)
     else:
         answers = {i: examples[i].answer for i in mistakes} if training.mistake_balance == "answer" else None
-        ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed, answers)
+        if training.mistake_balance == "category":
+            ordered = order_mistakes(mistakes, training.mistake_order, None, seed)
+            ordered = category_balanced_selection(pool, ordered, training.max_mistakes, seed)
+        else:
+            ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed, answers)
         if training.selection == "random":
             ordered = random_selection(pool, len(ordered), seed)
         else:
             strategies = tailored_strategies(teacher)
-            job_mistakes = {i: mistakes[i] for i in ordered}
+            job_mistakes = {i: mistakes[i] for i in ordered if i in mistakes}
         targets = [examples[i] for i in ordered]
     # Fine-tuning on gold answers alone (the answer-only baseline) needs no teacher.
     return TeachingTargets(targets, strategies, job_mistakes, ask_teacher=set(training.tasks) != {"answer"})

@@ -21,7 +21,7 @@ from tutorloop.loop.curriculum import random_selection, teaching_targets
 from tutorloop.loop.datasets import Example, drop_test_duplicates, load_examples
 from tutorloop.loop.round_plan import BASELINE, CORE, derive_seed, planned_rounds, round_kind
 from tutorloop.loop.run_teachers import round_teachers
-from tutorloop.loop.teaching import TeachingJob, estimate_cost, plan_jobs
+from tutorloop.loop.teaching import TeachingJob, estimate_cost, plan_round_jobs
 from tutorloop.store.query import HISTORY_FILE, fetch_rows
 
 
@@ -85,8 +85,7 @@ def _jobs(cfg: Config, pool: list[Example], round_: int) -> tuple[list[Example],
     targets = teaching_targets(pool, examples, mistakes, cfg.training, teachers, seed)
     if not targets.ask_teacher:
         return examined, [], len(targets.examples)
-    jobs = plan_jobs(targets.examples, teachers, round_, strategies=targets.strategies,
-                     mistakes=targets.mistakes)
+    jobs = plan_round_jobs(targets, teachers, round_)
     return examined, jobs, len(targets.examples)
 
 

@@ -274,7 +274,7 @@ class RoundEngine:
     # ----- teaching --------------------------------------------------------------------------------
     def _teach(self, state: RoundState, phase: Phase) -> None:
         """Teacher rationales -> graded -> samples and contrast pairs, committed with the phase mark."""
-        from tutorloop.loop.teaching import plan_jobs
+        from tutorloop.loop.teaching import plan_round_jobs
 
         training, report = self.cfg.training, state.report
         seed = derive_seed(self.cfg.run.seed, state.round, "teach")
@@ -282,8 +282,7 @@ class RoundEngine:
         targets = teaching_targets(self.pool, self.examples, state.mistakes, training, teachers, seed)
         jobs = []
         if targets.ask_teacher:
-            jobs = plan_jobs(targets.examples, teachers, state.round, strategies=targets.strategies,
-                             mistakes=targets.mistakes)
+            jobs = plan_round_jobs(targets, teachers, state.round)
         phase.begin(len(jobs))
         outcome = self._ask_teacher(jobs, report, state.kind)
         rationales = [dict(r, round=state.round) for r in outcome.rationales]

@@ -176,4 +176,5 @@ def _example(id_: str, split: str, question: str, start: int, ops: list[tuple[st
         steps.append({"op": op, "a": value, "b": b, "result": result})
         value = result
     return Example(id=id_, dataset=DATASET, split=split, question=question, answer=str(value),
-                   answer_type="number", rationale=" ".join(solve_steps(steps)), meta={"steps": steps})
+                   answer_type="number", rationale=" ".join(solve_steps(steps)),
+                   meta={"steps": steps, "category": OP_WORDS[ops[0][0]]})

@@ -38,6 +38,7 @@ from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates,
 )
+from tutorloop.loop.curriculum import TeachingTargets
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.tailored_reply import parse_tailored_reply
 from tutorloop.store.journal import TeacherJournal
@@ -119,6 +120,17 @@ def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
                 for sample in range(samples):
                     jobs.append(TeachingJob(example, teacher, strategy, sample, round, exemplars, mistake))
     return jobs
+
+
+def plan_round_jobs(targets: TeachingTargets, teacher_cfg: TeacherSection, round: int) -> list[TeachingJob]:
+    """A round's jobs: its mistakes with the targets' strategies (tailored), and the questions it teaches
+    without a mistake (`training.mistake_balance: category`) with the configured strategies."""
+    if targets.mistakes is None:
+        return plan_jobs(targets.examples, teacher_cfg, round, strategies=targets.strategies)
+    mistaken = [e for e in targets.examples if e.id in targets.mistakes]
+    right = [e for e in targets.examples if e.id not in targets.mistakes]
+    jobs = plan_jobs(mistaken, teacher_cfg, round, strategies=targets.strategies, mistakes=targets.mistakes)
+    return jobs + (plan_jobs(right, teacher_cfg, round) if right else [])
 
 
 def _teacher_strategies(teacher: TeacherEndpoint, strategies: list[str]) -> list[str]:

@@ -21,7 +21,9 @@
 #        (into $RUNS/reworded-compare.md), reworded-r2-21 ... reworded-r2-40 (the same test, round 2 from a shared
 #        tailored round 1 at training.tailored_lr 1e-4: tailored against random; pre-registered), reworded-r2-compare
 #        (into $RUNS/reworded-r2-compare.md), reworded-r2-41 ... reworded-r2-60 and reworded-r2-replication (its
-#        pre-registered replication on fresh seeds, into $RUNS/reworded-r2-replication.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
+#        pre-registered replication on fresh seeds, into $RUNS/reworded-r2-replication.md), reworded-bal-61 ...
+#        reworded-bal-90 and reworded-bal-compare (round 2 with training.mistake_balance: category in both arms,
+#        pre-registered, into $RUNS/reworded-bal-compare.md), alpha-0.5 alpha-0.1 alpha-0.9 (issue 13: coin_flip
 #        round 0 at three alphas, one baseline), alpha-compare (their paired tests into $RUNS/alpha-compare.md)
 #        live-ma-0 live-ma-1 live-ma-2, live-coin-0 live-coin-1 live-coin-2 (issue 16: round 0 from the recorded
 #        rationales, a tailored round from the live Qwen teacher against as many random questions taught by it,
@@ -120,6 +122,16 @@ reworded_r2_seed() {  # reworded_r2_seed SEED: round 0 and a tailored round 1, t
         --set training.selection=random
 }
 
+reworded_bal_seed() {  # reworded_bal_seed SEED: reworded_r2_seed's round 1, then round 2 category-balanced or random
+    run "reworded-r1-s$1" "$REWORDED" --set run.seed="$1" --set run.rounds=1
+    local arm
+    for arm in reworded-bal reworded-bal-random; do
+        fork_after 1 "$arm-s$1" "reworded-r1-s$1" --set run.rounds=2 --set training.tailored_lr=1e-4 \
+            --set training.mistake_balance=category \
+            $([ "$arm" = reworded-bal-random ] && echo --set training.selection=random)
+    done
+}
+
 reworded_by_taught() {  # reworded_by_taught TAILORED_PREFIX RANDOM_PREFIX: scripts/reworded_by_taught.sql over SEEDS
     local seed dirs=()
     for seed in "${SEEDS[@]}"; do dirs+=("$RUNS/$1-s$seed" "$RUNS/$2-s$seed"); done
@@ -127,12 +139,12 @@ reworded_by_taught() {  # reworded_by_taught TAILORED_PREFIX RANDOM_PREFIX: scri
     tutorloop sql "${dirs[@]}" -f scripts/reworded_by_taught.sql --format markdown
 }
 
-reworded_r2_compare() {  # reworded_r2_compare OUT SEED...: round 2 tailored against random, into $RUNS/OUT.md
-    local out=$1; shift
+reworded_r2_compare() {  # reworded_r2_compare PREFIX OUT SEED...: round 2 tailored against random, into $RUNS/OUT.md
+    local prefix=$1 out=$2; shift 2
     SEEDS=("$@")
-    tutorloop compare --group "$(seed_arm tailored reworded-r2)" --group "$(seed_arm random reworded-r2-random)" \
+    tutorloop compare --group "$(seed_arm tailored "$prefix")" --group "$(seed_arm random "$prefix-random")" \
         --format markdown --out "$RUNS/$out.md"
-    reworded_by_taught reworded-r2 reworded-r2-random >> "$RUNS/$out.md"
+    reworded_by_taught "$prefix" "$prefix-random" >> "$RUNS/$out.md"
     echo "== $out: wrote $RUNS/$out.md"
 }
 
@@ -186,8 +198,10 @@ step() {
         reworded-[0-9]|reworded-[0-9][0-9]) reworded_seed "${1#reworded-}" ;;
         reworded-compare) reworded_compare ;;
         reworded-r2-[0-9]|reworded-r2-[0-9][0-9]) reworded_r2_seed "${1#reworded-r2-}" ;;
-        reworded-r2-compare) reworded_r2_compare reworded-r2-compare $(seq 21 40) ;;
-        reworded-r2-replication) reworded_r2_compare reworded-r2-replication $(seq 41 60) ;;
+        reworded-r2-compare) reworded_r2_compare reworded-r2 reworded-r2-compare $(seq 21 40) ;;
+        reworded-r2-replication) reworded_r2_compare reworded-r2 reworded-r2-replication $(seq 41 60) ;;
+        reworded-bal-[0-9]|reworded-bal-[0-9][0-9]) reworded_bal_seed "${1#reworded-bal-}" ;;
+        reworded-bal-compare) reworded_r2_compare reworded-bal reworded-bal-compare $(seq 61 90) ;;
         onestep-tlr-compare) onestep_compare onestep-tlr onestep-random-tlr onestep-tlr-compare ;;
         exact-compare) tutorloop compare --group "$(seed_arm tailored exact)" --group "$(seed_arm random exact-random)" \
                            --group "$(seed_arm noreflect exact-noreflect)" --group "$(seed_arm anyorder exact-anyorder)" \

@@ -71,6 +71,8 @@ BAD_INPUTS = [
     ("run:\n  rounds: -1\n", [], "key 'run.rounds'"),
     ("training:\n  alpha: 1.5\n", [], "key 'training.alpha'"),
     ("training:\n  mistake_balance: label\n", [], "key 'training.mistake_balance'"),
+    ("data:\n  task: coin_flip\ntraining:\n  mistake_balance: category\n", [],
+     "key 'training.mistake_balance': 'category' balances over question categories, which only data.task"),
     ("training:\n  tailored_lr: 0\n", [], "key 'training.tailored_lr'"),
     ("student:\n  quantization: 3bit\n", [], "key 'student.quantization'"),
     ("teacher:\n  teachers:\n    - name: a\n    - name: a\n", [], "key 'teacher.teachers'"),

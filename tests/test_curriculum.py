@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection, TrainingSection
-from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, find_mistakes, order_mistakes,
-                                       random_selection, replay_samples, teaching_targets)
+import pytest
+
+from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, category_balanced_selection,
+                                       find_mistakes, order_mistakes, random_selection, replay_samples,
+                                       teaching_targets)
+from tutorloop.loop.errors import ConfigError
 from tutorloop.loop.student_prompt import ANSWER_TRIGGER, student_target
 from tutorloop.loop.synthetic import generate_problems
 
@@ -215,6 +219,47 @@ def test_teaching_targets_balance_gold_answers_when_asked() -> None:
                                 teacher, seed=0)
     assert sorted(e.answer for e in balanced.examples) == ["no", "no", "yes", "yes"]
     assert set(balanced.mistakes) == {e.id for e in balanced.examples}
+
+
+def test_category_balance_fills_a_category_out_of_mistakes_with_questions_it_got_right() -> None:
+    pool = generate_problems(40, 0, 1, 1, 9)
+    adds = [e.id for e in pool if e.meta["category"] == "Add"]
+    takes = [e.id for e in pool if e.meta["category"] == "Take away"]
+    assert len(adds) >= 8 and len(takes) >= 8
+    # Every mistake is an "Add": the turns alternate, "Take away" giving questions that are not mistakes.
+    chosen = category_balanced_selection(pool, adds[:6], limit=None, seed=0)
+    assert len(chosen) == 12
+    assert [i for i in chosen if i in adds] == adds[:6]  # all the mistakes, in their order
+    assert sum(i in takes for i in chosen) == 6 and not set(chosen) & set(adds[6:])
+    assert category_balanced_selection(pool, adds[:6], None, 0) == chosen  # seeded
+    # The cap counts every taught question; mistakes of both categories go first within each.
+    capped = category_balanced_selection(pool, adds[:6] + takes[:2], limit=8, seed=0)
+    assert capped[:4] == [adds[0], takes[0], adds[1], takes[1]]
+    assert len(capped) == 8 and sum(i in adds for i in capped) == 4
+    assert category_balanced_selection(pool, [], limit=8, seed=0) == []  # nothing wrong, nothing to teach
+
+
+def test_teaching_targets_balance_categories_at_the_random_arms_budget() -> None:
+    from tutorloop.loop.teaching import plan_round_jobs
+
+    pool = generate_problems(40, 0, 1, 1, 9)
+    examples = {e.id: e for e in pool}
+    mistakes = find_mistakes([attempt(e.id, 0, e.meta["category"] != "Add") for e in pool])
+    teacher = TeacherSection(teachers=[TeacherEndpoint(backend="program")], strategies=["cote"])
+    training = TrainingSection(max_mistakes=10, mistake_balance="category")
+    targets = teaching_targets(pool, examples, mistakes, training, teacher, seed=0)
+    assert sorted(e.meta["category"] for e in targets.examples) == ["Add"] * 5 + ["Take away"] * 5
+    assert set(targets.mistakes) == {e.id for e in targets.examples if e.meta["category"] == "Add"}
+    jobs = plan_round_jobs(targets, teacher, round=1)
+    strategy = {job.example.id: job.strategy for job in jobs}
+    assert {strategy[i] for i in targets.mistakes} == {"tailored"}
+    assert {s for i, s in strategy.items() if i not in targets.mistakes} == {"cote"} and len(strategy) == 10
+    random_arm = teaching_targets(pool, examples, mistakes, training.model_copy(update={"selection": "random"}),
+                                  teacher, seed=0)
+    assert len(random_arm.examples) == 10  # the same teacher budget
+    plain = [replace(e, meta={}) for e in pool]
+    with pytest.raises(ConfigError, match="training.mistake_balance: category needs a category"):
+        teaching_targets(plain, {e.id: e for e in plain}, mistakes, training, teacher, seed=0)
 
 
 def test_replay_mixes_share_of_earlier_samples() -> None:
