@@ -37,7 +37,8 @@
 #        coin_flip tailored against random at lr 1e-4: round 0 only, then the two arms; about 42 minutes a seed),
 #        live-coin-rep-compare (their paired tests into $RUNS/live-compare-coin-replication.md),
 #        live-ma-e3-0 (MultiArith: round 0 for three epochs, as Fine-tune-CoT trains for many, then tailored and
-#        random rounds of one epoch at lr 1e-4 from the live teacher; about 80 minutes)
+#        random rounds of one epoch at lr 1e-4 from the live teacher; about 80 minutes), live-ma-e8-0 (the same
+#        with round 0 for eight epochs; about 75 minutes alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -229,15 +230,15 @@ step() {
                                  --set training.lr=1e-4
                              fork "live-coin-random-lr1e-4-s$seed" "live-coin-core-s$seed" --set run.rounds=1 \
                                  --set training.selection=random --set training.lr=1e-4 ;;
-        live-ma-e3-[0-9]) seed=${1#live-ma-e3-}
-                          run "live-ma-e3-core-s$seed" "$LIVE" --set data.task=multiarith --set run.seed="$seed" \
-                              --set run.rounds=0 --set run.baseline=false --set training.epochs=3
-                          fork "live-ma-e3-s$seed" "live-ma-e3-core-s$seed" --set run.rounds=1 --set training.epochs=1 \
+        live-ma-e[0-9]-[0-9]) spec=${1#live-ma-e}; epochs=${spec%%-*}; seed=${spec#*-}; e="e$epochs"
+                          run "live-ma-$e-core-s$seed" "$LIVE" --set data.task=multiarith --set run.seed="$seed" \
+                              --set run.rounds=0 --set run.baseline=false --set training.epochs="$epochs"
+                          fork "live-ma-$e-s$seed" "live-ma-$e-core-s$seed" --set run.rounds=1 --set training.epochs=1 \
                               --set training.lr=1e-4
-                          fork "live-ma-e3-random-s$seed" "live-ma-e3-core-s$seed" --set run.rounds=1 \
+                          fork "live-ma-$e-random-s$seed" "live-ma-$e-core-s$seed" --set run.rounds=1 \
                               --set training.epochs=1 --set training.lr=1e-4 --set training.selection=random
-                          tutorloop compare "$RUNS/live-ma-e3-s$seed" "$RUNS/live-ma-e3-random-s$seed" --format markdown \
-                              --out "$RUNS/live-compare-ma-e3-s$seed.md" ;;
+                          tutorloop compare "$RUNS/live-ma-$e-s$seed" "$RUNS/live-ma-$e-random-s$seed" --format markdown \
+                              --out "$RUNS/live-compare-ma-$e-s$seed.md" ;;
         live-coin-rep-compare) SEEDS=(${SEEDS_REP:-4 5 6})
                                tutorloop compare --group "$(seed_arm tailored-lr1e-4 live-coin-lr1e-4)" \
                                    --group "$(seed_arm random-lr1e-4 live-coin-random-lr1e-4)" \
@@ -280,7 +281,7 @@ STEPS=("$@")
                                   $(printf 'reworded-r2-%s ' $(seq 41 60)) reworded-r2-replication
                                   alpha-0.5 alpha-0.1 alpha-0.9 alpha-compare
                                   live-ma-0 live-ma-1 live-ma-2 live-coin-0 live-coin-1 live-coin-2 live-compare
-                                  live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare live-ma-e3-0)
+                                  live-coin-rep-4 live-coin-rep-5 live-coin-rep-6 live-coin-rep-compare live-ma-e3-0 live-ma-e8-0)
 for s in "${STEPS[@]}"; do
     start=$(date +%s)
     step "$s"
