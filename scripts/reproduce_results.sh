@@ -38,7 +38,7 @@
 #        live-coin-rep-compare (their paired tests into $RUNS/live-compare-coin-replication.md),
 #        live-ma-e3-0 (MultiArith: round 0 for three epochs, as Fine-tune-CoT trains for many, then tailored and
 #        random rounds of one epoch at lr 1e-4 from the live teacher; about 80 minutes), live-ma-e8-0 (the same
-#        with round 0 for eight epochs; about 75 minutes alone)
+#        with round 0 for eight epochs; about 90 minutes alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
