@@ -38,7 +38,9 @@
 #        live-coin-rep-compare (their paired tests into $RUNS/live-compare-coin-replication.md),
 #        live-ma-e3-0 (MultiArith: round 0 for three epochs, as Fine-tune-CoT trains for many, then tailored and
 #        random rounds of one epoch at lr 1e-4 from the live teacher; about 80 minutes), live-ma-e8-0 (the same
-#        with round 0 for eight epochs; about 90 minutes alone)
+#        with round 0 for eight epochs; about 90 minutes alone), live-ma-big-0 (round 0 as live-ma-e3-0, then
+#        one large tailored round, the whole pool examined and 96 mistakes taught, against 96 random questions;
+#        about 100 minutes alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -77,6 +79,11 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
 
 # The coin_flip runs use all 350 train questions; the shipped demo draws 300 of them to stay under 25 minutes.
 COIN_WHOLE_POOL=(--set data.pool_size=350)
+# MultiArith's large tailored round: the whole pool examined, 96 questions taught (192 Qwen calls), one epoch at
+# round 0's lr; the student is idle while the teacher writes, so the teacher gets both cores and four slots.
+BIG_ROUND=(--set run.rounds=1 --set training.epochs=1 --set training.lr=1e-3 --set training.exam_size=415
+           --set training.max_mistakes=96 --set teacher.concurrency=4 --set teacher.teachers.1.serve.parallel=4
+           --set teacher.teachers.1.serve.ctx=8192 --set teacher.teachers.1.serve.llama_cpp.threads=2)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
 ONESTEP=configs/experiments/exact_tailoring_one_step.yaml
@@ -239,6 +246,14 @@ step() {
                               --set training.epochs=1 --set training.lr=1e-4 --set training.selection=random
                           tutorloop compare "$RUNS/live-ma-$e-s$seed" "$RUNS/live-ma-$e-random-s$seed" --format markdown \
                               --out "$RUNS/live-compare-ma-$e-s$seed.md" ;;
+        live-ma-big-[0-9]) seed=${1#live-ma-big-}
+                          run "live-ma-e3-core-s$seed" "$LIVE" --set data.task=multiarith --set run.seed="$seed" \
+                              --set run.rounds=0 --set run.baseline=false --set training.epochs=3
+                          fork "live-ma-big-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}"
+                          fork "live-ma-big-random-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}" \
+                              --set training.selection=random
+                          tutorloop compare "$RUNS/live-ma-big-s$seed" "$RUNS/live-ma-big-random-s$seed" --format markdown \
+                              --out "$RUNS/live-compare-ma-big-s$seed.md" ;;
         live-coin-rep-compare) SEEDS=(${SEEDS_REP:-4 5 6})
                                tutorloop compare --group "$(seed_arm tailored-lr1e-4 live-coin-lr1e-4)" \
                                    --group "$(seed_arm random-lr1e-4 live-coin-random-lr1e-4)" \
