@@ -77,6 +77,11 @@ fork_after() {  # fork_after ROUND NAME PARENT [--set ...]: the parent's rounds 
     fi
 }
 
+ma_round0() {  # ma_round0 SEED EPOCHS: MultiArith round 0 from the recorded rationales, shared by its arms
+    run "live-ma-e$2-core-s$1" "$LIVE" --set data.task=multiarith --set run.seed="$1" \
+        --set run.rounds=0 --set run.baseline=false --set training.epochs="$2"
+}
+
 # The coin_flip runs use all 350 train questions; the shipped demo draws 300 of them to stay under 25 minutes.
 COIN_WHOLE_POOL=(--set data.pool_size=350)
 # MultiArith's large tailored round: the whole pool examined, 96 questions taught (192 Qwen calls), one epoch at
@@ -238,8 +243,7 @@ step() {
                              fork "live-coin-random-lr1e-4-s$seed" "live-coin-core-s$seed" --set run.rounds=1 \
                                  --set training.selection=random --set training.lr=1e-4 ;;
         live-ma-e[0-9]-[0-9]) spec=${1#live-ma-e}; epochs=${spec%%-*}; seed=${spec#*-}; e="e$epochs"
-                          run "live-ma-$e-core-s$seed" "$LIVE" --set data.task=multiarith --set run.seed="$seed" \
-                              --set run.rounds=0 --set run.baseline=false --set training.epochs="$epochs"
+                          ma_round0 "$seed" "$epochs"
                           fork "live-ma-$e-s$seed" "live-ma-$e-core-s$seed" --set run.rounds=1 --set training.epochs=1 \
                               --set training.lr=1e-4
                           fork "live-ma-$e-random-s$seed" "live-ma-$e-core-s$seed" --set run.rounds=1 \
@@ -247,8 +251,7 @@ step() {
                           tutorloop compare "$RUNS/live-ma-$e-s$seed" "$RUNS/live-ma-$e-random-s$seed" --format markdown \
                               --out "$RUNS/live-compare-ma-$e-s$seed.md" ;;
         live-ma-big-[0-9]) seed=${1#live-ma-big-}
-                          run "live-ma-e3-core-s$seed" "$LIVE" --set data.task=multiarith --set run.seed="$seed" \
-                              --set run.rounds=0 --set run.baseline=false --set training.epochs=3
+                          ma_round0 "$seed" 3
                           fork "live-ma-big-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}"
                           fork "live-ma-big-random-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}" \
                               --set training.selection=random
