@@ -40,7 +40,8 @@
 #        random rounds of one epoch at lr 1e-4 from the live teacher; about 80 minutes), live-ma-e8-0 (the same
 #        with round 0 for eight epochs; about 90 minutes alone), live-ma-big-0 (round 0 as live-ma-e3-0, then
 #        one large tailored round, the whole pool examined and 96 mistakes taught, against 96 random questions;
-#        about 100 minutes alone)
+#        about 100 minutes alone), live-ma-pool-0 (round 0 as live-ma-e3-0, then one tailored round that teaches
+#        every mistake of the whole pool, one Qwen correction each; no random arm; about 130 minutes alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -89,6 +90,10 @@ COIN_WHOLE_POOL=(--set data.pool_size=350)
 BIG_ROUND=(--set run.rounds=1 --set training.epochs=1 --set training.lr=1e-3 --set training.exam_size=415
            --set training.max_mistakes=96 --set teacher.concurrency=4 --set teacher.teachers.1.serve.parallel=4
            --set teacher.teachers.1.serve.ctx=8192 --set teacher.teachers.1.serve.llama_cpp.threads=2)
+# MultiArith's whole-pool tailored round: every question with a mistake in the exam is corrected once (about 390
+# Qwen calls), one contrast pair each to bound the training's time.
+POOL_ROUND=("${BIG_ROUND[@]}" --set training.max_mistakes=415 --set teacher.tailored_samples=1
+            --set training.max_pairs_per_question=1)
 ANSWER_ONLY=(--set "training.tasks=[answer]" --set "student.eval_modes=[answer]" --set run.rounds=0)
 EXACT=configs/experiments/exact_tailoring.yaml
 ONESTEP=configs/experiments/exact_tailoring_one_step.yaml
@@ -257,6 +262,9 @@ step() {
                               --set training.selection=random
                           tutorloop compare "$RUNS/live-ma-big-s$seed" "$RUNS/live-ma-big-random-s$seed" --format markdown \
                               --out "$RUNS/live-compare-ma-big-s$seed.md" ;;
+        live-ma-pool-[0-9]) seed=${1#live-ma-pool-}
+                          ma_round0 "$seed" 3
+                          fork "live-ma-pool-s$seed" "live-ma-e3-core-s$seed" "${POOL_ROUND[@]}" ;;
         live-coin-rep-compare) SEEDS=(${SEEDS_REP:-4 5 6})
                                tutorloop compare --group "$(seed_arm tailored-lr1e-4 live-coin-lr1e-4)" \
                                    --group "$(seed_arm random-lr1e-4 live-coin-random-lr1e-4)" \
