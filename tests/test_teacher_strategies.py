@@ -111,10 +111,10 @@ def test_tailored_prompt_exact() -> None:
         f"Question: {Q}\n"
         "Student's reasoning: Add 4: 3 + 4 = 8. Take away 2: 8 - 2 = 6.\n"
         "Student's answer: 6\n\n"
-        "Find the student's first mistake, then write the correct reasoning from the start. "
+        "Find the student's first mistake, then solve the question again from the start. "
         "Reply in exactly this format:\n"
         "Mistake: <one sentence saying what was wrong>\n"
-        "Correct reasoning: <the correct step-by-step reasoning>\n"
+        "Correct reasoning: <your own step-by-step solution of the question, without mentioning the student>\n"
         "Therefore, the answer is <the answer>.")
 
 
