@@ -41,7 +41,7 @@
 #        with round 0 for eight epochs; about 90 minutes alone), live-ma-big-0 (round 0 as live-ma-e3-0, then
 #        one large tailored round, the whole pool examined and 96 mistakes taught, against 96 random questions;
 #        about 100 minutes alone), live-ma-pool-0 (round 0 as live-ma-e3-0, then one tailored round that teaches
-#        every mistake of the whole pool, one Qwen correction each; no random arm; about 130 minutes alone)
+#        every mistake of the whole pool, one Qwen correction each; no random arm; about 90 minutes alone)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
