@@ -22,6 +22,7 @@ import torch
 
 from tutorloop.actors.models import adapter_from_bytes, attach_adapter, load_student
 from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
+from tutorloop.loop.calculator import calculator_result
 from tutorloop.loop.config import StudentSection
 from tutorloop.loop.student_prompt import prompted_prompt, student_prompt
 from tutorloop.loop.datasets import Example
@@ -44,6 +45,7 @@ class DecodeSettings:
     greedy: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
+    calculator: bool = False  # write the exact result after "<arithmetic> =" (loop/calculator.py)
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:
@@ -139,6 +141,16 @@ class _Decoder:
         # row's tail is decoded to look for one.
         self.tail = max([len(s) for s in settings.stop] + [1]) + 4
         self.outputs: list[list[int]] = [[] for _ in prompts]
+        # The calculator's result tokens still to be written, per row; they replace the model's choices.
+        self.forced: list[list[int]] = [[] for _ in prompts]
+
+    def _queue_calculation(self, row: int, token: int) -> None:
+        """Queue the calculator's result if the row's output now ends with "<arithmetic> =" (an "=" is rare,
+        so the whole output is decoded only then)."""
+        if "=" in self.tokenizer.decode([token]):
+            result = calculator_result(self.tokenizer.decode(self.outputs[row], skip_special_tokens=True))
+            if result is not None:
+                self.forced[row] = self.tokenizer(result, add_special_tokens=False).input_ids
 
     def _choose(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
                 rows: list[int]) -> tuple[torch.Tensor, list[int]]:
@@ -151,6 +163,11 @@ class _Decoder:
         else:
             tokens = [_sample_row(logits[i], self.settings, self.generators[row]) for i, row in enumerate(rows)]
             chosen = torch.tensor(tokens, device=self.device)
+        if self.settings.calculator:
+            for i, row in enumerate(rows):
+                if self.forced[row]:
+                    tokens[i] = self.forced[row].pop(0)
+            chosen = torch.tensor(tokens, device=self.device)
         keep = []
         stop = self.settings.stop
         for i, (row, token) in enumerate(zip(rows, tokens)):
@@ -158,6 +175,8 @@ class _Decoder:
                 continue
             out = self.outputs[row]
             out.append(token)
+            if self.settings.calculator and not self.forced[row]:
+                self._queue_calculation(row, token)
             if len(out) >= self.limits[row]:
                 continue
             if stop:
@@ -285,7 +304,8 @@ class Examiner:
         gen = self.cfg.generation
         form = exam_format(self.tokenizer, [ex.question for ex in examples], mode, gen.stop)
         settings = DecodeSettings(max_new_tokens=gen.max_new_tokens, stop=form.stop,
-                                  greedy=greedy or gen.temperature == 0, temperature=gen.temperature, top_p=gen.top_p)
+                                  greedy=greedy or gen.temperature == 0, temperature=gen.temperature, top_p=gen.top_p,
+                                  calculator=gen.calculator)
         prompts = form.prompts
         draws = 1 if settings.greedy else num_samples
         rows = [(i, k) for i in range(len(examples)) for k in range(draws)]

@@ -126,6 +126,9 @@ class GenerationSection(Section):
     batch_size: int = Field(32, ge=1, description="rows decoding at once in an exam: a step costs about the same "
                                                   "at 16 rows or 32 on CPU (scripts/bench_exam.py)")
     stop: list[str] = ["\n\n", "Question:"]
+    calculator: bool = Field(False, description="after the student writes '<arithmetic> =' (12 + 44 =, 3 x $4 =), "
+                                                "decoding writes the exact result, as GSM8K's calculator does "
+                                                "(Cobbe et al. 2021); exams and evals alike")
 
 
 class StudentSection(Section):

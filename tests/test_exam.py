@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from tiny_student import PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, problems, student_cfg
 from tutorloop.actors.exam import PROMPTED_STOP, DecodeSettings, Examiner, cut_at_stop, decode_batch, exam_format
 from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
+from tutorloop.loop.calculator import calculator_result
 from tutorloop.loop.student_prompt import STEP_BY_STEP, student_prompt
 
 RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens",
@@ -75,6 +78,28 @@ def test_records_are_graded_and_complete(pretrained: Examiner) -> None:
     assert all(records[i]["output"] == records[i + 1]["output"] for i in range(0, 24, 2))
     # The pretrained tiny model already knows some arithmetic: the grading must find some right answers.
     assert any(r["correct"] for r in records)
+
+
+def _equations(records: list[dict]) -> list[tuple[str, str, str, str]]:
+    return [eq for r in records for eq in re.findall(r"(\d+) ([-+*x]) (\d+) = (-?\d+)", r["output"])]
+
+
+def test_calculator_writes_exact_results_after_each_equation(pretrained: Examiner) -> None:
+    examples = problems(30, max_steps=3)
+    plain = pretrained.run(examples, "explain")
+    wrong = [eq for eq in _equations(plain) if calculator_result(f"{eq[0]} {eq[1]} {eq[2]} =") != f" {eq[3]}"]
+    assert wrong, "the tiny student should get some of its own arithmetic wrong"
+    with_calculator = Examiner(student_cfg(PRETRAINED_TINY, generation={
+        "max_new_tokens": 40, "batch_size": 8, "temperature": 1.0, "calculator": True}), "number")
+    records = with_calculator.run(examples, "explain")
+    equations = _equations(records)
+    assert len(equations) >= len(_equations(plain)) // 2
+    assert all(calculator_result(f"{a} {op} {b} =") == f" {c}" for a, op, b, c in equations)
+    # The student's own words stay its own: outputs with no wrong equation are unchanged.
+    changed = {r["example_id"] for r, p in zip(records, plain) if r["output"] != p["output"]}
+    assert changed and len(changed) <= len(wrong)
+    # Forced tokens are per row: batching does not change them.
+    assert with_calculator.run(examples, "explain", batch_size=1) == records
 
 
 def test_sampling_is_reproducible_and_independent_of_batching(pretrained: Examiner) -> None:
