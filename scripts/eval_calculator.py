@@ -3,8 +3,8 @@
 
 Each round's adapter answers the run's test questions greedily in its first eval mode, as the run's
 own eval did, but with `student.generation.calculator` on: after every "<arithmetic> =" the student
-writes, decoding writes the exact result (loop/calculator.py). The run's stored eval (no calculator)
-is the paired baseline, read from history.duckdb (read-only; the run may be live). Prints one
+writes, decoding writes the exact result (loop/calculator.py). The run's stored eval (without the
+calculator, unless the run had it on when that round was evaluated) is the paired baseline, read from history.duckdb (read-only; the run may be live). Prints one
 markdown table: per round, accuracy without and with the calculator, the paired difference with its
 95% bootstrap interval and exact McNemar p, and how many outputs the calculator changed; then each
 round against the first with the calculator on. `--dump FILE` writes every output as JSON lines.
@@ -56,7 +56,7 @@ def main() -> None:
     set_torch_threads(0)
     examiner = Examiner(config.student, answer_type_of(config.data), seed=config.run.seed)
     with_calculator: dict[int, dict[str, bool]] = {}
-    lines = ["| round | without calculator (stored) | with calculator | difference [95% CI] | wrong -> right | "
+    lines = ["| round | stored eval | with calculator | difference [95% CI] | wrong -> right | "
              "right -> wrong | McNemar p | outputs changed | s |", "|---|---|---|---|---|---|---|---|---|"]
     dump = open(args.dump, "w") if args.dump else None
     for round_ in rounds:
