@@ -41,7 +41,11 @@
 #        with round 0 for eight epochs; about 90 minutes alone), live-ma-big-0 (round 0 as live-ma-e3-0, then
 #        one large tailored round, the whole pool examined and 96 mistakes taught, against 96 random questions;
 #        about 100 minutes alone), live-ma-pool-0 (round 0 as live-ma-e3-0, then one tailored round that teaches
-#        every mistake of the whole pool, one Qwen correction each; no random arm; about 90 minutes alone)
+#        every mistake of the whole pool, one Qwen correction each; no random arm; about 90 minutes alone),
+#        live-ma-calc-0 (round 0 as live-ma-e3-0, then the 96-mistake round with the decoding calculator in its
+#        exam and eval, student.generation.calculator; then every round of live-ma-big-s0, live-ma-pool-s0 and
+#        live-ma-big-calc-s0 evaluated again with the calculator, into $RUNS/live-calc-*.md; about 60 minutes
+#        alone after round 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(pwd)/.venv/bin:$PATH"
@@ -265,6 +269,15 @@ step() {
         live-ma-pool-[0-9]) seed=${1#live-ma-pool-}
                           ma_round0 "$seed" 3
                           fork "live-ma-pool-s$seed" "live-ma-e3-core-s$seed" "${POOL_ROUND[@]}" ;;
+        live-ma-calc-[0-9]) seed=${1#live-ma-calc-}
+                          ma_round0 "$seed" 3
+                          fork "live-ma-big-calc-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}" \
+                              --set student.generation.calculator=true
+                          for name in live-ma-big-s$seed live-ma-pool-s$seed live-ma-big-calc-s$seed; do
+                              [ -d "$RUNS/$name" ] || continue
+                              python scripts/eval_calculator.py --run "$RUNS/$name" > "$RUNS/live-calc-$name.md"
+                              echo "== $name with the calculator: wrote $RUNS/live-calc-$name.md"
+                          done ;;
         live-coin-rep-compare) SEEDS=(${SEEDS_REP:-4 5 6})
                                tutorloop compare --group "$(seed_arm tailored-lr1e-4 live-coin-lr1e-4)" \
                                    --group "$(seed_arm random-lr1e-4 live-coin-random-lr1e-4)" \
