@@ -21,13 +21,17 @@ from tutorloop.store.query import HISTORY_FILE
 # What the copied rounds were made with: changing any of these would make the fork's history
 # describe a different student, data or evaluation than the rounds it inherits.
 FORK_FIXED_KEYS = ("data", "student", "run.baseline", "run.seed")
+# Decoding only shapes the fork's own exams and evals (a decoding ablation, e.g. the calculator); the
+# inherited rounds keep the evals they had, which the fork's history records as they were.
+FORK_FREE_KEYS = ("student.generation",)
 
 
 def fork_config(parent: Config, overrides: list[str], name: str) -> Config:
     """The parent's config with `overrides`; refuses changes to what the inherited rounds depend on."""
     cfg = config_from_dict(apply_overrides(parent.to_dict(), [*overrides, f"run.name={name}"]), "--set")
     fixed = sorted(k for k in changed_keys(parent.to_dict(), cfg.to_dict())
-                   if any(k == f or k.startswith(f + ".") for f in FORK_FIXED_KEYS))
+                   if any(k == f or k.startswith(f + ".") for f in FORK_FIXED_KEYS)
+                   and not any(k == f or k.startswith(f + ".") for f in FORK_FREE_KEYS))
     if fixed:
         raise RunError(f"--set {', '.join(fixed)}: a fork keeps the parent's {', '.join(FORK_FIXED_KEYS)} "
                        f"(its inherited rounds were made with them); start a new run instead")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from shared_run import cli, shared_quick_run
-from tutorloop.loop.config import config_from_dict
+from shared_run import REPO, cli, shared_quick_run
+from tutorloop.loop.config import config_from_dict, load_config
 from tutorloop.loop.curriculum import random_selection
 from tutorloop.loop.round_plan import derive_seed
 from tutorloop.loop.datasets import load_examples
+from tutorloop.loop.errors import RunError
+from tutorloop.loop.fork import fork_config
 from tutorloop.store.query import fetch_rows
 
 
@@ -98,3 +100,12 @@ def test_fork_of_a_missing_run_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "no run history here" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_fork_may_change_decoding_but_not_the_student() -> None:
+    parent = load_config(REPO / "configs/quick.yaml")
+    cfg = fork_config(parent, ["student.generation.calculator=true", "student.generation.temperature=0.5"], "calc")
+    assert cfg.student.generation.calculator and cfg.student.generation.temperature == 0.5
+    assert cfg.student.lora == parent.student.lora and cfg.run.name == "calc"
+    with pytest.raises(RunError, match="student.model"):
+        fork_config(parent, ["student.generation.calculator=true", "student.model=other"], "x")
