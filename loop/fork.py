@@ -34,7 +34,8 @@ def fork_config(parent: Config, overrides: list[str], name: str) -> Config:
                    and not any(k == f or k.startswith(f + ".") for f in FORK_FREE_KEYS))
     if fixed:
         raise RunError(f"--set {', '.join(fixed)}: a fork keeps the parent's {', '.join(FORK_FIXED_KEYS)} "
-                       f"(its inherited rounds were made with them); start a new run instead")
+                       f"(its inherited rounds were made with them; only {', '.join(FORK_FREE_KEYS)} may change); "
+                       f"start a new run instead")
     return cfg
 
 

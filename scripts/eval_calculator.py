@@ -4,8 +4,8 @@
 Each round's adapter answers the run's test questions greedily in its first eval mode, as the run's
 own eval did, but with `student.generation.calculator` on: after every "<arithmetic> =" the student
 writes, decoding writes the exact result (loop/calculator.py). The run's stored eval (without the
-calculator, unless the run had it on when that round was evaluated) is the paired baseline, read from history.duckdb (read-only; the run may be live). Prints one
-markdown table: per round, accuracy without and with the calculator, the paired difference with its
+calculator, unless the run had it on when that round was evaluated) is the paired baseline, read
+from history.duckdb (read-only; the run may be live). Prints one markdown table: per round, accuracy without and with the calculator, the paired difference with its
 95% bootstrap interval and exact McNemar p, and how many outputs the calculator changed; then each
 round against the first with the calculator on. `--dump FILE` writes every output as JSON lines.
 
@@ -47,6 +47,9 @@ def stored_eval(run_dir: Path, round_: int, mode: str) -> dict[str, dict]:
 def main() -> None:
     args = parse_args()
     run_dir = Path(args.run)
+    for needed in ("config.yaml", "history.duckdb", "adapters"):
+        if not (run_dir / needed).exists():
+            raise SystemExit(f"{run_dir}: not a finished run directory (no {needed})")
     config = load_config(run_dir / "config.yaml")
     config.student.generation.calculator = True
     mode = config.student.eval_modes[0]

@@ -43,9 +43,14 @@ def test_rounds_are_evaluated_again_with_exact_arithmetic(tmp_path_factory: pyte
     assert all(r["calculator"] == r["plain"] for r in rows if exact(r["plain"]))
     # The printed table: one line per round with the stored accuracy, then each round against the first.
     for round_ in rounds:
+        questions = sum(r["round"] == round_ for r in stored)
         right = sum(r["correct"] for r in stored if r["round"] == round_)
         with_calculator = sum(r["calculator_correct"] for r in rows if r["round"] == round_)
         line = next(line for line in result.stdout.splitlines() if line.startswith(f"| {round_} |"))
         cells = [c.strip() for c in line.split("|")[1:-1]]
-        assert cells[1] == f"{right / 24:.1%}" and cells[2] == f"{with_calculator / 24:.1%}"
+        assert cells[1] == f"{right / questions:.1%}" and cells[2] == f"{with_calculator / questions:.1%}"
     assert "| round 2 |" in result.stdout
+    missing = subprocess.run([sys.executable, str(REPO / "scripts/eval_calculator.py"), "--run", str(tmp_path)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and missing.stderr.strip().splitlines() == [
+        f"{tmp_path}: not a finished run directory (no config.yaml)"]
