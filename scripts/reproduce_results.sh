@@ -42,6 +42,8 @@
 #        one large tailored round, the whole pool examined and 96 mistakes taught, against 96 random questions;
 #        about 100 minutes alone), live-ma-pool-0 (round 0 as live-ma-e3-0, then one tailored round that teaches
 #        every mistake of the whole pool, one Qwen correction each; no random arm; about 90 minutes alone),
+#        live-ma-pool2-0 (live-ma-pool-0, then a second round of the same kind from its round 1, evaluated again
+#        with the calculator into $RUNS/live-calc-live-ma-pool2-s0.md; about 80 minutes after live-ma-pool-0),
 #        live-ma-calc-0 (round 0 as live-ma-e3-0, then the 96-mistake round with the decoding calculator in its
 #        exam and eval, student.generation.calculator; then every round of live-ma-big-s0, live-ma-pool-s0 and
 #        live-ma-big-calc-s0 evaluated again with the calculator, into $RUNS/live-calc-*.md; about 60 minutes
@@ -269,6 +271,13 @@ step() {
         live-ma-pool-[0-9]) seed=${1#live-ma-pool-}
                           ma_round0 "$seed" 3
                           fork "live-ma-pool-s$seed" "live-ma-e3-core-s$seed" "${POOL_ROUND[@]}" ;;
+        live-ma-pool2-[0-9]) seed=${1#live-ma-pool2-}
+                          ma_round0 "$seed" 3
+                          fork "live-ma-pool-s$seed" "live-ma-e3-core-s$seed" "${POOL_ROUND[@]}"
+                          fork_after 1 "live-ma-pool2-s$seed" "live-ma-pool-s$seed" --set run.rounds=2
+                          python scripts/eval_calculator.py --run "$RUNS/live-ma-pool2-s$seed" \
+                              > "$RUNS/live-calc-live-ma-pool2-s$seed.md"
+                          echo "== live-ma-pool2-s$seed with the calculator: wrote $RUNS/live-calc-live-ma-pool2-s$seed.md" ;;
         live-ma-calc-[0-9]) seed=${1#live-ma-calc-}
                           ma_round0 "$seed" 3
                           fork "live-ma-big-calc-s$seed" "live-ma-e3-core-s$seed" "${BIG_ROUND[@]}" \
