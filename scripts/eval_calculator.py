@@ -5,9 +5,10 @@ Each round's adapter answers the run's test questions greedily in its first eval
 own eval did, but with `student.generation.calculator` on: after every "<arithmetic> =" the student
 writes, decoding writes the exact result (loop/calculator.py). The run's stored eval (without the
 calculator, unless the run had it on when that round was evaluated) is the paired baseline, read
-from history.duckdb (read-only; the run may be live). Prints one markdown table: per round, accuracy without and with the calculator, the paired difference with its
-95% bootstrap interval and exact McNemar p, and how many outputs the calculator changed; then each
-round against the first with the calculator on. `--dump FILE` writes every output as JSON lines.
+from history.duckdb (read-only; the run may be live). Prints one markdown table: per round, accuracy
+without and with the calculator, the paired difference with its 95% bootstrap interval and exact
+McNemar p, and how many outputs the calculator changed; then each round against the first with the
+calculator on. `--dump FILE` writes every output as JSON lines.
 
     .venv/bin/python scripts/eval_calculator.py --run runs/live-ma-pool-prompt2-s0
 """
