@@ -268,6 +268,15 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
+def position_limit(source: str) -> int | None:
+    """The most tokens one sequence may hold in the model at `source`, as its config states (None: unstated)."""
+    from transformers import AutoConfig
+
+    with hub_errors(source):
+        config = AutoConfig.from_pretrained(source)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def load_student(student_cfg: StudentSection, *, for_training: bool = False,
                  adapter: bytes | str | None = None, seed: int = 0,
                  quantization: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:

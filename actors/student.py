@@ -14,6 +14,7 @@ from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.waiting import wait_ready
 from tutorloop.loop.config import RaySection, StudentSection
 from tutorloop.loop.datasets import Example
+from tutorloop.loop.teardown import Teardown
 
 # An exam is handed out (and stored, and counted on its progress bar) in chunks of this many generation
 # batches: more than one, so continuous batching has questions to refill freed rows with.
@@ -108,6 +109,9 @@ class StudentGroup:
             return []
 
     def close(self) -> None:
-        for actor in self.actors:
-            ray.kill(actor)
-        self.actors = []
+        """Ends every actor, also when ending one fails (that failure, logged, is raised after)."""
+        actors, self.actors = self.actors, []
+        teardown = Teardown()
+        for index, actor in enumerate(actors):
+            teardown.step(f"end student actor {index + 1} of {len(actors)}", lambda actor=actor: ray.kill(actor))
+        teardown.raise_first()

@@ -13,11 +13,23 @@ from tutorloop.actors.student import student_actor_options
 from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.config import RaySection, StudentSection, TrainingSection
+from tutorloop.loop.errors import TutorloopError
+from tutorloop.loop.teardown import Teardown
 
 POLL_S = 0.5  # how often the driver asks for new steps (and checks for a stop request)
 
 # (total steps, steps done, the newest step record or None before the first)
 ProgressCallback = Callable[[int, int, "dict | None"], None]
+
+
+def _expected_failure_as_itself(ref: ray.ObjectRef) -> Any:
+    """ray.get, raising the actor's TutorloopError itself: the CLI's one line, not Ray's remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, TutorloopError):
+            raise exc.cause from None
+        raise
 
 
 class TrainingProgress:
@@ -109,7 +121,7 @@ class RemoteTrainer:
                     reported = state
                 asked = self.actor.progress.remote(seen)
             if ready:
-                outcome = ray.get(result)
+                outcome = _expected_failure_as_itself(result)
                 # The last steps may land between two polls: the bar and the phase end at total/total.
                 total = reported[0] if reported else len(outcome["steps"])
                 if reported != (total, total) and total:
@@ -118,7 +130,7 @@ class RemoteTrainer:
             try:
                 poll()
             except BaseException:
-                self.close()
+                Teardown().step("end the trainer actor", self.close)  # logged: the stop request stays the error
                 raise
 
     def timings(self) -> list[dict[str, float]]:
@@ -131,6 +143,6 @@ class RemoteTrainer:
             return []
 
     def close(self) -> None:
-        if self.actor is not None:
-            ray.kill(self.actor)
-            self.actor = None
+        actor, self.actor = self.actor, None  # forgotten even when the kill fails: the next train starts a new one
+        if actor is not None:
+            ray.kill(actor)

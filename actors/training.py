@@ -31,7 +31,7 @@ from tutorloop.actors.losses import (ANSWER_TASK, dpo_loss, last_token_states, m
                                      step_coefficients, task_coefficient, task_group, task_totals, token_nll,
                                      triplet_loss, weighted_task_loss)
 from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, allow_bitsandbytes, load_student,
-                                     load_tokenizer, student_source)
+                                     load_tokenizer, position_limit, student_source)
 from tutorloop.actors.train_batches import Step, per_task_plan, token_plan
 from tutorloop.actors.train_state import Checkpoints, TrainState
 from tutorloop.loop.config import StudentSection, TrainingSection
@@ -122,6 +122,7 @@ class LoraTrainer:
         self.cfg = training_cfg
         self.seed = seed  # the default of `train(seed=...)`
         self._tokenizer = None
+        self._max_tokens: int | None = None
         allow_bitsandbytes(student_cfg.quantization != "none")  # before peft or transformers look for it
 
     # ------------------------------------------------------------ data
@@ -132,13 +133,22 @@ class LoraTrainer:
             self._tokenizer = load_tokenizer(student_source(self.student_cfg))
         return self._tokenizer
 
+    @property
+    def max_tokens(self) -> int:
+        """training.max_length, capped at the student's positions: a longer sequence overflows a learned
+        position table (the default tiny GPT-2 has 256), and the exam decodes within them too."""
+        if self._max_tokens is None:
+            limit = position_limit(student_source(self.student_cfg))
+            self._max_tokens = min(self.cfg.max_length, limit or self.cfg.max_length)
+        return self._max_tokens
+
     def encode(self, prompt: str, target: str) -> _Encoded | None:
         """Prompt tokens (tokenized alone, as the exam does) + target tokens + EOS; loss on the target only.
-        Truncated to max_length from the end; None when no target token is left."""
+        Truncated to `max_tokens` from the end; None when no target token is left."""
         tok = self.tokenizer
         prompt_ids = tok(prompt).input_ids
         target_ids = tok(target, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        ids = (prompt_ids + target_ids)[: self.cfg.max_length]
+        ids = (prompt_ids + target_ids)[: self.max_tokens]
         if len(ids) <= len(prompt_ids):
             return None
         return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):])
@@ -253,7 +263,9 @@ class LoraTrainer:
             if all(x is not None for x in triple):
                 data.pairs.append(triple)
         if not data.samples and not data.pairs:
-            raise ValueError("training: no samples or contrast pairs with target tokens within max_length")
+            raise ConfigError(f"training.max_length: no samples or contrast pairs keep a target token within "
+                              f"{self.max_tokens} tokens (training.max_length {self.cfg.max_length}, capped at "
+                              f"the student's positions, e.g. student.tiny.max_positions)")
         data.mean_target = sum(sum(x != -100 for x in e.labels) for e in data.samples) / max(1, len(data.samples))
         return data
 

@@ -108,6 +108,18 @@ class TinyModelSection(Section):
     pretrain_steps: int = Field(0, ge=0, description="steps of full training on generic arithmetic text (built once, cached)")
     pretrain_lr: float = Field(3e-3, gt=0)
 
+    @field_validator("n_head")
+    @classmethod
+    def _heads_split_width(cls, n_head: int, info: ValidationInfo) -> int:
+        # Checked here: the model build in an actor would fail with a traceback instead (llama's rotary
+        # positions also need an even head width).
+        n_embd, arch = info.data.get("n_embd"), info.data.get("arch")
+        if n_embd is not None and n_embd % n_head:
+            raise ValueError(f"must divide student.tiny.n_embd {n_embd}")
+        if n_embd is not None and arch == "llama" and (n_embd // n_head) % 2:
+            raise ValueError(f"must split student.tiny.n_embd {n_embd} into heads of even width for llama")
+        return n_head
+
 
 class LoraSection(Section):
     r: int = Field(8, ge=1)

@@ -90,11 +90,13 @@ def _jobs(cfg: Config, pool: list[Example], round_: int) -> tuple[list[Example],
 
 
 def _first_hashes(jobs: list[TeachingJob], cfg: Config) -> list[str]:
+    from tutorloop.actors.teacher.sources import AnswerSources
     from tutorloop.loop.strategies import PromptBuilder, load_templates
     from tutorloop.loop.teaching import _JobRun  # the request a job sends first, exactly as a run builds it
 
     builder = PromptBuilder(load_templates(cfg.teacher.prompts_dir))
-    return [_JobRun(job, builder, cfg.teacher).first_request().request_hash for job in jobs]
+    sources = AnswerSources(cfg.teacher, cfg.data.data_dir)
+    return [_JobRun(job, builder, cfg.teacher, sources).first_request().request_hash for job in jobs]
 
 
 def plan_run(cfg: Config, stored: Stored | None) -> list[RoundEstimate]:

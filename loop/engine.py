@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -30,6 +31,7 @@ from tutorloop.loop.round_plan import (BASELINE, CORE, ROUND_PLAN, TAILORED, Pha
                                        round_kind)
 from tutorloop.loop.run_teachers import RunTeachers, round_teachers
 from tutorloop.loop.stopping import StopRequested, StopSignals
+from tutorloop.loop.teardown import Teardown
 from tutorloop.loop.tailored_reply import tailored_example
 from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers
@@ -93,6 +95,7 @@ class RoundEngine:
         self.trackers = Trackers(cfg, run_dir)  # run.report_to; nothing when the list is empty
         self.stopping = StopSignals()
         self.teachers = RunTeachers(cfg.teacher, run_dir)  # starts served teachers when a round needs them
+        self._calls_rekeyed = False  # answers a run stored under the teacher's old cache key (loop/call_keys.py)
         # Where the wall time went, for scripts/bench_loop.py: teacher waits measured here, model
         # time reported by the actors at shutdown.
         self.seconds = {"teacher_wait_s": 0.0, "teacher_callbacks_s": 0.0}
@@ -118,6 +121,7 @@ class RoundEngine:
 
     def _run(self) -> int:
         self.history.set_status("running")
+        finished = False  # a teardown failure is raised only where no earlier error or stop is the news
         try:
             self.teachers.check_remote({round_kind(r) for r in planned_rounds(self.cfg.run)
                                         if r >= 0 and not self.history.phase_done(r, "teach")})
@@ -136,6 +140,7 @@ class RoundEngine:
                 _, html = write_report(self.run_dir)
                 print(f"tutorloop: report: {html}", flush=True)
             print(next_steps(self.run_dir), flush=True)
+            finished = True
             return 0
         except (KeyboardInterrupt, StopRequested):
             self.history.end("stopped", "interrupted")
@@ -152,12 +157,13 @@ class RoundEngine:
         finally:
             self.stopping.restore()
             self.history.release()
-            self.journal.close()
-            self.trackers.close()
-            try:
-                self.teachers.close()  # before Ray goes: the servers are Ray actors
-            finally:
-                self.actor_seconds = self.workers.shutdown()
+            teardown = Teardown()  # every step runs; failures go to the run's log
+            teardown.step("close the teacher journal", self.journal.close)
+            teardown.step("close the trackers", self.trackers.close)
+            teardown.step("stop the teacher servers", self.teachers.close)  # before Ray goes: they are Ray actors
+            self.actor_seconds = teardown.step("shut the workers down", self.workers.shutdown) or {}
+            if finished:
+                teardown.raise_first()
 
     def _rounds(self) -> str:
         """Runs the rounds not done yet; returns how the run ended."""
@@ -291,7 +297,10 @@ class RoundEngine:
             report.notes.append(example)
         accepted = sum(1 for r in rationales if r["accepted"])
         if state.kind == CORE and not accepted and set(training.tasks) - {"answer"}:
-            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on; "
+            self.history.keep_graded_rationales(state.round, rationales)  # what the message points at
+            rejected = ", ".join(f"{reason} {count}" for reason, count in
+                                 Counter(r["reject_reason"] for r in rationales).most_common()) or "no teacher jobs"
+            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on ({rejected}); "
                            f"see `tutorloop sql {self.run_dir} \"SELECT * FROM teacher_yield\"`")
         samples, pairs = self._curriculum(state, rationales, targets, seed)
         phase.outputs.rows = {"rationales": rationales, "samples": samples, "contrast_pairs": pairs}
@@ -314,18 +323,25 @@ class RoundEngine:
     def _ask_teacher(self, jobs: list[TeachingJob], report: RoundReport, kind: str) -> TeachingOutcome:
         """The teaching session over `jobs` (served teachers started first): answers stored as they come,
         the journal's first."""
+        from tutorloop.actors.teacher.sources import AnswerSources
+        from tutorloop.loop.call_keys import rekey_legacy_calls
         from tutorloop.loop.teaching import TeachingSession
 
         recovered, in_flight = self.history.recover_answers(self.journal)
         if recovered or in_flight:
             report.notes.append(f"resumed teaching: {recovered} answers recovered from {self.journal.path.name}; "
                                 f"{in_flight} requests were in flight at the stop and are sent again")
+        if not self._calls_rekeyed:  # once, and after the journal's answers: they may hold old keys too
+            rekey_legacy_calls(self.history, self.cfg.teacher, self.cfg.data.data_dir)
+            self._calls_rekeyed = True
         self.history.release()  # a server may take a while to load
         teachers, started = self.teachers.for_round(kind, start=bool(jobs))
         report.notes += started
         session = TeachingSession(teachers, jobs, lookup=self._cached_calls, executor=self.workers.teacher(teachers),
                                   persist=self._persist_calls, spent_usd=self.history.spent_usd(),
-                                  on_wait=self.history.release, journal=self.journal)
+                                  on_wait=self.history.release, journal=self.journal,
+                                  on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", done),
+                                  sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir))
         callbacks_before = self.seconds["teacher_callbacks_s"]
         waited = time.monotonic()
         outcome = session.run()
@@ -380,7 +396,7 @@ class RoundEngine:
     def _train(self, state: RoundState, phase: Phase) -> None:
         round_ = state.round
         samples, pairs = self.history.round_samples(round_), self.history.round_pairs(round_)
-        phase.begin(len(samples))
+        phase.begin(None)  # optimizer steps: the trainer's plan sets the total before its first step
         checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
         if samples or pairs:
             init = None

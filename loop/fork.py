@@ -12,6 +12,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from tutorloop.loop.call_keys import rekey_legacy_calls
 from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
 from tutorloop.loop.errors import RunError
 from tutorloop.loop.run_dir import CONFIG_FILE, stored_config
@@ -61,6 +62,9 @@ def fork_run(parent_dir: Path, run_dir: Path, after_round: int, overrides: list[
     try:
         copy_rounds(history, run_dir / HISTORY_FILE, after_round)
         fork = RunHistory(run_dir)
+        # A parent stored by an older version: its answers re-keyed with the config that made them, so a
+        # fork that changes a teacher's recording or endpoint is not answered from them.
+        rekey_legacy_calls(fork, parent.teacher, parent.data.data_dir)
         for relative in fork.adapter_paths():
             shutil.copytree(parent_dir / relative, run_dir / relative)
         fork.become_fork(uuid.uuid4().hex, cfg.run.name, cfg.to_dict(), cfg.fingerprint(RESUME_SAFE_KEYS),

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 10_000
 SIGNIFICANCE = 0.05
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom; above 30 the normal's 1.96.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
 
 
 @dataclass(frozen=True)
@@ -45,11 +42,9 @@ class PairedComparison:
 def mcnemar_exact(wrong_to_right: int, right_to_wrong: int) -> float:
     """Exact two-sided McNemar p-value: a binomial test of the discordant counts against p = 1/2."""
     n = wrong_to_right + right_to_wrong
-    if n == 0:
+    if n == 0:  # binomtest needs at least one trial; no discordant question is no evidence either way
         return 1.0
-    k = min(wrong_to_right, right_to_wrong)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return float(stats.binomtest(wrong_to_right, n, 0.5).pvalue)
 
 
 def bootstrap_difference(correct_a: Sequence[float], correct_b: Sequence[float], seed: int = 0,
@@ -58,16 +53,13 @@ def bootstrap_difference(correct_a: Sequence[float], correct_b: Sequence[float],
 
     Values are right (1) / wrong (0), or a question's share of seeds that got it right."""
     diff = np.asarray(correct_b, dtype=np.float64) - np.asarray(correct_a, dtype=np.float64)
-    if diff.size == 0:
-        return 0.0, 0.0
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 1000):  # chunks keep memory flat on large test sets
-        stop = min(start + 1000, resamples)
-        picks = rng.integers(0, diff.size, size=(stop - start, diff.size))
-        means[start:stop] = diff[picks].mean(axis=1)
-    low, high = np.quantile(means, [0.025, 0.975])
-    return float(low), float(high)
+    if diff.size < 2:  # scipy needs two observations; every resample of one question is that question
+        value = float(diff[0]) if diff.size else 0.0
+        return value, value
+    # batch keeps memory flat on large test sets; percentile, as BCa gives NaN when every question agrees
+    interval = stats.bootstrap((diff,), np.mean, n_resamples=resamples, batch=1000, vectorized=True,
+                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return float(interval.low), float(interval.high)
 
 
 def discordant(correct_a: Mapping[str, float], correct_b: Mapping[str, float]) -> tuple[int, int]:
@@ -101,41 +93,13 @@ def seed_interval(accuracies: Sequence[float]) -> tuple[float, float, float]:
     mean = float(values.mean())
     if values.size < 2:
         return mean, mean, mean
-    df = values.size - 1
-    t = _T975[df - 1] if df <= len(_T975) else 1.96
-    half = t * float(values.std(ddof=1)) / math.sqrt(values.size)
+    half = float(stats.t.ppf(0.975, values.size - 1)) * float(values.std(ddof=1)) / math.sqrt(values.size)
     return mean, mean - half, mean + half
-
-
-def _incomplete_beta(x: float, a: float, b: float) -> float:
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast below the mean: use the symmetry
-        return 1.0 - _incomplete_beta(1.0 - x, b, a)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    result = d
-    for m in range(1, 300):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            result *= c * d
-        if abs(c * d - 1.0) < 1e-14:
-            break
-    return front * result
 
 
 def student_t_two_sided(t: float, df: int) -> float:
     """P(|T| >= |t|) for Student's t with `df` degrees of freedom."""
-    return _incomplete_beta(df / (df + t * t), df / 2, 0.5)
+    return float(2 * stats.t.sf(abs(t), df))
 
 
 def seed_paired_t(differences: Sequence[float]) -> float | None:

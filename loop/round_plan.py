@@ -7,6 +7,7 @@ driven by the student's own mistakes (Wang et al. 2023).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from typing import Callable
@@ -57,8 +58,9 @@ class Phase:
         self._started: float | None = None
         self._after: list[Callable[[], None]] = []
 
-    def begin(self, total: int) -> None:
-        """Marks the phase running with `total` units of work (a resumed phase keeps its progress)."""
+    def begin(self, total: int | None) -> None:
+        """Marks the phase running with `total` units of work, None while not known yet (a resumed phase
+        keeps its progress, its seconds, and without a new total its stored one)."""
         self.history.begin_phase(self.round, round_kind(self.round), self.name, total)
         self._started = time.monotonic()
 
@@ -73,6 +75,7 @@ class Phase:
 
     def __exit__(self, exc_type: type | None, *_: object) -> None:
         if exc_type is not None:
+            self._keep_seconds()
             return
         if self._started is None:
             raise RuntimeError(f"round {self.round} phase {self.name} ended without begin()")
@@ -80,3 +83,11 @@ class Phase:
         self.done = True
         for clean_up in self._after:
             clean_up()
+
+    def _keep_seconds(self) -> None:
+        """A stopped or failed attempt's seconds, added to the phase's so a resumed phase sums its attempts."""
+        if self._started is None:
+            return
+        # A store that fails here must not hide the error that ended the phase: that one the user sees.
+        with contextlib.suppress(Exception):
+            self.history.add_phase_seconds(self.round, self.name, time.monotonic() - self._started)

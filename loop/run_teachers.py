@@ -63,6 +63,9 @@ class RunTeachers:
                 check_teacher(endpoint, self.section)  # returns at once for replay and program teachers
 
     def close(self) -> None:
-        """Stops every server this run started (safe to call twice)."""
-        self._servers.close()
-        self._served.clear()
+        """Stops every server this run started (safe to call twice); each is stopped even when stopping
+        another failed (the ExitStack runs them all), and none is left listed."""
+        try:
+            self._servers.close()
+        finally:
+            self._served.clear()

@@ -19,7 +19,8 @@ def describe_run(run_dir: Path) -> str:
                                  "WHERE status <> 'done' ORDER BY started_at DESC LIMIT 1")
     if active:
         p = active[0]
-        lines.append(f"now: round {p['round']} phase {p['name']} ({p['status']}) {p['progress']}/{p['total']}")
+        total = p["total"] or "?"  # a training's step count is known once the trainer has planned it
+        lines.append(f"now: round {p['round']} phase {p['name']} ({p['status']}) {p['progress']}/{total}")
     summary = fetch_rows(run_dir, "SELECT round, kind, status, test_accuracy, pool_accuracy, mistakes, "
                                   "teacher_calls, cache_hits, teacher_cost_usd, round_s FROM round_summary")
     if summary:

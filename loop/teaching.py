@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Protocol
 from tqdm import tqdm
 
 from tutorloop.actors.teacher import TeacherRequest, check_teacher
+from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.answers import answers_match, extract_answer
 from tutorloop.loop.config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.errors import ConfigError
@@ -149,10 +150,12 @@ def _teacher_strategies(teacher: TeacherEndpoint, strategies: list[str]) -> list
 class _JobRun:
     """The state machine of one job: which request is next, and the rationale record at the end."""
 
-    def __init__(self, job: TeachingJob, builder: PromptBuilder, cfg: TeacherSection) -> None:
+    def __init__(self, job: TeachingJob, builder: PromptBuilder, cfg: TeacherSection,
+                 sources: AnswerSources | None = None) -> None:
         self.job = job
         self.builder = builder
         self.cfg = cfg
+        self.sources = sources or AnswerSources(cfg)
         self.stage1: dict[str, Any] | None = None
         self.reason_prompt = ""
         self.result: dict[str, Any] | None = None
@@ -173,7 +176,9 @@ class _JobRun:
             teacher=job.teacher.name, backend=job.teacher.backend, model=job.teacher.model, api=job.teacher.api,
             messages=[{"role": "user", "content": text}] if chat else None, prompt=None if chat else text,
             params=params, sample_index=job.sample_index, strategy=job.strategy, example_id=job.example.id,
+            source=self.sources.of(job.teacher.name, job.example.dataset),
             stage=stage, round=job.round, question=job.example.question, dataset=job.example.dataset,
+            answer_type=job.example.answer_type,
         )
 
     def first_request(self) -> TeacherRequest:
@@ -303,12 +308,19 @@ class TeachingSession:
                  persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
                  progress: bool = True, on_wait: Callable[[], None] | None = None,
                  journal: TeacherJournal | None = None,
-                 preflight: Callable[[TeacherEndpoint, TeacherSection], None] = check_teacher) -> None:
+                 preflight: Callable[[TeacherEndpoint, TeacherSection], None] = check_teacher,
+                 on_jobs_done: Callable[[int], None] | None = None,
+                 sources: AnswerSources | None = None) -> None:
         self.cfg = teacher_cfg
+        # Keys name what answers (two sources never merge in a wave); the engine's name the configured teachers.
+        self.sources = sources or AnswerSources(teacher_cfg)
         self.preflight = preflight  # raises TeacherUnavailable for a teacher that cannot be asked
         self._checked: set[str] = set()
         self.on_wait = on_wait  # called before the executor blocks on the teacher
         self.journal = journal  # makes each answer durable on arrival, before `persist` batches it
+        # Told how many jobs are finished (all their calls answered, stored or cached) as that changes.
+        self.on_jobs_done = on_jobs_done
+        self._jobs_done = self._jobs_reported = 0
         self.jobs = jobs
         self.lookup = lookup
         self.executor = executor
@@ -321,8 +333,9 @@ class TeachingSession:
         self._bar: tqdm | None = None
 
     def run(self) -> TeachingOutcome:
-        runs = [_JobRun(job, self.builder, self.cfg) for job in self.jobs]
+        runs = [_JobRun(job, self.builder, self.cfg, self.sources) for job in self.jobs]
         self._tally = _Tally()
+        self._jobs_done = self._jobs_reported = 0
         self._bar = tqdm(total=len(runs), desc="teacher", unit="job", disable=not self.progress)
         ready: list[_Asked] = [(run, run.first_request()) for run in runs]
         try:
@@ -349,6 +362,7 @@ class TeachingSession:
             if key in waiting:
                 self._deliver(waiting.pop(key), record, upcoming)
         to_send = self._within_budget([r for key, r in unique.items() if key not in cached], waiting)
+        self._report_jobs()
         self._check_teachers(to_send)
         # Each group holds every answer that arrived while the previous group was being stored,
         # so fast teachers get bigger batches; the journal already holds each answer.
@@ -358,6 +372,7 @@ class TeachingSession:
             for record in group:
                 self._tally.cost += record["cost_usd"]
                 self._deliver(waiting.pop(record["request_hash"], []), record, upcoming)
+            self._report_jobs()
         return upcoming
 
     def _check_teachers(self, requests: list[TeacherRequest]) -> None:
@@ -379,7 +394,7 @@ class TeachingSession:
             if tally.exhausted:
                 for run, _ in waiting.pop(request.request_hash):
                     run.give_up("budget")
-                    self._bar.update(1)
+                    self._job_finished()
                 continue
             reserved += estimate
             to_send.append(request)
@@ -392,7 +407,16 @@ class TeachingSession:
             if following is not None:
                 upcoming.append((run, following))
             else:
-                self._bar.update(1)
+                self._job_finished()
+
+    def _job_finished(self) -> None:
+        self._jobs_done += 1
+        self._bar.update(1)
+
+    def _report_jobs(self) -> None:
+        if self.on_jobs_done is not None and self._jobs_done != self._jobs_reported:
+            self.on_jobs_done(self._jobs_done)
+            self._jobs_reported = self._jobs_done
 
     def _outcome(self, rationales: list[dict[str, Any]]) -> TeachingOutcome:
         tally, limit = self._tally, self.cfg.max_cost_usd
@@ -417,8 +441,9 @@ def estimate_cost(jobs: list[TeachingJob], teacher_cfg: TeacherSection) -> dict[
     per_teacher: dict[str, dict[str, Any]] = {
         t.name: {"requests": 0, "tokens_in": 0, "max_tokens_out": 0, "max_cost_usd": 0.0} for t in teacher_cfg.teachers
     }
+    sources = AnswerSources(teacher_cfg)  # the keys do not count here; their data_dir does not matter
     for job in jobs:
-        run = _JobRun(job, builder, teacher_cfg)
+        run = _JobRun(job, builder, teacher_cfg, sources)
         first = run.first_request()
         requests = [first]
         if job.strategy == "zero_shot_cot":

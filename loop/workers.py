@@ -14,6 +14,7 @@ from tutorloop.loop import cluster
 from tutorloop.loop.config import Config, TeacherSection
 from tutorloop.loop.datasets import Example
 from tutorloop.loop.errors import RunError
+from tutorloop.loop.teardown import Teardown
 
 
 class Workers(Protocol):
@@ -36,7 +37,8 @@ class Workers(Protocol):
         first use, and again when the teachers change (the next kind of round, a server's address)."""
 
     def shutdown(self) -> dict[str, float]:
-        """Stops everything; returns the actors' seconds (load_s, compute_s, boot_s)."""
+        """Stops everything, also what is left when a step fails (that failure, logged, is raised after);
+        returns the actors' seconds (load_s, compute_s, boot_s)."""
 
 
 class RayWorkers:
@@ -106,11 +108,17 @@ class RayWorkers:
                 # Actors boot side by side, so the wall time their boots take is the longest one.
                 merge = max if key == "boot_s" else float.__add__
                 seconds[key] = merge(seconds.get(key, 0.0), float(value))
+        # Every step runs whatever an earlier one raised: a dead actor must not leave the others, or Ray, running.
+        teardown = Teardown()
         if self._teacher is not None:
-            self._teacher.close()
-        for group in groups:
-            group.close()
+            teardown.step("close the teacher pool", self._teacher.close)
+        if self._students is not None:
+            teardown.step("end the student actors", self._students.close)
+        if self._trainer is not None:
+            teardown.step("end the trainer actor", self._trainer.close)
         self._students = self._trainer = self._teacher = None
         if self._owns_ray:
-            ray.shutdown()
+            teardown.step("shut Ray down", ray.shutdown)
+            self._owns_ray = False
+        teardown.raise_first()
         return seconds

@@ -131,24 +131,36 @@ class RunHistory:
     def phase_done(self, round_: int, name: str) -> bool:
         return self._one("SELECT status FROM phases WHERE round = ? AND name = ?", [round_, name]) == "done"
 
-    def begin_phase(self, round_: int, kind: str, name: str, total: int) -> None:
-        """The round and phase marked running; a resumed phase keeps the progress it had."""
+    def begin_phase(self, round_: int, kind: str, name: str, total: int | None) -> None:
+        """The round and phase marked running; a resumed phase keeps the progress and seconds it had,
+        and its stored total when `total` is None (not known yet)."""
         with self.writer.transaction() as tx:
             tx.sql("INSERT OR IGNORE INTO rounds (round, kind, status, started_at) "
                    "VALUES (?, ?, 'running', current_timestamp)", [round_, kind])
-            tx.sql("INSERT OR REPLACE INTO phases (round, name, status, started_at, progress, total) "
-                   "VALUES (?, ?, 'running', current_timestamp, "
-                   "coalesce((SELECT progress FROM phases WHERE round = ? AND name = ?), 0), ?)",
-                   [round_, name, round_, name, total])
+            earlier = "(SELECT {} FROM phases WHERE round = $1 AND name = $2)"
+            tx.sql("INSERT OR REPLACE INTO phases (round, name, status, started_at, progress, total, seconds) "
+                   f"VALUES ($1, $2, 'running', current_timestamp, coalesce({earlier.format('progress')}, 0), "
+                   f"coalesce($3, {earlier.format('total')}, 0), {earlier.format('seconds')})",
+                   [round_, name, total])
 
-    def set_progress(self, round_: int, name: str, progress: int, total: int) -> None:
-        self.writer.sql("UPDATE phases SET progress = ?, total = ? WHERE round = ? AND name = ?",
-                        [progress, total, round_, name])
+    def set_progress(self, round_: int, name: str, done: int, total: int | None = None) -> None:
+        """The running phase's units done (and its total, once known): never below what is stored (a
+        resumed phase counts again from 0) nor above the total."""
+        self.writer.sql("UPDATE phases SET total = coalesce($2, total), "
+                        "progress = least(greatest(progress, $1), coalesce($2, total)) "
+                        "WHERE round = $3 AND name = $4", [done, total, round_, name])
+
+    def add_phase_seconds(self, round_: int, name: str, seconds: float) -> None:
+        """An attempt of a phase that ended without finishing: its seconds count toward the phase's."""
+        self.writer.sql("UPDATE phases SET seconds = coalesce(seconds, 0) + ? WHERE round = ? AND name = ?",
+                        [seconds, round_, name])
 
     def finish_phase(self, round_: int, name: str, seconds: float, outputs: PhaseOutputs) -> None:
         """The phase's outputs and its done mark, in one transaction."""
         with self.writer.transaction() as tx:
             for table, rows in outputs.rows.items():
+                # replaces what a stopped try of the phase left (keep_graded_rationales)
+                tx.sql(f"DELETE FROM {table} WHERE round = ?", [round_])
                 tx.insert(table, rows)
             if outputs.train_steps is not None:
                 tx.sql("DELETE FROM train_steps WHERE round = ?", [round_])
@@ -200,12 +212,16 @@ class RunHistory:
             "ORDER BY ordinal_position")]
         return {row[0]: dict(zip(columns, row)) for row in rows}
 
-    def persist_calls(self, records: list[dict]) -> None:
-        """Teacher answers stored as they arrive, counted as progress of the running teach phase."""
+    def keep_graded_rationales(self, round_: int, rationales: list[dict]) -> None:
+        """The graded rationales of a teach phase that stops without its commit, so teacher_yield shows
+        why; they replace the round's earlier ones and the phase stays undone (its commit replaces them)."""
         with self.writer.transaction() as tx:
-            tx.insert("teacher_calls", records, ignore_duplicates=True)
-            tx.sql("UPDATE phases SET progress = progress + ? WHERE status = 'running' AND name = 'teach'",
-                   [len(records)])
+            tx.sql("DELETE FROM rationales WHERE round = ?", [round_])
+            tx.insert("rationales", rationales)
+
+    def persist_calls(self, records: list[dict]) -> None:
+        """Teacher answers stored as they arrive (the teach phase counts jobs, not calls: `set_progress`)."""
+        self.writer.insert("teacher_calls", records, ignore_duplicates=True)
 
     def recover_answers(self, journal: TeacherJournal) -> tuple[int, int]:
         """After a kill: the journal's answers that missed the history stored; returns how many, and how
@@ -216,6 +232,15 @@ class RunHistory:
         if missing:
             self.persist_calls(missing)
         return len(missing), len(recovered.in_flight)
+
+    def rekey_calls(self, new_keys: dict[str, str]) -> None:
+        """Stored teacher answers moved to new request hashes, with the rationales that point at them."""
+        with self.writer.transaction() as tx:
+            tx.sql("CREATE TEMP TABLE rekey AS SELECT unnest(?::VARCHAR[]) AS old, unnest(?::VARCHAR[]) AS new",
+                   [list(new_keys), list(new_keys.values())])
+            for table in ("teacher_calls", "rationales"):
+                tx.sql(f"UPDATE {table} SET request_hash = rekey.new FROM rekey WHERE {table}.request_hash = rekey.old")
+            tx.sql("DROP TABLE rekey")
 
     def spent_usd(self) -> float:
         return float(self._one("SELECT coalesce(sum(cost_usd), 0) FROM teacher_calls"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -60,8 +61,19 @@ def test_strong_paired_effect_is_significant() -> None:
 def test_seed_interval_is_the_t_interval() -> None:
     mean, low, high = seed_interval([0.5, 0.6, 0.7])
     half = 4.303 * 0.1 / math.sqrt(3)
-    assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half))
+    # 4.303 is the printed table's quantile, rounded to 3 decimals: within 0.0005 * 0.1 / sqrt(3) of the exact one
+    assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half), abs=3e-5)
     assert seed_interval([0.42]) == (0.42, 0.42, 0.42)
+
+
+def test_seed_interval_past_thirty_seeds_keeps_students_t() -> None:
+    # 41 seeds: 40 degrees of freedom, whose 97.5% quantile in printed t tables is 2.021 (the normal's 1.96 is too narrow).
+    accuracies = [0.40 + 0.005 * i for i in range(41)]
+    mean, low, high = seed_interval(accuracies)
+    standard_error = statistics.stdev(accuracies) / math.sqrt(41)
+    assert mean == pytest.approx(0.5)
+    assert (high - mean) / standard_error == pytest.approx(2.021, abs=5e-4)
+    assert (mean - low) / standard_error == pytest.approx(2.021, abs=5e-4)
 
 
 def test_seed_shares_and_the_sign_test_between_arms() -> None:

@@ -49,6 +49,9 @@ class TeacherRequest:
     prompt: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     sample_index: int = 0
+    # What answers it (actors/teacher/sources.py): the same prompt to another endpoint, recording or model
+    # file is another request. Hashed, never sent or stored.
+    source: str = ""
     # metadata, not hashed
     strategy: str = ""
     example_id: str = ""
@@ -56,6 +59,7 @@ class TeacherRequest:
     round: int = 0
     question: str = ""  # the replay backend looks recordings up by question
     dataset: str = ""  # the replay backend reads this task's recordings
+    answer_type: str = "number"  # the replay backend reads a rationale recorded without its answer by it
 
     def payload(self) -> dict[str, Any]:
         """What is sent (and stored as the record's `request`): messages or prompt, and the parameters."""
@@ -67,13 +71,29 @@ class TeacherRequest:
         body["params"] = self.params
         return body
 
-    @property
-    def request_hash(self) -> str:
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str = "") -> TeacherRequest:
+        """The request a stored call record answered (its hashed fields; metadata left empty)."""
+        body = json.loads(record["request"])
+        return cls(teacher=record["teacher"], backend=record["backend"], model=record["model"], api=body["api"],
+                   messages=body.get("messages"), prompt=body.get("prompt"), params=body["params"],
+                   sample_index=int(record["sample_index"]), source=source)
+
+    def _key(self) -> dict[str, Any]:
         key = {"backend": self.backend, "model": self.model, "api": self.api, "params": self.params,
                "sample_index": self.sample_index}
         key["messages" if self.messages is not None else "prompt"] = (
             self.messages if self.messages is not None else self.prompt)
-        return hashlib.sha256(_canonical(key).encode()).hexdigest()
+        return key
+
+    @property
+    def request_hash(self) -> str:
+        return hashlib.sha256(_canonical({**self._key(), "source": self.source}).encode()).hexdigest()
+
+    @property
+    def legacy_hash(self) -> str:
+        """The key before it named the source: what runs stored by earlier versions hold (loop/call_keys.py)."""
+        return hashlib.sha256(_canonical(self._key()).encode()).hexdigest()
 
     def text(self) -> str:
         """The prompt as one text: the completion prompt, or the last user message of a chat."""

@@ -3,6 +3,7 @@ them as one, with requests spread round-robin."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterator
 
 import ray
@@ -14,6 +15,9 @@ from tutorloop.actors.teacher.window import ask_in_window
 from tutorloop.actors.waiting import wait_ready
 from tutorloop.loop.config import TeacherSection
 from tutorloop.store.journal import TeacherJournal
+
+log = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 30  # for all of the pool's actors together
 
 
 @ray.remote
@@ -85,9 +89,22 @@ class RayTeacherPool:
                 ray.cancel(ref)
 
     def close(self) -> None:
-        if not self._actors:
+        """Closes each actor's router, then ends every actor. An actor that died, fails to close or does
+        not answer within CLOSE_TIMEOUT_S is logged (the run's log) and ended all the same."""
+        actors, self._actors = self._actors, []
+        if not actors:
             return
-        ray.get([actor.aclose.remote() for actor in self._actors], timeout=30)
-        for actor in self._actors:
-            ray.kill(actor)
-        self._actors = []
+        try:
+            closing = {actor.aclose.remote(): index for index, actor in enumerate(actors)}
+            ready, late = ray.wait(list(closing), num_returns=len(closing), timeout=CLOSE_TIMEOUT_S)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    log.warning("teacher actor %d of %d could not close: %s", closing[ref] + 1, len(actors),
+                                str(exc).splitlines()[0])
+            if late:
+                log.warning("%d teacher actor(s) did not close within %g s", len(late), CLOSE_TIMEOUT_S)
+        finally:
+            for actor in actors:
+                ray.kill(actor)  # a dead actor's kill does nothing

@@ -4,8 +4,9 @@ By default the recordings are the shipped text-davinci-002 outputs of `data.task
 `recording: FILE` a teacher replays the user's own outputs instead, for any dataset: a `.json` file in
 the shipped recorded format (data/README.md), or a `.jsonl` file with one answer per line,
 `{"question": ..., "rationale": ..., "answer": ...}`, where `answer` (optional) is what the teacher
-said after "Therefore, the answer is"; without it the rationale itself must state its answer
-("... the answer is 8"). Lines with the same question are its samples 0, 1, ... in file order.
+said after "Therefore, the answer is"; without it the answer graded is the rationale's own final answer
+(loop/answers.py: after its last "the answer is", else its last number, yes/no, choice or line). Lines
+with the same question are its samples 0, 1, ... in file order.
 A question without a recording is a "miss"; a replayed answer costs nothing.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens
+from tutorloop.loop.answers import extract_answer
 from tutorloop.loop.config import TeacherEndpoint
 from tutorloop.loop.datasets import _field, _read_jsonl, _read_recorded, load_recorded_teacher, normalize_question
 from tutorloop.loop.errors import DataError
@@ -34,7 +36,7 @@ def _jsonl_completions(path: Path) -> Recording:
         answer = record.get("answer")
         by_question.setdefault(normalize_question(question), []).append({
             "question": question, "reasoning_completion": rationale, "reasoning_finish_reason": "stop",
-            "completion": f" {answer}" if answer is not None else rationale})
+            "completion": f" {answer}" if answer is not None else None})
     return by_question
 
 
@@ -81,11 +83,15 @@ class ReplayBackend:
             return call_record(request, status="miss", latency_s=time.monotonic() - started,
                                error=f"no recording for this question in {request.dataset} "
                                      f"(sample {request.sample_index})")
+        own_answer = request.stage == "answer" and recorded.get("completion") is None
         if request.stage == "reason":
             text, finish = recorded.get("reasoning_completion"), recorded.get("reasoning_finish_reason") or "stop"
+        elif own_answer:  # no recorded answer: the rationale's final answer; "" (graded no_answer) if it states none
+            text = extract_answer(recorded.get("reasoning_completion") or "", request.answer_type)
+            text, finish = f" {text}" if text is not None else "", "stop"
         else:
             text, finish = recorded.get("completion"), "stop"
-        problem = "length" if finish == "length" else None if text and text.strip() else "empty_text"
+        problem = "length" if finish == "length" else None if own_answer or text and text.strip() else "empty_text"
         return call_record(request, status="unusable" if problem else "ok", response=text, finish_reason=finish,
                            tokens_in=request.tokens_in_estimate(), tokens_out=estimate_tokens(text or ""),
                            latency_s=time.monotonic() - started,
