@@ -21,11 +21,11 @@ from typing import Any, Callable
 import torch
 
 from tutorloop.actors.models import adapter_from_bytes, attach_adapter, load_student
-from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
-from tutorloop.loop.calculator import calculator_result
-from tutorloop.loop.config import StudentSection
-from tutorloop.loop.student_prompt import prompted_prompt, student_prompt
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.answers import answers_match, extract_answer, extract_chat_answer
+from tutorloop.loop.core.calculator import calculator_result
+from tutorloop.loop.core.config import StudentSection
+from tutorloop.loop.core.student_prompt import prompted_prompt, student_prompt
+from tutorloop.loop.core.datasets import Example
 
 EXAM_MODES = ("answer", "explain", "prompted")
 # A chat answer runs over paragraphs: only EOS, the token limit or a next question ends it.
@@ -45,7 +45,7 @@ class DecodeSettings:
     greedy: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
-    calculator: bool = False  # write the exact result after "<arithmetic> =" (loop/calculator.py)
+    calculator: bool = False  # write the exact result after "<arithmetic> =" (loop/core/calculator.py)
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from tutorloop.actors.models import load_student, pick_device, pick_dtype
-from tutorloop.loop.config import StudentSection
+from tutorloop.loop.core.config import StudentSection
 
 
 def merge_adapter(student_cfg: StudentSection, adapter: bytes | str, out_dir: str | Path) -> Path:

@@ -23,8 +23,8 @@ import torch
 
 from tutorloop.actors.model_cache import cache_dir, publish, tmp_sibling
 from tutorloop.actors.tiny_model import build_tiny_model
-from tutorloop.loop.config import StudentSection
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import StudentSection
+from tutorloop.loop.core.errors import ConfigError
 
 # peft still reads `is_gradient_checkpointing`, which transformers 5 deprecates: without this, every
 # adapter a model actor loads prints the same FutureWarning into the run's output.

@@ -12,9 +12,9 @@ from tutorloop.actors.exam import Examiner
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.waiting import wait_ready
-from tutorloop.loop.config import RaySection, StudentSection
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.teardown import Teardown
+from tutorloop.loop.core.config import RaySection, StudentSection
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.teardown import Teardown
 
 # An exam is handed out (and stored, and counted on its progress bar) in chunks of this many generation
 # batches: more than one, so continuous batching has questions to refill freed rows with.

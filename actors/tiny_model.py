@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from tutorloop.actors.model_cache import cache_dir, publish, tmp_sibling
-from tutorloop.loop.config import TinyModelSection
+from tutorloop.loop.core.config import TinyModelSection
 
 # Bump when the tiny-model recipe changes so stale cached bases are not reused.
 TINY_BUILD_VERSION = 5

@@ -12,9 +12,9 @@ from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.student import student_actor_options
 from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.training import LoraTrainer
-from tutorloop.loop.config import RaySection, StudentSection, TrainingSection
-from tutorloop.loop.errors import TutorloopError
-from tutorloop.loop.teardown import Teardown
+from tutorloop.loop.core.config import RaySection, StudentSection, TrainingSection
+from tutorloop.loop.core.errors import TutorloopError
+from tutorloop.loop.core.teardown import Teardown
 
 POLL_S = 0.5  # how often the driver asks for new steps (and checks for a stop request)
 

@@ -34,8 +34,8 @@ from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, allow
                                      load_tokenizer, position_limit, student_source)
 from tutorloop.actors.train_batches import Step, per_task_plan, token_plan
 from tutorloop.actors.train_state import Checkpoints, TrainState
-from tutorloop.loop.config import StudentSection, TrainingSection
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import StudentSection, TrainingSection
+from tutorloop.loop.core.errors import ConfigError
 
 SAMPLE_KEYS = ("example_id", "task", "input", "target", "weight")
 PAIR_KEYS = ("example_id", "input", "anchor", "positive", "negative")

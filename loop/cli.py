@@ -17,8 +17,8 @@ from typing import Iterator, NoReturn
 
 import pyarrow as pa
 
-from tutorloop.loop.config import load_config
-from tutorloop.loop.errors import EXIT_FAILURE, EXIT_USAGE, TutorloopError
+from tutorloop.loop.core.config import load_config
+from tutorloop.loop.core.errors import EXIT_FAILURE, EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import markdown_table
 
 FORMATS = ("table", "markdown", "csv", "json", "parquet")

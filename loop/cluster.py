@@ -12,7 +12,7 @@ from pathlib import Path
 
 import ray
 
-from tutorloop.loop.config import Config
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.console import actor_runtime_env
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from tutorloop.loop.compare_stats import (Arm, RunOutcome, arm_problem, arm_rounds, arm_tests, detect_arms,
                                           load_outcomes, named_arms, pairing_problem, seeds_disagree)
-from tutorloop.loop.errors import EXIT_USAGE, TutorloopError
+from tutorloop.loop.core.errors import EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import percent
 from tutorloop.loop.paired_stats import (BOOTSTRAP_RESAMPLES, SIGNIFICANCE, PairedComparison, compare_paired,
                                          seed_interval, verdict)

@@ -10,10 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from tutorloop.loop.config import TeacherSection, TrainingSection
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.errors import ConfigError
-from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.config import TeacherSection, TrainingSection
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tutorloop.loop.config import Config
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.curriculum import random_selection, teaching_targets
-from tutorloop.loop.datasets import Example, drop_test_duplicates, load_examples
+from tutorloop.loop.core.datasets import Example, drop_test_duplicates, load_examples
 from tutorloop.loop.round_plan import BASELINE, CORE, derive_seed, planned_rounds, round_kind
 from tutorloop.loop.run_teachers import round_teachers
 from tutorloop.loop.teaching import TeachingJob, estimate_cost, plan_round_jobs

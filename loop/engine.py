@@ -20,18 +20,18 @@ from typing import TYPE_CHECKING, Callable
 from tqdm import tqdm
 
 from tutorloop.actors.teacher.health import TeacherUnavailable
-from tutorloop.loop.config import Config
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.console import console_to_log
 from tutorloop.loop.curriculum import (TeachingTargets, build_contrast_pairs, build_samples, find_mistakes,
                                        random_selection, replay_samples, teaching_targets)
-from tutorloop.loop.datasets import Example, answer_type_of, drop_test_duplicates, load_examples
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.datasets import Example, answer_type_of, drop_test_duplicates, load_examples
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.formatting import next_steps, percent
 from tutorloop.loop.round_plan import (BASELINE, CORE, ROUND_PLAN, TAILORED, Phase, derive_seed, planned_rounds,
                                        round_kind)
 from tutorloop.loop.run_teachers import RunTeachers, round_teachers
 from tutorloop.loop.stopping import StopRequested, StopSignals
-from tutorloop.loop.teardown import Teardown
+from tutorloop.loop.core.teardown import Teardown
 from tutorloop.loop.tailored_reply import tailored_example
 from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from tutorloop.loop.compare import strategies_by_round
-from tutorloop.loop.config import config_from_dict
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.config import config_from_dict
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.formatting import markdown_table, percent
-from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.loop.core.student_prompt import student_prompt
 from tutorloop.store.query import fetch_rows, history_path
 
 

@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from tutorloop.loop.call_keys import rekey_legacy_calls
-from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.run_dir import CONFIG_FILE, stored_config
 from tutorloop.store.history import RunHistory, copy_rounds
 from tutorloop.store.query import HISTORY_FILE

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tutorloop.loop.compare_stats import load_outcomes, round_tests
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.paired_stats import PairedComparison
 from tutorloop.store.query import fetch_rows, history_path
 

@@ -12,7 +12,7 @@ import hashlib
 import time
 from typing import Callable
 
-from tutorloop.loop.config import RunSection
+from tutorloop.loop.core.config import RunSection
 from tutorloop.store.history import PhaseOutputs, RunHistory
 
 BASELINE, CORE, TAILORED = "baseline", "core", "tailored"

@@ -14,10 +14,10 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from tutorloop.loop.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
-from tutorloop.loop.datasets import drop_test_duplicates, load_examples
+from tutorloop.loop.core.config import RESUME_SAFE_KEYS, Config, apply_overrides, changed_keys, config_from_dict
+from tutorloop.loop.core.datasets import drop_test_duplicates, load_examples
 from tutorloop.loop.engine import RoundEngine
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.round_plan import planned_rounds
 from tutorloop.store.history import RunHistory, read_run
 from tutorloop.store.query import HISTORY_FILE

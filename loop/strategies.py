@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tutorloop.loop.answers import TRIGGER_QUALIFIER
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.errors import ConfigError, DataError
-from tutorloop.loop.student_prompt import ANSWER_TRIGGER
+from tutorloop.loop.core.answers import TRIGGER_QUALIFIER
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import ConfigError, DataError
+from tutorloop.loop.core.student_prompt import ANSWER_TRIGGER
 
 NUMBER_TRIGGER = "Therefore, the answer (arabic numerals) is"
 YESNO_TRIGGER = "Therefore, the answer (Yes or No) is"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from textwrap import shorten
 from typing import Any
 
-from tutorloop.loop.answers import TRIGGER_QUALIFIER, answers_match, extract_answer
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.answers import TRIGGER_QUALIFIER, answers_match, extract_answer
+from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.strategies import clean_rationale
 
 # A label at the start of a line, with optional markdown around it ("**", "#", "-", "1.").

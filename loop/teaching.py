@@ -14,7 +14,7 @@ first request that would go over the budget stops all sending, and the jobs left
 with reject_reason "budget". Cached answers cost nothing and are still used. (A response retried as
 unusable is billed again; that retry is not part of the reservation.)
 
-Every rationale is graded against gold (loop/answers.py) and stored with its grade and rejection
+Every rationale is graded against gold (loop/core/answers.py) and stored with its grade and rejection
 reason; exactly one rationale record per job.
 
 An `openai` teacher is checked once (actors/teacher/preflight.py) before the session first sends
@@ -33,14 +33,14 @@ from tqdm import tqdm
 
 from tutorloop.actors.teacher import TeacherRequest, check_teacher
 from tutorloop.actors.teacher.sources import AnswerSources
-from tutorloop.loop.answers import answers_match, extract_answer
-from tutorloop.loop.config import TeacherEndpoint, TeacherSection
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.strategies import (
     Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates,
 )
 from tutorloop.loop.curriculum import TeachingTargets
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.tailored_reply import parse_tailored_reply
 from tutorloop.store.journal import TeacherJournal
 

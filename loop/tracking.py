@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from tutorloop.loop.config import Config
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import Config
+from tutorloop.loop.core.errors import ConfigError
 
 TENSORBOARD_DIR = "tensorboard"  # in the run directory
 STATE_FILE = "trackers.json"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from tutorloop.loop import cluster
-from tutorloop.loop.config import Config, TeacherSection
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.errors import RunError
-from tutorloop.loop.teardown import Teardown
+from tutorloop.loop.core.config import Config, TeacherSection
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import RunError
+from tutorloop.loop.core.teardown import Teardown
 
 
 class Workers(Protocol):

@@ -29,9 +29,9 @@ import torch
 from tutorloop.actors.exam import Examiner, cut_at_stop, eos_token_ids
 from tutorloop.actors.models import adapter_to_bytes, cache_dir
 from tutorloop.actors.training import LoraTrainer
-from tutorloop.loop.config import DataSection, GenerationSection, StudentSection, TrainingSection
-from tutorloop.loop.datasets import Example, load_examples, load_recorded_teacher, normalize_question
-from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.config import DataSection, GenerationSection, StudentSection, TrainingSection
+from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 Outputs = tuple[list[str], list[int]]  # texts and generated token counts, one per question
 

@@ -18,7 +18,7 @@ from tutorloop.loop.cli import prefer_local_ray_env
 prefer_local_ray_env(None)  # before Ray is imported: a local Ray on loopback
 
 from tutorloop.actors.models import load_student  # noqa: E402
-from tutorloop.loop.config import load_config  # noqa: E402
+from tutorloop.loop.core.config import load_config  # noqa: E402
 from tutorloop.loop.engine import RoundEngine  # noqa: E402
 from tutorloop.loop.run_dir import create_run  # noqa: E402
 

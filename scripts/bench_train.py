@@ -18,9 +18,9 @@ import resource
 import torch
 
 from tutorloop.actors.training import LoraTrainer
-from tutorloop.loop.config import DataSection, StudentSection, TrainingSection
-from tutorloop.loop.student_prompt import student_prompt, student_target
-from tutorloop.loop.datasets import load_examples
+from tutorloop.loop.core.config import DataSection, StudentSection, TrainingSection
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.datasets import load_examples
 
 
 def main() -> None:

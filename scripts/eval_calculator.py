@@ -3,7 +3,7 @@
 
 Each round's adapter answers the run's test questions greedily in its first eval mode, as the run's
 own eval did, but with `student.generation.calculator` on: after every "<arithmetic> =" the student
-writes, decoding writes the exact result (loop/calculator.py). The run's stored eval (without the
+writes, decoding writes the exact result (loop/core/calculator.py). The run's stored eval (without the
 calculator, unless the run had it on when that round was evaluated) is the paired baseline, read
 from history.duckdb (read-only; the run may be live). Prints one markdown table: per round, accuracy
 without and with the calculator, the paired difference with its 95% bootstrap interval and exact
@@ -24,8 +24,8 @@ import duckdb
 
 from tutorloop.actors.exam import Examiner
 from tutorloop.actors.models import adapter_to_bytes, set_torch_threads
-from tutorloop.loop.config import load_config
-from tutorloop.loop.datasets import answer_type_of, load_examples
+from tutorloop.loop.core.config import load_config
+from tutorloop.loop.core.datasets import answer_type_of, load_examples
 from tutorloop.loop.paired_stats import compare_paired
 
 

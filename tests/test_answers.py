@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from tutorloop.loop.answers import (answers_match, extract_answer, extract_chat_answer, normalize_gold,
+from tutorloop.loop.core.answers import (answers_match, extract_answer, extract_chat_answer, normalize_gold,
                                     normalize_number)
-from tutorloop.loop.config import DataSection
-from tutorloop.loop.student_prompt import student_target
-from tutorloop.loop.datasets import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
+from tutorloop.loop.core.config import DataSection
+from tutorloop.loop.core.student_prompt import student_target
+from tutorloop.loop.core.datasets import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
 
 RECORDED_TASKS = ["addsub", "coin_flip", "date_understanding", "last_letter_concatenation", "multiarith",
                   "strategy_qa", "tracking_shuffled_objects"]

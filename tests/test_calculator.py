@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tutorloop.loop.calculator import calculator_result
+from tutorloop.loop.core.calculator import calculator_result
 
 
 @pytest.mark.parametrize("text, expected", [

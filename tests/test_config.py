@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.loop.config import RESUME_SAFE_KEYS, ConfigError, load_config
+from tutorloop.loop.core.config import RESUME_SAFE_KEYS, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

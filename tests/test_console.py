@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as the CLI se
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import ray
 from tutorloop.loop import cluster
-from tutorloop.loop.config import Config
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.console import console_to_log
 
 @ray.remote

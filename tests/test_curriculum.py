@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tutorloop.loop.config import TeacherEndpoint, TeacherSection, TrainingSection
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection, TrainingSection
 import pytest
 
 from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, category_balanced_selection,
                                        find_mistakes, order_mistakes, random_selection, replay_samples,
                                        teaching_targets)
-from tutorloop.loop.errors import ConfigError
-from tutorloop.loop.student_prompt import ANSWER_TRIGGER, student_target
-from tutorloop.loop.synthetic import generate_problems
+from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.student_prompt import ANSWER_TRIGGER, student_target
+from tutorloop.loop.core.synthetic import generate_problems
 
 
 def attempt(example_id: str, index: int, correct: bool, output: str = " wrong\nTherefore, the answer is 1.") -> dict:
@@ -273,8 +273,8 @@ def test_replay_mixes_share_of_earlier_samples() -> None:
 
 
 def test_targets_hold_no_blank_line_where_the_exam_stops() -> None:
-    from tutorloop.loop.answers import extract_answer
-    from tutorloop.loop.config import GenerationSection
+    from tutorloop.loop.core.answers import extract_answer
+    from tutorloop.loop.core.config import GenerationSection
 
     # text-davinci-002 writes paragraphs: 97% of its tracking_shuffled_objects rationales have blank lines.
     rationale = "First, Alice and Bob swap balls.  \n\nThen, Bob and Claire swap balls.\n \n\nSo Alice has the blue ball."

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tutorloop.loop.config import DataSection
-from tutorloop.loop.datasets import (
+from tutorloop.loop.core.config import DataSection
+from tutorloop.loop.core.datasets import (
     RECORDED_TEACHER_DIR, TASKS, DataError, answer_type_of, drop_test_duplicates, get_task, load_examples,
     load_recorded_teacher, normalize_question, resolve_data_dir,
 )

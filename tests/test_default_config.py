@@ -19,8 +19,8 @@ import pytest
 from tiny_student import RANDOM_GPT2, problems, samples_for, student_cfg, training_cfg
 from tutorloop.actors.models import load_tokenizer, student_source
 from tutorloop.actors.training import LoraTrainer
-from tutorloop.loop.config import StudentSection, config_from_dict
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import StudentSection, config_from_dict
+from tutorloop.loop.core.errors import ConfigError
 
 
 def test_long_sample_is_cut_to_the_students_positions() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared_run import REPO, shared_quick_run
-from tutorloop.loop.calculator import calculator_result
+from tutorloop.loop.core.calculator import calculator_result
 from tutorloop.store.query import fetch_rows
 
 EQUATION = re.compile(r"(\d+) ([-+*x]) (\d+) = (-?\d+)")

@@ -9,9 +9,9 @@ import torch
 
 from tiny_student import PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, problems, student_cfg
 from tutorloop.actors.exam import PROMPTED_STOP, DecodeSettings, Examiner, cut_at_stop, decode_batch, exam_format
-from tutorloop.loop.answers import answers_match, extract_answer, extract_chat_answer
-from tutorloop.loop.calculator import calculator_result
-from tutorloop.loop.student_prompt import STEP_BY_STEP, student_prompt
+from tutorloop.loop.core.answers import answers_match, extract_answer, extract_chat_answer
+from tutorloop.loop.core.calculator import calculator_result
+from tutorloop.loop.core.student_prompt import STEP_BY_STEP, student_prompt
 
 RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens",
                "output_tokens"}
@@ -162,7 +162,7 @@ def test_bad_mode_is_rejected(pretrained: Examiner) -> None:
 
 def test_prompted_mode_asks_in_the_students_own_chat_template(pretrained: Examiner) -> None:
     from tutorloop.actors.models import load_tokenizer, student_source
-    from tutorloop.loop.config import StudentSection
+    from tutorloop.loop.core.config import StudentSection
 
     tokenizer = load_tokenizer(student_source(StudentSection(model="smollm2-135m-instruct")))
     question = "Tom has 3 apples and buys 4 more. How many apples does he have?"
@@ -184,8 +184,8 @@ def test_prompted_mode_asks_in_the_students_own_chat_template(pretrained: Examin
 
 @pytest.mark.slow
 def test_smollm2_batched_equals_one_at_a_time() -> None:
-    from tutorloop.loop.config import DataSection, StudentSection
-    from tutorloop.loop.datasets import load_examples
+    from tutorloop.loop.core.config import DataSection, StudentSection
+    from tutorloop.loop.core.datasets import load_examples
 
     cfg = StudentSection(model="smollm2-135m-instruct", generation={"max_new_tokens": 24, "batch_size": 8})
     examiner = Examiner(cfg, "number")

@@ -14,8 +14,8 @@ import torch
 
 from shared_run import cli, shared_quick_run
 from tutorloop.actors.models import load_student, student_source
-from tutorloop.loop.config import config_from_dict
-from tutorloop.loop.student_prompt import student_prompt
+from tutorloop.loop.core.config import config_from_dict
+from tutorloop.loop.core.student_prompt import student_prompt
 from tutorloop.store.query import fetch_rows
 
 PROMPT = student_prompt("Tom has 3 apples. He gets 4 more. How many apples does Tom have now?", "explain")

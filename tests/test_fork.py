@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from shared_run import REPO, cli, shared_quick_run
-from tutorloop.loop.config import config_from_dict, load_config
+from tutorloop.loop.core.config import config_from_dict, load_config
 from tutorloop.loop.curriculum import random_selection
 from tutorloop.loop.round_plan import derive_seed
-from tutorloop.loop.datasets import load_examples
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.datasets import load_examples
+from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.fork import fork_config
 from tutorloop.store.query import fetch_rows
 

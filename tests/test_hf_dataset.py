@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tutorloop.loop.config import DataSection
-from tutorloop.loop.datasets import answer_type_of, load_examples
-from tutorloop.loop.errors import DataError
+from tutorloop.loop.core.config import DataSection
+from tutorloop.loop.core.datasets import answer_type_of, load_examples
+from tutorloop.loop.core.errors import DataError
 
 datasets = pytest.importorskip("datasets")
 

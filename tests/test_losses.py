@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from tiny_student import RANDOM_GPT2, RANDOM_LLAMA, pairs_for, problems, samples_for, student_cfg, training_cfg
 from tutorloop.actors.models import adapter_from_bytes, load_student
 from tutorloop.actors.training import LoraTrainer, warmup_then_decay
-from tutorloop.loop.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 
 def _token_nll(model, trainer: LoraTrainer, prompt: str, target: str) -> tuple[float, int]:

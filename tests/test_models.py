@@ -17,8 +17,8 @@ from tutorloop.actors import models
 from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, check_student_model, load_student,
                                      resolve_model_source)
 from tutorloop.actors.tiny_model import build_tiny_model, tiny_model_dir
-from tutorloop.loop.config import StudentSection, TinyModelSection
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import StudentSection, TinyModelSection
+from tutorloop.loop.core.errors import ConfigError
 
 
 def _logits(model, tokenizer, text: str = "Tom has 3 apples. 3 + 4 =") -> torch.Tensor:
@@ -154,7 +154,7 @@ def test_check_student_model_names_the_path_and_what_was_expected(tmp_path, monk
 HUB_PROBE = """
 import json, sys
 from tutorloop.actors.models import check_student_model, load_student
-from tutorloop.loop.config import StudentSection
+from tutorloop.loop.core.config import StudentSection
 out = {}
 for name, call in (("check", check_student_model), ("load", load_student)):
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from test_engine_plan import FakeWorkers, config
-from tutorloop.loop.config import Config, TeacherSection
+from tutorloop.loop.core.config import Config, TeacherSection
 from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.run_dir import create_run
 from tutorloop.store.query import fetch_rows

@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from tutorloop.actors.teacher import LocalTeacherPool
-from tutorloop.loop.config import TeacherSection
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.teaching import TeachingSession, plan_jobs
 from tutorloop.store.query import fetch_rows
 

@@ -23,8 +23,8 @@ import pytest
 from tutorloop.actors.models import find_default_gguf
 from tutorloop.actors.serving import LlamaCppServer, resolve_gguf, served_teachers
 from tutorloop.actors.teacher import OpenAIBackend, TeacherRequest
-from tutorloop.loop.config import TeacherEndpoint, TeacherSection
-from tutorloop.loop.errors import DataError, RunError
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.errors import DataError, RunError
 
 pytest.importorskip("xllamacpp")
 pytestmark = [
@@ -239,7 +239,7 @@ def test_prepare_stamp_skips_only_an_unchanged_file(tmp_path: Path, monkeypatch:
 def test_config_aliases_are_the_ones_served() -> None:
     from tutorloop.actors.models import DEFAULT_STUDENT_ALIAS
     from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS
-    from tutorloop.loop.config import SERVE_MODEL_ALIASES
+    from tutorloop.loop.core.config import SERVE_MODEL_ALIASES
 
     assert set(SERVE_MODEL_ALIASES) == {LOCAL_TEACHER_ALIAS, DEFAULT_STUDENT_ALIAS}
     assert resolve_gguf(DEFAULT_STUDENT_ALIAS) == find_default_gguf()

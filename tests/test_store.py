@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tutorloop.loop.errors import StoreError
+from tutorloop.loop.core.errors import StoreError
 from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.query import ReadOnlyQueryError, fetch_rows, query
 from tutorloop.store.schema import SCHEMA_VERSION, TABLES

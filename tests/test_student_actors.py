@@ -8,7 +8,7 @@ import pytest
 
 from tiny_student import PRETRAINED_TINY, problems, samples_for, student_cfg, training_cfg
 from tutorloop.actors.exam import Examiner
-from tutorloop.loop.config import RaySection
+from tutorloop.loop.core.config import RaySection
 
 
 @pytest.fixture(scope="module")

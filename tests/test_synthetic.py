@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tutorloop.loop.answers import answers_match, extract_answer
-from tutorloop.loop.config import DataSection, SyntheticSection
-from tutorloop.loop.student_prompt import student_target
-from tutorloop.loop.synthetic import (
+from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.config import DataSection, SyntheticSection
+from tutorloop.loop.core.student_prompt import student_target
+from tutorloop.loop.core.synthetic import (
     apply_op, generate_problems, parse_rationale_steps, rationale_lines, reworded_problems, solve_steps,
     step_sentence,
 )
-from tutorloop.loop.datasets import load_examples
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.datasets import load_examples
+from tutorloop.loop.core.errors import ConfigError
 
 
 def _key(ex) -> tuple:

@@ -12,7 +12,7 @@ import pytest
 
 from tutorloop.actors.models import find_default_gguf
 from tutorloop.actors.teacher import program
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.strategies import PromptBuilder, load_templates
 from tutorloop.loop.tailored_reply import TailoredReply, grade_tailored_reply, parse_tailored_reply, tailored_example
 

@@ -14,8 +14,8 @@ from tutorloop.actors.teacher import (
     CALL_COLUMNS, LocalTeacherPool, TeacherRequest, TokenBucket, estimate_tokens, program, redact,
     retry_after_seconds,
 )
-from tutorloop.loop.config import TeacherSection
-from tutorloop.loop.synthetic import generate_problems
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.synthetic import generate_problems
 
 PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c5b4a3210fedcba"
 QUESTIONS = [e.question for e in generate_problems(6, seed=3, min_steps=1, max_steps=3, max_value=9)]

@@ -14,8 +14,8 @@ import pytest
 from tutorloop.actors.teacher import LocalTeacherPool
 from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.call_keys import rekey_legacy_calls  # what the engine runs before a teach phase
-from tutorloop.loop.config import Config, TeacherEndpoint, TeacherSection, config_from_dict, load_config
-from tutorloop.loop.datasets import Example, load_examples
+from tutorloop.loop.core.config import Config, TeacherEndpoint, TeacherSection, config_from_dict, load_config
+from tutorloop.loop.core.datasets import Example, load_examples
 from tutorloop.loop.fork import fork_run
 from tutorloop.loop.run_dir import create_run, stored_config
 from tutorloop.loop.strategies import PromptBuilder, load_templates

@@ -20,8 +20,8 @@ import pytest
 
 from teacher_server import TeacherServer
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherUnavailable, check_teacher
-from tutorloop.loop.config import TeacherSection
-from tutorloop.loop.synthetic import generate_problems
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.synthetic import generate_problems
 from tutorloop.loop.teaching import TeachingSession, plan_jobs
 from tutorloop.store.journal import TeacherJournal
 

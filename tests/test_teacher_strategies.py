@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from tutorloop.actors.teacher import program
-from tutorloop.loop.config import TeacherSection
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.strategies import (
     PromptBuilder, builtin_exemplars, clean_rationale, load_templates,
 )
-from tutorloop.loop.synthetic import generate_problems
+from tutorloop.loop.core.synthetic import generate_problems
 from tutorloop.loop.tailored_reply import parse_tailored_reply
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.teaching import _JobRun, plan_jobs
 
 Q = "Tom has 3 apples. He gets 4 more. Then he gives away 2. How many apples does Tom have now?"

@@ -16,10 +16,10 @@ import pytest
 from test_engine_plan import config, new_run
 from tiny_student import RANDOM_GPT2
 from tutorloop.actors.teacher import TeacherRequest
-from tutorloop.loop.config import TeacherSection
+from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.engine import LOG_FILE, RoundEngine
 from tutorloop.loop.run_dir import create_run
-from tutorloop.loop.teardown import TeardownError
+from tutorloop.loop.core.teardown import TeardownError
 from tutorloop.loop.workers import RayWorkers
 from tutorloop.store.query import fetch_rows
 

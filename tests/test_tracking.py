@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from test_engine_plan import config, new_run
-from tutorloop.loop.config import Config
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.engine import RoundEngine
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.tracking import STATE_FILE, TENSORBOARD_DIR, Trackers, round_metrics
 from tutorloop.store.query import fetch_rows
 
@@ -162,7 +162,7 @@ class TrackedEngine(RoundEngine):
 
 def test_an_engine_run_on_an_hf_dataset_reaches_tensorboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     datasets = pytest.importorskip("datasets")
-    from tutorloop.loop.datasets import load_examples
+    from tutorloop.loop.core.datasets import load_examples
 
     # The quick config's synthetic problems, saved as a Hugging Face dataset (the program teacher
     # answers them wherever they come from).

@@ -310,7 +310,7 @@ def test_merged_export_reloads_and_generates_the_same_text(tiny: dict, tmp_path)
 
     from tutorloop.actors.exam import DecodeSettings, decode_batch
     from tutorloop.actors.export import merge_adapter
-    from tutorloop.loop.student_prompt import student_prompt
+    from tutorloop.loop.core.student_prompt import student_prompt
 
     cfg = student_cfg(tiny)
     examples = problems(12)

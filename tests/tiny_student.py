@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from tutorloop.loop.config import StudentSection, TrainingSection
-from tutorloop.loop.student_prompt import student_prompt, student_target
-from tutorloop.loop.synthetic import generate_problems
-from tutorloop.loop.datasets import Example
+from tutorloop.loop.core.config import StudentSection, TrainingSection
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.datasets import Example
 
 # A pretrained tiny llama that knows single-digit arithmetic (built once, ~40 s, then cached).
 PRETRAINED_TINY = {"arch": "llama", "n_layer": 2, "n_embd": 64, "n_head": 4, "max_positions": 192,

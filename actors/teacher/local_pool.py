@@ -13,8 +13,8 @@ from tutorloop.actors.teacher.health import answered_records
 from tutorloop.actors.teacher.router import TeacherRouter
 from tutorloop.actors.teacher.window import ask_in_window
 from tutorloop.actors.waiting import WAIT_GRACE_S
-from tutorloop.loop.config import TeacherSection
-from tutorloop.store.journal import TeacherJournal
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.records import CallJournal
 
 
 class LocalTeacherPool:
@@ -28,7 +28,7 @@ class LocalTeacherPool:
         self._thread.start()
 
     def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-            journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]:
+            journal: CallJournal | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         At most `concurrency` requests are out at once. `journal` records each answer the instant

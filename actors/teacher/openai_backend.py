@@ -32,7 +32,7 @@ from tutorloop.actors.teacher.health import (
     UNREACHABLE, CircuitBreaker, client_options, failure_cause,
 )
 from tutorloop.actors.teacher.limits import TokenBucket, retry_after_seconds
-from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
 
 log = logging.getLogger("tutorloop.teacher")
 

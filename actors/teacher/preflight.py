@@ -16,7 +16,7 @@ from typing import Any
 from tutorloop.actors.teacher.health import (
     TeacherUnavailable, client_options, failure_cause, where,
 )
-from tutorloop.loop.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
 
 log = logging.getLogger("tutorloop.teacher")
 

@@ -1,4 +1,4 @@
-"""The `program` backend: a deterministic teacher for the synthetic arithmetic task (loop/synthetic.py).
+"""The `program` backend: a deterministic teacher for the synthetic arithmetic task (loop/core/synthetic.py).
 
 It reads only the prompt text, exactly as a remote LLM would, so the same function serves the
 in-process `ProgramBackend` and the test HTTP server (tests/teacher_server.py): both give the same
@@ -23,10 +23,10 @@ import time
 from typing import Any
 
 from tutorloop.actors.teacher.calls import TeacherRequest, call_record, estimate_tokens
-from tutorloop.loop.config import TeacherEndpoint
+from tutorloop.loop.core.config import TeacherEndpoint
 # The question templates and step words are synthetic.py's; building the parser from them keeps
 # the two in step if a phrase changes.
-from tutorloop.loop.synthetic import OP_PHRASES, OP_WORDS, apply_op, parse_rationale_steps, solve_steps
+from tutorloop.loop.core.synthetic import OP_PHRASES, OP_WORDS, apply_op, parse_rationale_steps, solve_steps
 
 # Labels of the tailored prompt (loop/teacher_prompts/tailored.txt) and of its answer format.
 STUDENT_REASONING = "Student's reasoning:"

@@ -13,8 +13,8 @@ from tutorloop.actors.teacher.health import answered_records
 from tutorloop.actors.teacher.router import TeacherRouter
 from tutorloop.actors.teacher.window import ask_in_window
 from tutorloop.actors.waiting import wait_ready
-from tutorloop.loop.config import TeacherSection
-from tutorloop.store.journal import TeacherJournal
+from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.records import CallJournal
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 30  # for all of the pool's actors together
@@ -58,7 +58,7 @@ class RayTeacherPool:
         return self._actors
 
     def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-            journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]:
+            journal: CallJournal | None = None) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         Like LocalTeacherPool: at most `concurrency` requests out at once; `journal` records each

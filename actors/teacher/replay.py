@@ -5,7 +5,7 @@ By default the recordings are the shipped text-davinci-002 outputs of `data.task
 the shipped recorded format (data/README.md), or a `.jsonl` file with one answer per line,
 `{"question": ..., "rationale": ..., "answer": ...}`, where `answer` (optional) is what the teacher
 said after "Therefore, the answer is"; without it the answer graded is the rationale's own final answer
-(loop/answers.py: after its last "the answer is", else its last number, yes/no, choice or line). Lines
+(loop/core/answers.py: after its last "the answer is", else its last number, yes/no, choice or line). Lines
 with the same question are its samples 0, 1, ... in file order.
 A question without a recording is a "miss"; a replayed answer costs nothing.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens
-from tutorloop.loop.answers import extract_answer
-from tutorloop.loop.config import TeacherEndpoint
-from tutorloop.loop.datasets import _field, _read_jsonl, _read_recorded, load_recorded_teacher, normalize_question
-from tutorloop.loop.errors import DataError
+from tutorloop.loop.core.answers import extract_answer
+from tutorloop.loop.core.config import TeacherEndpoint
+from tutorloop.loop.core.datasets import required_field, read_jsonl, read_recorded, load_recorded_teacher, normalize_question
+from tutorloop.loop.core.errors import DataError
 
 Recording = dict[str, list[dict[str, Any]]]  # normalize_question(question) -> completions in sample order
 
@@ -28,8 +28,8 @@ Recording = dict[str, list[dict[str, Any]]]  # normalize_question(question) -> c
 def _jsonl_completions(path: Path) -> Recording:
     """A JSONL file of question and rationale, as completions of the recorded format."""
     by_question: Recording = {}
-    for number, record in _read_jsonl(path):
-        question, rationale = (_field(record, key, path, number).strip() for key in ("question", "rationale"))
+    for number, record in read_jsonl(path):
+        question, rationale = (required_field(record, key, path, number).strip() for key in ("question", "rationale"))
         for key, value in (("question", question), ("rationale", rationale)):
             if not value:
                 raise DataError(f"{path}: line {number}: field '{key}' is empty")
@@ -48,7 +48,7 @@ def load_recording(recording: str | Path) -> Recording:
     if path.suffix == ".jsonl":
         return _jsonl_completions(path)
     by_question: Recording = {}
-    for completions in _read_recorded(path).values():
+    for completions in read_recorded(path).values():
         by_question.setdefault(normalize_question(completions[0]["question"]), []).extend(completions)
     return by_question
 

@@ -8,10 +8,10 @@ from typing import Any, Callable, Iterator
 
 from tutorloop.actors.teacher.calls import TeacherRequest
 from tutorloop.actors.teacher.health import TeacherUnavailable, answered_records, unreachable_records
-from tutorloop.store.journal import TeacherJournal
+from tutorloop.loop.core.records import CallJournal
 
 
-def ask_in_window(requests: list[TeacherRequest], window: int, journal: TeacherJournal | None,
+def ask_in_window(requests: list[TeacherRequest], window: int, journal: CallJournal | None,
                   send: Callable[[list[TeacherRequest]], None],
                   collect: Callable[[], list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
     """Yields `collect()` (every answer finished since the last one, at least one) until all are in.

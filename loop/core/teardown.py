@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
-from tutorloop.loop.errors import RunError
+from tutorloop.loop.core.errors import RunError
 
 log = logging.getLogger("tutorloop.teardown")
 T = TypeVar("T")

@@ -2,8 +2,8 @@
 
 Shipped data lives in the repository's `data/` folder (see data/README.md for provenance):
 GSM8K (jsonl), seven datasets in the recorded-teacher format with split files, a synthetic
-arithmetic generator (loop/synthetic.py) and a generic JSONL loader for a user's own data.
-Answer extraction and grading live in loop/answers.py.
+arithmetic generator (loop/core/synthetic.py) and a generic JSONL loader for a user's own data.
+Answer extraction and grading live in loop/core/answers.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tutorloop.loop.answers import extract_answer, normalize_gold
-from tutorloop.loop.config import DataSection
-from tutorloop.loop.errors import DataError
+from tutorloop.loop.core.answers import extract_answer, normalize_gold
+from tutorloop.loop.core.config import DataSection
+from tutorloop.loop.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORDED_TEACHER_DIR = "recorded_teacher/text-davinci-002_zero-shot-cot"
 SPLITS = ("train", "test")
 
@@ -86,7 +86,7 @@ def _recorded_path(data_dir: str | Path, task: str) -> Path:
     return resolve_data_dir(data_dir) / RECORDED_TEACHER_DIR / f"{task}.json"
 
 
-def _read_recorded(path: Path) -> dict[str, list[dict[str, Any]]]:
+def read_recorded(path: Path) -> dict[str, list[dict[str, Any]]]:
     """The `data` mapping of a recorded-teacher file, checked for the keys the loaders use."""
     content = _read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("data"), dict):
@@ -114,7 +114,7 @@ def load_recorded_teacher(data_dir: str | Path, task: str) -> dict[str, list[dic
     concatenated in index order. The teacher is often wrong: grade before use.
     """
     by_question: dict[str, list[dict[str, Any]]] = {}
-    for completions in _read_recorded(_recorded_path(data_dir, task)).values():
+    for completions in read_recorded(_recorded_path(data_dir, task)).values():
         key = normalize_question(completions[0]["question"])
         by_question.setdefault(key, []).extend(completions)
     return by_question
@@ -123,7 +123,7 @@ def load_recorded_teacher(data_dir: str | Path, task: str) -> dict[str, list[dic
 def _recorded_loader(task: str, answer_type: str) -> Callable[[DataSection, str], list[Example]]:
     def load(data_cfg: DataSection, split: str) -> list[Example]:
         path = _recorded_path(data_cfg.data_dir, task)
-        data = _read_recorded(path)
+        data = read_recorded(path)
         split_path = resolve_data_dir(data_cfg.data_dir) / "splits" / f"{task}__{data_cfg.split}.json"
         splits = _read_json(split_path)
         if not isinstance(splits, dict) or not isinstance(splits.get(split), list):
@@ -146,7 +146,7 @@ def _recorded_loader(task: str, answer_type: str) -> Callable[[DataSection, str]
     return load
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-empty line."""
     rows = []
     # split("\n"), not splitlines(): a JSON string may hold U+2028 and other characters splitlines() breaks at.
@@ -163,7 +163,7 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _field(record: dict[str, Any], name: str, path: Path, number: int) -> str:
+def required_field(record: dict[str, Any], name: str, path: Path, number: int) -> str:
     value = record.get(name)
     if value is None:
         raise DataError(f"{path}: line {number}: missing field '{name}'")
@@ -176,9 +176,9 @@ _CALCULATOR = re.compile(r"<<[^>]*>>")
 def _load_gsm8k(data_cfg: DataSection, split: str) -> list[Example]:
     path = resolve_data_dir(data_cfg.data_dir) / "gsm8k" / f"{split}.jsonl"
     examples = []
-    for index, (number, record) in enumerate(_read_jsonl(path)):
-        question = _field(record, "question", path, number)
-        solution = _field(record, "answer", path, number)
+    for index, (number, record) in enumerate(read_jsonl(path)):
+        question = required_field(record, "question", path, number)
+        solution = required_field(record, "answer", path, number)
         if "####" not in solution:
             raise DataError(f"{path}: line {number}: field 'answer' has no '#### <answer>'")
         reasoning, _, final = solution.rpartition("####")
@@ -210,9 +210,9 @@ def _load_jsonl(data_cfg: DataSection, split: str) -> list[Example]:
     path = _jsonl_path(data_cfg, split)
     answer_type = data_cfg.answer_type
     examples = []
-    for index, (number, record) in enumerate(_read_jsonl(path)):
-        question = _field(record, data_cfg.question_field, path, number)
-        raw = _field(record, data_cfg.answer_field, path, number)
+    for index, (number, record) in enumerate(read_jsonl(path)):
+        question = required_field(record, data_cfg.question_field, path, number)
+        raw = required_field(record, data_cfg.answer_field, path, number)
         try:
             gold = normalize_gold(raw, answer_type)
         except ValueError:
@@ -223,7 +223,7 @@ def _load_jsonl(data_cfg: DataSection, split: str) -> list[Example]:
                                 f"{answer_type} answer ({raw[:40]!r})") from None
         rationale = None
         if data_cfg.rationale_field:
-            rationale = _field(record, data_cfg.rationale_field, path, number).strip()
+            rationale = required_field(record, data_cfg.rationale_field, path, number).strip()
         examples.append(Example(
             id=f"jsonl/{split}/{index}", dataset="jsonl", split=split, question=question.strip(),
             answer=gold, answer_type=answer_type, rationale=rationale, meta={"line": number},
@@ -232,13 +232,13 @@ def _load_jsonl(data_cfg: DataSection, split: str) -> list[Example]:
 
 
 def _load_hf(data_cfg: DataSection, split: str) -> list[Example]:
-    from tutorloop.loop.hf_dataset import load_hf_examples  # hf_dataset imports Example from here
+    from tutorloop.loop.core.hf_dataset import load_hf_examples  # hf_dataset imports Example from here
 
     return load_hf_examples(data_cfg, split)
 
 
 def _load_synthetic(data_cfg: DataSection, split: str) -> list[Example]:
-    from tutorloop.loop.synthetic import generate_problems, reworded_problems  # they import Example from here
+    from tutorloop.loop.core.synthetic import generate_problems, reworded_problems  # they import Example from here
 
     cfg = data_cfg.synthetic
     # Fixed seeds: the split itself partitions the problem space (see synthetic.py), so the seed only
@@ -309,7 +309,7 @@ def load_examples(data_cfg: DataSection, split: str) -> list[Example]:
     """Examples of the configured task and split ("train" or "test"), cut to pool_size / test_size."""
     if split not in SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    # task hf (a Hugging Face dataset, loop/hf_dataset.py) is dispatched here, beside the registry
+    # task hf (a Hugging Face dataset, loop/core/hf_dataset.py) is dispatched here, beside the registry
     loader = _load_hf if data_cfg.task == "hf" else get_task(data_cfg.task).loader
     examples = loader(data_cfg, split)
     size = data_cfg.pool_size if split == "train" else data_cfg.test_size

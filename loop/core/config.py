@@ -15,7 +15,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError,
                       ValidationInfo, field_validator, model_serializer, model_validator)
 
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.errors import ConfigError
 
 
 class Section(BaseModel):

@@ -19,8 +19,8 @@ import random
 import re
 from typing import Any
 
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.errors import ConfigError
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import ConfigError
 
 DATASET = "synthetic"
 TEST_SHARE = 5  # one step chain in TEST_SHARE belongs to the test split

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tutorloop.loop.answers import extract_answer, normalize_gold
-from tutorloop.loop.config import DataSection
-from tutorloop.loop.datasets import Example
-from tutorloop.loop.errors import DataError
+from tutorloop.loop.core.answers import extract_answer, normalize_gold
+from tutorloop.loop.core.config import DataSection
+from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import DataError
 
 # Files `save_to_disk` writes: a DatasetDict's index, or a single Dataset's state.
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")
