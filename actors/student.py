@@ -14,6 +14,7 @@ from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.waiting import wait_ready
 from tutorloop.loop.core.config import RaySection, StudentSection
 from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.records import AttemptRecord
 from tutorloop.loop.core.teardown import Teardown
 
 # An exam is handed out (and stored, and counted on its progress bar) in chunks of this many generation
@@ -43,8 +44,15 @@ class StudentActor:
         self.examiner = Examiner(student_cfg, answer_type, seed=seed)
         self.clock.loaded()
 
-    def exam(self, examples: list[Example], mode: str, num_samples: int = 1, greedy: bool = True,
-             seed: int = 0, adapter: bytes | None = None) -> list[dict]:
+    def exam(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int = 1,
+        greedy: bool = True,
+        seed: int = 0,
+        adapter: bytes | None = None,
+    ) -> list[AttemptRecord]:
         with self.clock.computing():
             self.examiner.set_adapter(adapter)
             return self.examiner.run(examples, mode, num_samples=num_samples, greedy=greedy, seed=seed)
@@ -60,25 +68,36 @@ class ExamChunk:
 
     index: int
     examples: list[Example]
-    records: list[dict]
+    records: list[AttemptRecord]
 
 
 class StudentGroup:
     """`ray_cfg.num_students` StudentActors; an exam is cut into chunks handed to whichever actor is idle."""
 
-    def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int, torch_threads: int,
-                 ray_cfg: RaySection) -> None:
+    def __init__(
+        self, student_cfg: StudentSection, answer_type: str, seed: int, torch_threads: int, ray_cfg: RaySection
+    ) -> None:
         options = student_actor_options(ray_cfg, "student")
         self.chunk_size = student_cfg.generation.batch_size * EXAM_CHUNK_BATCHES
-        self.actors = [StudentActor.options(**options).remote(student_cfg, answer_type, seed, torch_threads)
-                       for _ in range(ray_cfg.num_students)]
+        self.actors = [
+            StudentActor.options(**options).remote(student_cfg, answer_type, seed, torch_threads)
+            for _ in range(ray_cfg.num_students)
+        ]
 
-    def exam(self, examples: list[Example], mode: str, num_samples: int, greedy: bool, seed: int,
-             adapter: bytes | None, on_wait: Callable[[], None] | None = None) -> Iterator[ExamChunk]:
+    def exam(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int,
+        greedy: bool,
+        seed: int,
+        adapter: bytes | None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[ExamChunk]:
         """Each chunk as it finishes (in finishing order), so the driver can store it at once.
 
         `on_wait` is called before a real wait on the actors (the driver lets the history go then)."""
-        chunks = [examples[i:i + self.chunk_size] for i in range(0, len(examples), self.chunk_size)]
+        chunks = [examples[i : i + self.chunk_size] for i in range(0, len(examples), self.chunk_size)]
         adapter_ref = ray.put(adapter)
         queue = list(enumerate(chunks))
         idle = list(self.actors)

@@ -56,7 +56,9 @@ def _pretrain_sentence(rng: random.Random) -> str:
     if kind == 5:
         return f"How many {things} does {name} have if {pron} has {a} and {verb}? {word} {b}: {a} {op} {b} = {c}."
     if kind == 6:
-        return f"The question was how many {things} {name} has now. The known answer is {c}, because {a} {op} {b} = {c}."
+        return (
+            f"The question was how many {things} {name} has now. The known answer is {c}, because {a} {op} {b} = {c}."
+        )
     if kind == 7:
         return f"We explain the answer to the question. {story} The answer is {c}."
     # Lines led by a task tag (the words of the student's prompt prefixes): a bare number after
@@ -78,13 +80,17 @@ def _build_tiny_tokenizer(corpus: list[str]):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE, special_tokens=[EOS_TOKEN, PAD_TOKEN], show_progress=False,
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer=trainer)
@@ -94,16 +100,33 @@ def _build_tiny_tokenizer(corpus: list[str]):
 def _tiny_config(tiny: TinyModelSection, tokenizer) -> Any:
     from transformers import GPT2Config, LlamaConfig
 
-    common = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                  bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  tie_word_embeddings=True)
+    common = dict(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
     if tiny.arch == "gpt2":
-        return GPT2Config(n_layer=tiny.n_layer, n_embd=tiny.n_embd, n_head=tiny.n_head,
-                          n_positions=tiny.max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                          **common)
-    return LlamaConfig(hidden_size=tiny.n_embd, intermediate_size=4 * tiny.n_embd, num_hidden_layers=tiny.n_layer,
-                       num_attention_heads=tiny.n_head, num_key_value_heads=tiny.n_head,
-                       max_position_embeddings=tiny.max_positions, **common)
+        return GPT2Config(
+            n_layer=tiny.n_layer,
+            n_embd=tiny.n_embd,
+            n_head=tiny.n_head,
+            n_positions=tiny.max_positions,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
+    return LlamaConfig(
+        hidden_size=tiny.n_embd,
+        intermediate_size=4 * tiny.n_embd,
+        num_hidden_layers=tiny.n_layer,
+        num_attention_heads=tiny.n_head,
+        num_key_value_heads=tiny.n_head,
+        max_position_embeddings=tiny.max_positions,
+        **common,
+    )
 
 
 def tiny_model_dir(tiny: TinyModelSection) -> Path:
@@ -122,7 +145,8 @@ def _pretrain(model, tokenizer, tiny: TinyModelSection) -> None:
     gen = torch.Generator().manual_seed(2)
     optim = torch.optim.AdamW(model.parameters(), lr=tiny.pretrain_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / tiny.pretrain_steps))
+        optim, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / tiny.pretrain_steps)
+    )
     model.train()
     for _ in range(tiny.pretrain_steps):
         rows = data[torch.randint(0, data.shape[0], (batch,), generator=gen)]

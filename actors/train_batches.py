@@ -25,18 +25,19 @@ def length_sorted(lengths: dict[int, int], rng: random.Random, batch_size: int) 
     chunk = batch_size * SORT_CHUNK_BATCHES
     out: list[int] = []
     for start in range(0, len(order), chunk):
-        out += sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        out += sorted(order[start : start + chunk], key=lambda i: lengths[i])
     return out
 
 
 def split(items: list[int], parts: int) -> list[list[int]]:
     """`items` cut into `parts` contiguous pieces whose sizes differ by at most one."""
     n = len(items)
-    return [items[k * n // parts:(k + 1) * n // parts] for k in range(parts)]
+    return [items[k * n // parts : (k + 1) * n // parts] for k in range(parts)]
 
 
-def token_plan(sample_lengths: list[int], pair_lengths: list[int], batch_size: int, grad_accum: int,
-               epochs: float, seed: int) -> list[Step]:
+def token_plan(
+    sample_lengths: list[int], pair_lengths: list[int], batch_size: int, grad_accum: int, epochs: float, seed: int
+) -> list[Step]:
     """loss_balance "token": micro-batches of `batch_size` samples or pairs, grouped by length within each
     kind, shuffled together per epoch, `grad_accum` of them per step."""
     micro: list[tuple[str, list[int]]] = []
@@ -46,16 +47,17 @@ def token_plan(sample_lengths: list[int], pair_lengths: list[int], batch_size: i
         batches = []
         for kind, lengths in (("sample", sample_lengths), ("pair", pair_lengths)):
             order = length_sorted(dict(enumerate(lengths)), rng, batch_size)
-            batches += [(kind, order[j:j + batch_size]) for j in range(0, len(order), batch_size)]
+            batches += [(kind, order[j : j + batch_size]) for j in range(0, len(order), batch_size)]
         rng.shuffle(batches)
         per_epoch = len(batches)
         micro += batches
-    micro = micro[:max(1, round(epochs * per_epoch))]
-    return [micro[j:j + grad_accum] for j in range(0, len(micro), grad_accum)]
+    micro = micro[: max(1, round(epochs * per_epoch))]
+    return [micro[j : j + grad_accum] for j in range(0, len(micro), grad_accum)]
 
 
-def per_task_plan(groups: dict[str, dict[int, int]], batch_size: int, grad_accum: int, epochs: float,
-                  seed: int) -> list[Step]:
+def per_task_plan(
+    groups: dict[str, dict[int, int]], batch_size: int, grad_accum: int, epochs: float, seed: int
+) -> list[Step]:
     """loss_balance "per_task": every step holds a share of every group (kind -> {index: length}).
 
     An epoch has as many steps as a plain split into `batch_size` micro-batches, `grad_accum` per step,
@@ -74,9 +76,8 @@ def per_task_plan(groups: dict[str, dict[int, int]], batch_size: int, grad_accum
         for kind, members in groups.items():
             pieces = split(length_sorted(members, rng, batch_size), min(per_epoch, len(members)))
             rng.shuffle(pieces)
-            slots = range(per_epoch) if len(pieces) == per_epoch else sorted(rng.sample(range(per_epoch),
-                                                                                        len(pieces)))
+            slots = range(per_epoch) if len(pieces) == per_epoch else sorted(rng.sample(range(per_epoch), len(pieces)))
             for slot, piece in zip(slots, pieces):
                 epoch_steps[slot] += [(kind, part) for part in split(piece, math.ceil(len(piece) / batch_size))]
         steps += epoch_steps
-    return steps[:max(1, round(epochs * per_epoch))]
+    return steps[: max(1, round(epochs * per_epoch))]

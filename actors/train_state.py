@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from tutorloop.loop.core.records import TrainStepRecord
+
 
 @dataclass
 class TrainState:
@@ -24,7 +26,7 @@ class TrainState:
     total_steps: int
     reference: torch.Tensor | None = None  # DPO: [pairs, 3] log-likelihoods under the starting policy
     done: int = 0  # optimizer steps done (before this call, after a resume)
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[TrainStepRecord] = field(default_factory=list)
     elapsed_before: float = 0.0  # training seconds spent before a resume
 
     def resume(self, saved: dict | None) -> None:
@@ -58,14 +60,22 @@ class Checkpoints:
         step = state.steps[-1]["step"]
         tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
         state.model.save_pretrained(tmp)
-        torch.save({
-            "input_hash": input_hash, "step": step, "optimizer": state.optim.state_dict(),
-            "scheduler": state.sched.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python_rng": random.getstate(), "order": state.order, "reference": state.reference,
-            "steps": state.steps,
-            "elapsed_s": state.steps[-1]["elapsed_s"],
-        }, tmp / "trainer_state.pt")
+        torch.save(
+            {
+                "input_hash": input_hash,
+                "step": step,
+                "optimizer": state.optim.state_dict(),
+                "scheduler": state.sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": random.getstate(),
+                "order": state.order,
+                "reference": state.reference,
+                "steps": state.steps,
+                "elapsed_s": state.steps[-1]["elapsed_s"],
+            },
+            tmp / "trainer_state.pt",
+        )
         final = self.root / f"step-{step:06d}"
         if final.exists():
             shutil.rmtree(final)

@@ -57,8 +57,9 @@ class TrainingProgress:
 # Two threads: `progress` answers while `train` runs in the other one.
 @ray.remote(max_concurrency=2)
 class TrainerActor:
-    def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0,
-                 torch_threads: int = 0) -> None:
+    def __init__(
+        self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int = 0, torch_threads: int = 0
+    ) -> None:
         self.clock = ActorClock()
         set_torch_threads(torch_threads)
         self.trainer = LoraTrainer(student_cfg, training_cfg, seed=seed)
@@ -69,16 +70,28 @@ class TrainerActor:
         """Seconds spent setting up and training (the driver's overhead accounting)."""
         return dict(self.clock.seconds)
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
-              checkpoint_dir: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None = None,
+        checkpoint_dir: str | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """Returns {"adapter": bytes, "steps": [step records]}; resumes from `checkpoint_dir` when it can.
         `seed`: this training's (the round's) seed; default the actor's."""
         progress = self._progress
         try:
             with self.clock.computing():
-                result = self.trainer.train(samples, pairs, init_adapter=init_adapter,
-                                            checkpoint_dir=checkpoint_dir, on_step=progress.step,
-                                            on_plan=progress.plan, seed=seed)
+                result = self.trainer.train(
+                    samples,
+                    pairs,
+                    init_adapter=init_adapter,
+                    checkpoint_dir=checkpoint_dir,
+                    on_step=progress.step,
+                    on_plan=progress.plan,
+                    seed=seed,
+                )
         finally:
             # Fresh for the next training: a progress call may run before that training has begun.
             self._progress = TrainingProgress()
@@ -93,14 +106,28 @@ class TrainerActor:
 class RemoteTrainer:
     """The trainer actor, started at once so that its start-up overlaps the students'."""
 
-    def __init__(self, student_cfg: StudentSection, training_cfg: TrainingSection, seed: int, torch_threads: int,
-                 ray_cfg: RaySection) -> None:
+    def __init__(
+        self,
+        student_cfg: StudentSection,
+        training_cfg: TrainingSection,
+        seed: int,
+        torch_threads: int,
+        ray_cfg: RaySection,
+    ) -> None:
         self._args = (student_cfg, training_cfg, seed, torch_threads)
         self._options = student_actor_options(ray_cfg, "trainer")
         self.actor: Any = TrainerActor.options(**self._options).remote(*self._args)
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: ProgressCallback, poll: Callable[[], None], seed: int | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None,
+        checkpoint_dir: str,
+        on_progress: ProgressCallback,
+        poll: Callable[[], None],
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """The actor's training result, with `on_progress` called as steps arrive; `seed` as in TrainerActor.
 
         `poll()` runs every POLL_S seconds; when it raises (a stop request), the actor is killed at

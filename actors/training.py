@@ -23,36 +23,66 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-from tutorloop.actors.losses import (ANSWER_TASK, dpo_loss, last_token_states, multitask_loss, sequence_logprob,
-                                     step_coefficients, task_coefficient, task_group, task_totals, token_nll,
-                                     triplet_loss, weighted_task_loss)
-from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, allow_bitsandbytes, load_student,
-                                     load_tokenizer, position_limit, student_source)
+from tutorloop.actors.losses import (
+    ANSWER_TASK,
+    dpo_loss,
+    last_token_states,
+    multitask_loss,
+    sequence_logprob,
+    step_coefficients,
+    task_coefficient,
+    task_group,
+    task_totals,
+    token_nll,
+    triplet_loss,
+    weighted_task_loss,
+)
+from tutorloop.actors.models import (
+    adapter_from_bytes,
+    adapter_to_bytes,
+    allow_bitsandbytes,
+    load_student,
+    load_tokenizer,
+    position_limit,
+    student_source,
+)
 from tutorloop.actors.train_batches import Step, per_task_plan, token_plan
 from tutorloop.actors.train_state import Checkpoints, TrainState
 from tutorloop.loop.core.config import StudentSection, TrainingSection
 from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.records import ContrastPairRecord, SampleRecord, TrainStepRecord, columns
 
-SAMPLE_KEYS = ("example_id", "task", "input", "target", "weight")
-PAIR_KEYS = ("example_id", "input", "anchor", "positive", "negative")
+# What training reads of a sample: where its target came from changes nothing it learns.
+SAMPLE_KEYS = tuple(key for key in columns(SampleRecord) if key != "source")
+PAIR_KEYS = columns(ContrastPairRecord)
 PAIR_ROLES = ("anchor", "positive", "negative")
 MAX_GRAD_NORM = 1.0
 
 # Equivalent module names across architectures, used when the configured LoRA targets are absent.
-_LLAMA_TO_GPT2 = {"q_proj": "c_attn", "k_proj": "c_attn", "v_proj": "c_attn", "o_proj": "c_proj",
-                  "gate_proj": "c_fc", "up_proj": "c_fc", "down_proj": "c_proj"}
-_GPT2_TO_LLAMA = {"c_attn": ["q_proj", "k_proj", "v_proj"], "c_proj": ["o_proj", "down_proj"],
-                  "c_fc": ["gate_proj", "up_proj"]}
+_LLAMA_TO_GPT2 = {
+    "q_proj": "c_attn",
+    "k_proj": "c_attn",
+    "v_proj": "c_attn",
+    "o_proj": "c_proj",
+    "gate_proj": "c_fc",
+    "up_proj": "c_fc",
+    "down_proj": "c_proj",
+}
+_GPT2_TO_LLAMA = {
+    "c_attn": ["q_proj", "k_proj", "v_proj"],
+    "c_proj": ["o_proj", "down_proj"],
+    "c_fc": ["gate_proj", "up_proj"],
+}
 
 
 @dataclass
 class TrainResult:
     adapter: bytes
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[TrainStepRecord] = field(default_factory=list)
 
     @property
     def pad_fraction(self) -> float:
@@ -109,7 +139,7 @@ class _Data:
     """A training's tokenized records: samples (with their records) and (anchor, positive, negative) pairs."""
 
     samples: list[_Encoded] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
+    records: list[SampleRecord] = field(default_factory=list)
     pairs: list[tuple[_Encoded, _Encoded, _Encoded]] = field(default_factory=list)
     mean_target: float = 0.0  # mean target tokens (+ EOS) per sample: the token-level loss's constant
 
@@ -151,7 +181,7 @@ class LoraTrainer:
         ids = (prompt_ids + target_ids)[: self.max_tokens]
         if len(ids) <= len(prompt_ids):
             return None
-        return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids):])
+        return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids) :])
 
     def plan(self, data: _Data, seed: int) -> list[Step]:
         """The steps of a training on `data` (see train_batches.py). Per task, a task whose coefficient
@@ -159,8 +189,14 @@ class LoraTrainer:
         cfg = self.cfg
         pair_lengths = {i: sum(len(x.ids) for x in p) for i, p in enumerate(data.pairs)}
         if cfg.loss_balance == "token":
-            return token_plan([len(e.ids) for e in data.samples], list(pair_lengths.values()), cfg.batch_size,
-                              cfg.grad_accum, cfg.epochs, seed)
+            return token_plan(
+                [len(e.ids) for e in data.samples],
+                list(pair_lengths.values()),
+                cfg.batch_size,
+                cfg.grad_accum,
+                cfg.epochs,
+                seed,
+            )
         groups: dict[str, dict[int, int]] = {ANSWER_TASK: {}, "explain": {}}
         for i, (enc, rec) in enumerate(zip(data.samples, data.records)):
             group = task_group(rec["task"])
@@ -168,8 +204,10 @@ class LoraTrainer:
                 groups[group][i] = len(enc.ids)
         groups["pair"] = pair_lengths
         if not any(groups.values()):
-            raise ConfigError(f"training.alpha {cfg.alpha}: it gives no weight to the task of these samples "
-                              f"(alpha 1 trains answers only, alpha 0 explanations only)")
+            raise ConfigError(
+                f"training.alpha {cfg.alpha}: it gives no weight to the task of these samples "
+                f"(alpha 1 trains answers only, alpha 0 explanations only)"
+            )
         return per_task_plan(groups, cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
 
     # ------------------------------------------------------------ model
@@ -188,16 +226,23 @@ class LoraTrainer:
                 model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
         else:
             lora = self.student_cfg.lora
-            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                                task_type="CAUSAL_LM",
-                                target_modules=resolve_target_modules(model, lora.target_modules))
+            config = LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                bias="none",
+                task_type="CAUSAL_LM",
+                target_modules=resolve_target_modules(model, lora.target_modules),
+            )
             model = get_peft_model(model, config)
         model.train()
         return model
 
     # ------------------------------------------------------------ training
 
-    def _input_hash(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, seed: int) -> str:
+    def _input_hash(
+        self, samples: list[SampleRecord], pairs: list[ContrastPairRecord], init_adapter: bytes | None, seed: int
+    ) -> str:
         payload = {
             "samples": [[s[k] for k in SAMPLE_KEYS] for s in samples],
             "pairs": [[p[k] for k in PAIR_KEYS] for p in pairs],
@@ -209,9 +254,16 @@ class LoraTrainer:
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None = None,
-              checkpoint_dir: str | None = None, on_step: Callable[[dict], None] | None = None,
-              on_plan: Callable[[int, int], None] | None = None, seed: int | None = None) -> TrainResult:
+    def train(
+        self,
+        samples: list[SampleRecord],
+        pairs: list[ContrastPairRecord],
+        init_adapter: bytes | None = None,
+        checkpoint_dir: str | None = None,
+        on_step: Callable[[TrainStepRecord], None] | None = None,
+        on_plan: Callable[[int, int], None] | None = None,
+        seed: int | None = None,
+    ) -> TrainResult:
         """Train and return the adapter (bytes of a peft save_pretrained folder) and per-step records.
 
         samples: {"example_id", "task", "input", "target", "weight"} (input = student_prompt, target =
@@ -248,7 +300,7 @@ class LoraTrainer:
                 on_step(record)
         return self._finish(state)
 
-    def _encode_all(self, samples: list[dict], pairs: list[dict]) -> _Data:
+    def _encode_all(self, samples: list[SampleRecord], pairs: list[ContrastPairRecord]) -> _Data:
         """The records checked and tokenized; those without a target token within max_length left out."""
         _check_records(samples, SAMPLE_KEYS, "samples")
         _check_records(pairs, PAIR_KEYS, "pairs")
@@ -263,9 +315,11 @@ class LoraTrainer:
             if all(x is not None for x in triple):
                 data.pairs.append(triple)
         if not data.samples and not data.pairs:
-            raise ConfigError(f"training.max_length: no samples or contrast pairs keep a target token within "
-                              f"{self.max_tokens} tokens (training.max_length {self.cfg.max_length}, capped at "
-                              f"the student's positions, e.g. student.tiny.max_positions)")
+            raise ConfigError(
+                f"training.max_length: no samples or contrast pairs keep a target token within "
+                f"{self.max_tokens} tokens (training.max_length {self.cfg.max_length}, capped at "
+                f"the student's positions, e.g. student.tiny.max_positions)"
+            )
         data.mean_target = sum(sum(x != -100 for x in e.labels) for e in data.samples) / max(1, len(data.samples))
         return data
 
@@ -284,7 +338,7 @@ class LoraTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(optim, partial(warmup_then_decay, warmup=warmup, total=total_steps))
         return TrainState(model, params, optim, sched, order, total_steps)
 
-    def _step(self, state: TrainState, data: _Data, step: int, device) -> dict[str, Any]:
+    def _step(self, state: TrainState, data: _Data, step: int, device) -> TrainStepRecord:
         """One optimizer step over its micro-batches; its record (without elapsed_s)."""
         micro = state.order[step]
         shares = self._shares(micro, data)
@@ -383,12 +437,13 @@ class LoraTrainer:
         values: list[torch.Tensor | None] = [None] * len(encoded)
         real = pad = 0
         for start in range(0, len(order), size):
-            idx = order[start:start + size]
+            idx = order[start : start + size]
             ids, mask, labels, r, p = self._collate([encoded[i] for i in idx], device)
             real, pad = real + r, pad + p
             if hidden:
-                states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                               logits_to_keep=1).hidden_states[-1]
+                states = model(
+                    input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1
+                ).hidden_states[-1]
                 out = last_token_states(states, mask)
             else:
                 out = sequence_logprob(*target_logits(model, ids, mask, labels))
@@ -404,9 +459,10 @@ class LoraTrainer:
         rows = []
         with torch.no_grad():
             for start in range(0, len(data.pairs), self.cfg.batch_size):
-                chunk = data.pairs[start:start + self.cfg.batch_size]
-                values, _, _ = self._per_sequence(model, [e[role] for role in range(3) for e in chunk], device,
-                                                  hidden=False)
+                chunk = data.pairs[start : start + self.cfg.batch_size]
+                values, _, _ = self._per_sequence(
+                    model, [e[role] for role in range(3) for e in chunk], device, hidden=False
+                )
                 rows.append(values.view(3, len(chunk)).T)
         model.train()
         return torch.cat(rows).float().cpu()
@@ -417,18 +473,26 @@ class LoraTrainer:
         flat = [data.pairs[i][role] for role in range(3) for i in idx]  # all anchors, positives, negatives
         if self.cfg.reflection == "triplet":
             states, real, pad = self._per_sequence(model, flat, device, hidden=True)
-            return triplet_loss(states[:n], states[n:2 * n], states[2 * n:], margin=self.cfg.reflection_margin), real, pad
+            return (
+                triplet_loss(states[:n], states[n : 2 * n], states[2 * n :], margin=self.cfg.reflection_margin),
+                real,
+                pad,
+            )
         # DPO: the anchor (teacher) and the positive rationale are both preferred over the negative one,
         # against the frozen starting policy's log-likelihoods.
         policy, real, pad = self._per_sequence(model, flat, device, hidden=False)
         ref = state.reference[idx].to(policy.device).T.reshape(-1)
         beta = self.cfg.dpo_beta
-        loss = (dpo_loss(policy[:n], policy[2 * n:], ref[:n], ref[2 * n:], beta)
-                + dpo_loss(policy[n:2 * n], policy[2 * n:], ref[n:2 * n], ref[2 * n:], beta)) / 2
+        loss = (
+            dpo_loss(policy[:n], policy[2 * n :], ref[:n], ref[2 * n :], beta)
+            + dpo_loss(policy[n : 2 * n], policy[2 * n :], ref[n : 2 * n], ref[2 * n :], beta)
+        ) / 2
         return loss, real, pad
 
 
-def target_logits(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_logits(
+    model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits from the position before the batch's first target token on, with the matching labels.
 
     The prompt positions carry no loss; skipping their output projection (a 49k-word vocabulary for

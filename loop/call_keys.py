@@ -17,8 +17,10 @@ from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.core.config import TeacherSection
 from tutorloop.store.history import RunHistory
 
-_ROWS = ("SELECT c.request_hash, c.teacher, c.backend, c.model, c.sample_index, c.request, e.dataset "
-         "FROM teacher_calls c LEFT JOIN examples e USING (example_id)")
+_ROWS = (
+    "SELECT c.request_hash, c.teacher, c.backend, c.model, c.sample_index, c.request, e.dataset "
+    "FROM teacher_calls c LEFT JOIN examples e USING (example_id)"
+)
 
 
 def legacy_keys(rows: list[dict], teacher_cfg: TeacherSection, data_dir: str) -> dict[str, str]:

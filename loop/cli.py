@@ -1,4 +1,4 @@
-"""`tutorloop` command line: run, resume, fork, status, sql, report, compare, export.
+"""`tutorloop` command line: run, resume, fork, status, sql, report, compare, export, experiment.
 
 Expected failures (a usage mistake, bad config, bad data, bad SQL, a locked or missing history) are
 TutorloopErrors, caught once in `main`: one line on stderr and the error's exit code, never a traceback.
@@ -74,11 +74,14 @@ def split_sql_targets(targets: list[str]) -> tuple[list[str], str | None]:
             continue
         rest = targets[index:]
         if not runs:
-            raise TutorloopError(f"{target}: not a run directory or history file; usage: tutorloop sql RUN_DIR "
-                           f"[RUN_DIR ...] [\"QUERY\"]", EXIT_USAGE)
+            raise TutorloopError(
+                f'{target}: not a run directory or history file; usage: tutorloop sql RUN_DIR [RUN_DIR ...] ["QUERY"]',
+                EXIT_USAGE,
+            )
         if len(rest) > 1:
-            raise TutorloopError(f"{rest[1]}: give the query as one quoted argument, after the run directories",
-                           EXIT_USAGE)
+            raise TutorloopError(
+                f"{rest[1]}: give the query as one quoted argument, after the run directories", EXIT_USAGE
+            )
         return runs, rest[0]
     return runs, None
 
@@ -130,8 +133,9 @@ def interactive_sql(runs: list[str], fmt: str, out: str | None, wait: float) -> 
 
     prompt = sys.stdin.isatty()
     if prompt:
-        print(f"tutorloop sql on {', '.join(runs)}: end each query with ';', quit with .quit or Ctrl-D",
-              file=sys.stderr)
+        print(
+            f"tutorloop sql on {', '.join(runs)}: end each query with ';', quit with .quit or Ctrl-D", file=sys.stderr
+        )
     failures = 0
     for statement in read_statements(sys.stdin, prompt):
         try:
@@ -176,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     prefer_local_ray_env(args.address or cfg.ray.address)
     from tutorloop.loop.run_dir import run_from_config
 
-    return run_from_config(cfg, run_dir=args.run_dir, overwrite=args.overwrite, resume=args.resume,
-                           address=args.address)
+    return run_from_config(
+        cfg, run_dir=args.run_dir, overwrite=args.overwrite, resume=args.resume, address=args.address
+    )
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -234,6 +239,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    if args.action == "run":
+        prefer_local_ray_env(None)
+        from tutorloop.loop.experiment import run_experiment
+
+        return run_experiment(args.target, args.dir, amend=args.amend)
+    from tutorloop.loop.experiment_report import experiment_status, write_experiment_report
+
+    if args.action == "status":
+        print(experiment_status(args.target))
+        return 0
+    text, path = write_experiment_report(args.target)
+    print(text)
+    print(f"tutorloop: wrote {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from tutorloop.loop.export_run import export_run
 
@@ -259,39 +281,78 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_commands(sub)
     _add_read_commands(sub)
+    _add_experiment_command(sub)
     return parser
+
+
+def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
+    """`experiment run SPEC | status DIR | report DIR`: pre-registered arms x seeds."""
+    experiment = sub.add_parser(
+        "experiment",
+        help="a pre-registered experiment: arms x seeds, its plan frozen before the first run",
+        description="run SPEC.yaml [--dir DIR] freezes the spec into DIR/experiment.duckdb, then runs each seed's "
+        "prefix and its arms (forks); status DIR and report DIR read it (report: markdown, also DIR/report.md).",
+    )
+    experiment.add_argument("action", choices=("run", "status", "report"))
+    experiment.add_argument(
+        "target", metavar="SPEC|DIR", help="run: the spec YAML; status, report: the experiment folder"
+    )
+    experiment.add_argument("--dir", help="run: the experiment folder (default: runs/<spec name>)")
+    experiment.add_argument(
+        "--amend", metavar="WHY", help="run: record a changed spec as an amendment to the frozen plan, with the reason"
+    )
+    experiment.set_defaults(func=cmd_experiment)
 
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     """The commands that run rounds: run, resume, fork."""
     run = sub.add_parser("run", help="start a run from a YAML config")
     run.add_argument("config", help="YAML config, e.g. configs/quick.yaml")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key, e.g. --set teacher.model=gpt-4o-mini (repeatable)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set teacher.model=gpt-4o-mini (repeatable)",
+    )
     run.add_argument("--run-dir", help="run directory (default: <run.run_dir>/<run.name>)")
     run.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
     run.add_argument("--resume", action="store_true", help="continue an existing run directory")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    run.add_argument("--dry-run", action="store_true",
-                     help="print the plan and the worst-case teacher cost; start, send and write nothing")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and the worst-case teacher cost; start, send and write nothing",
+    )
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue a stopped or killed run")
     resume.add_argument("run_dir")
-    resume.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a resume-safe key, e.g. --set run.rounds=4")
+    resume.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a resume-safe key, e.g. --set run.rounds=4",
+    )
     resume.add_argument("--address", help="Ray cluster address")
     resume.set_defaults(func=cmd_resume)
 
     fork = sub.add_parser("fork", help="a new run continuing from a finished round of another run (ablations)")
     fork.add_argument("parent_dir", metavar="RUN_DIR", help="the run to branch from (left untouched)")
-    fork.add_argument("--after-round", type=int, required=True,
-                      help="last round to inherit (-1 = only the zero-shot baseline)")
+    fork.add_argument(
+        "--after-round", type=int, required=True, help="last round to inherit (-1 = only the zero-shot baseline)"
+    )
     where = fork.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", help="the fork's name; its directory is next to the parent's")
     where.add_argument("--run-dir", help="the fork's run directory")
-    fork.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="what the fork does differently, e.g. --set training.selection=random (repeatable)")
+    fork.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what the fork does differently, e.g. --set training.selection=random (repeatable)",
+    )
     fork.add_argument("--overwrite", action="store_true", help="delete an existing fork directory first")
     fork.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     fork.set_defaults(func=cmd_fork)
@@ -304,19 +365,27 @@ def _add_read_commands(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
     sql = sub.add_parser(
-        "sql", help="read-only SQL over one or more runs' histories",
+        "sql",
+        help="read-only SQL over one or more runs' histories",
         usage="tutorloop sql [options] RUN_DIR [RUN_DIR ...] [QUERY]",
         description="Read-only SQL. Arguments that are run directories (or history.duckdb files) come first; "
-                    "the query follows as one quoted argument. With several runs every table and view gets a "
-                    "`run` column (the run directory's name). Without a query (and without -f) statements are "
-                    "read from stdin, each ended by ';'.")
-    sql.add_argument("targets", nargs="+", metavar="RUN_DIR|QUERY",
-                     help="run directories or history files, then the query")
+        "the query follows as one quoted argument. With several runs every table and view gets a "
+        "`run` column (the run directory's name). Without a query (and without -f) statements are "
+        "read from stdin, each ended by ';'.",
+    )
+    sql.add_argument(
+        "targets", nargs="+", metavar="RUN_DIR|QUERY", help="run directories or history files, then the query"
+    )
     sql.add_argument("-f", "--file", help="read the query from a file")
     sql.add_argument("--format", choices=FORMATS, default="table")
     sql.add_argument("--out", help="write the result to this file instead of stdout (needed for parquet)")
-    sql.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
-                     help="how long to wait for a run's write to finish before giving up (default 10)")
+    sql.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to wait for a run's write to finish before giving up (default 10)",
+    )
     sql.set_defaults(func=cmd_sql)
 
     report = sub.add_parser("report", help="write report.md and report.html into the run directory")
@@ -325,15 +394,25 @@ def _add_read_commands(sub: argparse._SubParsersAction) -> None:
     report.set_defaults(func=cmd_report)
 
     compare = sub.add_parser(
-        "compare", help="runs side by side (accuracy per round, cost, calls, time), with paired tests",
+        "compare",
+        help="runs side by side (accuracy per round, cost, calls, time), with paired tests",
         description="Runs side by side, then paired tests on the test questions they share: per pair of runs "
-                    "and round, or, for arms of runs that differ only in run.seed, per arm and between arms. "
-                    "The text formats print every table that applies; csv, json and parquet print one (--table).")
+        "and round, or, for arms of runs that differ only in run.seed, per arm and between arms. "
+        "The text formats print every table that applies; csv, json and parquet print one (--table).",
+    )
     compare.add_argument("run_dirs", nargs="*", metavar="RUN_DIR")
-    compare.add_argument("--group", action="append", default=[], metavar="NAME=RUN_DIR,RUN_DIR",
-                         help="an arm of seeds, named (repeatable); default: arms found from the stored configs")
-    compare.add_argument("--table", choices=("runs", "pairs", "arms", "arm-tests"),
-                         help="only this table (default: all that apply; csv, json and parquet: runs)")
+    compare.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=RUN_DIR,RUN_DIR",
+        help="an arm of seeds, named (repeatable); default: arms found from the stored configs",
+    )
+    compare.add_argument(
+        "--table",
+        choices=("runs", "pairs", "arms", "arm-tests"),
+        help="only this table (default: all that apply; csv, json and parquet: runs)",
+    )
     compare.add_argument("--format", choices=FORMATS, default="table")
     compare.add_argument("--out", help="write the output to this file instead of stdout")
     compare.set_defaults(func=cmd_compare)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import ray
 
-from tutorloop.loop.core.config import Config
 from tutorloop.loop.console import actor_runtime_env
+from tutorloop.loop.core.config import Config
 
 
 def start_ray(cfg: Config, address: str | None = None, log_file: str | Path | None = None) -> bool:
@@ -30,8 +30,13 @@ def start_ray(cfg: Config, address: str | None = None, log_file: str | Path | No
         ray.init(address=address, **quiet)
         return False
     # Loopback needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray is imported (the CLI does).
-    ray.init(num_cpus=local_cpus(cfg), include_dashboard=False, _node_ip_address="127.0.0.1",
-             configure_logging=False, **quiet)
+    ray.init(
+        num_cpus=local_cpus(cfg),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        configure_logging=False,
+        **quiet,
+    )
     return True
 
 
@@ -39,8 +44,12 @@ def needed_cpus(cfg: Config) -> float:
     """CPUs the run's actors reserve together (they all live for the whole run; a teacher server from
     the first round that needs it to the end)."""
     served = sum(t.serve.num_cpus for t in cfg.teacher.teachers if t.serve is not None)
-    return (cfg.ray.num_students * cfg.ray.student_cpus + cfg.ray.trainer_cpus
-            + cfg.teacher.num_actors * cfg.ray.teacher_cpus + served)
+    return (
+        cfg.ray.num_students * cfg.ray.student_cpus
+        + cfg.ray.trainer_cpus
+        + cfg.teacher.num_actors * cfg.ray.teacher_cpus
+        + served
+    )
 
 
 def local_cpus(cfg: Config) -> int:

@@ -17,30 +17,52 @@ from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
-from tutorloop.loop.compare_stats import (Arm, RunOutcome, arm_problem, arm_rounds, arm_tests, detect_arms,
-                                          load_outcomes, named_arms, pairing_problem, seeds_disagree)
+from tutorloop.loop.compare_stats import (
+    Arm,
+    RunOutcome,
+    arm_problem,
+    arm_rounds,
+    arm_tests,
+    detect_arms,
+    load_outcomes,
+    named_arms,
+    pairing_problem,
+    seeds_disagree,
+)
 from tutorloop.loop.core.errors import EXIT_USAGE, TutorloopError
 from tutorloop.loop.formatting import percent
-from tutorloop.loop.paired_stats import (BOOTSTRAP_RESAMPLES, SIGNIFICANCE, PairedComparison, compare_paired,
-                                         seed_interval, verdict)
+from tutorloop.loop.paired_stats import (
+    BOOTSTRAP_RESAMPLES,
+    SIGNIFICANCE,
+    PairedComparison,
+    compare_paired,
+    seed_interval,
+    verdict,
+)
 from tutorloop.store.query import multi_query, run_names
 
-_PAIRED_NOTE = (f"Paired on the same test questions, each run graded in its first eval mode (the mode of its test "
-                f"accuracy). difference = B - A in accuracy points; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap "
-                f"resamples of the questions (seed 0); p: exact McNemar test on the questions that changed (wrong -> "
-                f"right against right -> wrong); the verdict follows p (near 0.05 the interval may just exclude 0 "
-                f"while the exact test does not). Each p is for its own row, not corrected for the number of rows.")
-_ARMS_NOTE = ("Arms are runs that differ only in run.seed ({how}): the mean test accuracy over seeds with a "
-              "Student-t 95% interval (none with one seed).")
-_ARM_TESTS_NOTE = (f"Questions are the unit: each question scores the share of an arm's seeds that got it right. "
-                   f"difference = B - A; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions "
-                   f"(seed 0); p: exact sign test over the questions whose shares differ (McNemar when each arm has "
-                   f"one seed), so a question several seeds agree on counts once. per seed: the difference and "
-                   f"McNemar p between the arms' runs with the same run.seed. p (seeds, paired t): the accuracy "
-                   f"differences of the seeds both arms ran, against 0 (two seeds at least): whether retraining "
-                   f"would give the same difference, which the question-level p does not say. The verdict follows "
-                   f"the question-level p, adds the seed-level one and says where seeds are significant in opposite "
-                   f"directions. Not corrected for the number of rows.")
+_PAIRED_NOTE = (
+    f"Paired on the same test questions, each run graded in its first eval mode (the mode of its test "
+    f"accuracy). difference = B - A in accuracy points; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap "
+    f"resamples of the questions (seed 0); p: exact McNemar test on the questions that changed (wrong -> "
+    f"right against right -> wrong); the verdict follows p (near 0.05 the interval may just exclude 0 "
+    f"while the exact test does not). Each p is for its own row, not corrected for the number of rows."
+)
+_ARMS_NOTE = (
+    "Arms are runs that differ only in run.seed ({how}): the mean test accuracy over seeds with a "
+    "Student-t 95% interval (none with one seed)."
+)
+_ARM_TESTS_NOTE = (
+    f"Questions are the unit: each question scores the share of an arm's seeds that got it right. "
+    f"difference = B - A; 95% interval: {BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions "
+    f"(seed 0); p: exact sign test over the questions whose shares differ (McNemar when each arm has "
+    f"one seed), so a question several seeds agree on counts once. per seed: the difference and "
+    f"McNemar p between the arms' runs with the same run.seed. p (seeds, paired t): the accuracy "
+    f"differences of the seeds both arms ran, against 0 (two seeds at least): whether retraining "
+    f"would give the same difference, which the question-level p does not say. The verdict follows "
+    f"the question-level p, adds the seed-level one and says where seeds are significant in opposite "
+    f"directions. Not corrected for the number of rows."
+)
 
 
 def strategies_by_round(rows: Sequence[dict]) -> str:
@@ -77,8 +99,12 @@ def compare_runs(run_dirs: Sequence[str | Path]) -> pa.Table:
 
     add("status", lambda n: runs[n]["status"] if n in runs else "-")
     add("student", lambda n: str(config(n).get("student", {}).get("model", "-")))
-    add("teacher", lambda n: ", ".join(f"{t['name']} ({t['model']})"
-                                      for t in config(n).get("teacher", {}).get("teachers", [])) or "-")
+    add(
+        "teacher",
+        lambda n: (
+            ", ".join(f"{t['name']} ({t['model']})" for t in config(n).get("teacher", {}).get("teachers", [])) or "-"
+        ),
+    )
     add("task", lambda n: str(config(n).get("data", {}).get("task", "-")))
     add("teaching strategies", lambda n: strategies_by_round([r for r in strategies if r["run"] == n]) or "-")
     add("rounds done", lambda n: str(sum(1 for r in by_run[n] if r["status"] == "done" and r["round"] >= 0)))
@@ -151,11 +177,23 @@ def difference_cells(c: PairedComparison, name_a: str = "A", name_b: str = "B") 
 
 def pairs_table(outcomes: Sequence[RunOutcome]) -> pa.Table:
     """Per pair of runs and shared round: accuracies, paired difference, interval, McNemar."""
-    head = ["round", "run A", "run B", "questions", "accuracy A", "accuracy B", "difference", "95% interval",
-            "wrong -> right", "right -> wrong", "p (McNemar)", "verdict"]
+    head = [
+        "round",
+        "run A",
+        "run B",
+        "questions",
+        "accuracy A",
+        "accuracy B",
+        "difference",
+        "95% interval",
+        "wrong -> right",
+        "right -> wrong",
+        "p (McNemar)",
+        "verdict",
+    ]
     rows = []
     for i, a in enumerate(outcomes):
-        for b in outcomes[i + 1:]:
+        for b in outcomes[i + 1 :]:
             problem = pairing_problem(a, b)
             if problem:
                 rows.append(["-", a.name, b.name, "-", "-", "-", "-", "-", "-", "-", "-", problem])
@@ -163,9 +201,22 @@ def pairs_table(outcomes: Sequence[RunOutcome]) -> pa.Table:
             for round_ in sorted(set(a.rounds()) & set(b.rounds())):
                 c = compare_paired(a.correct[round_], b.correct[round_])
                 diff, interval, said = difference_cells(c)
-                rows.append([str(round_), a.name, b.name, str(c.questions), percent(c.accuracy_a),
-                             percent(c.accuracy_b), diff, interval, str(c.wrong_to_right), str(c.right_to_wrong),
-                             f"{c.p_value:.3g}", said])
+                rows.append(
+                    [
+                        str(round_),
+                        a.name,
+                        b.name,
+                        str(c.questions),
+                        percent(c.accuracy_a),
+                        percent(c.accuracy_b),
+                        diff,
+                        interval,
+                        str(c.wrong_to_right),
+                        str(c.right_to_wrong),
+                        f"{c.p_value:.3g}",
+                        said,
+                    ]
+                )
     return _table(head, rows)
 
 
@@ -179,19 +230,41 @@ def arms_table(arms: Sequence[Arm]) -> pa.Table:
             mean, low, high = seed_interval(values)
             # An accuracy lies in [0, 1]; the t interval of a few seeds near either end can pass it.
             interval = f"[{percent(max(low, 0.0))}, {percent(min(high, 1.0))}]" if len(values) > 1 else "- (one seed)"
-            rows.append([arm.name, ", ".join(r.name for r in arm.runs), ", ".join(str(r.seed) for r in arm.runs),
-                         str(round_), percent(mean), interval, ", ".join(percent(v) for v in values)])
+            rows.append(
+                [
+                    arm.name,
+                    ", ".join(r.name for r in arm.runs),
+                    ", ".join(str(r.seed) for r in arm.runs),
+                    str(round_),
+                    percent(mean),
+                    interval,
+                    ", ".join(percent(v) for v in values),
+                ]
+            )
     return _table(head, rows)
 
 
 def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
     """Per pair of arms and shared round: the paired test with questions as the unit."""
-    head = ["round", "arm A", "arm B", "seeds A / B", "mean A", "mean B", "difference", "95% interval",
-            "questions better in B", "questions better in A", "p (sign test)", "per seed (B - A, McNemar p)",
-            "p (seeds, paired t)", "verdict"]
+    head = [
+        "round",
+        "arm A",
+        "arm B",
+        "seeds A / B",
+        "mean A",
+        "mean B",
+        "difference",
+        "95% interval",
+        "questions better in B",
+        "questions better in A",
+        "p (sign test)",
+        "per seed (B - A, McNemar p)",
+        "p (seeds, paired t)",
+        "verdict",
+    ]
     rows = []
     for i, a in enumerate(arms):
-        for b in arms[i + 1:]:
+        for b in arms[i + 1 :]:
             seeds = f"{len(a.runs)} / {len(b.runs)}"
             problem = arm_problem(a, b)
             if problem:
@@ -200,18 +273,36 @@ def arm_tests_table(arms: Sequence[Arm]) -> pa.Table:
             for test in arm_tests(a, b):
                 c = test.comparison
                 diff, interval, said = difference_cells(c)
-                per_seed = "; ".join(f"seed {s}: {d * 100:+.1f} pts, p={p:.3g}"
-                                     for s, (d, p) in test.per_seed.items()) or "-"
+                per_seed = (
+                    "; ".join(f"seed {s}: {d * 100:+.1f} pts, p={p:.3g}" for s, (d, p) in test.per_seed.items()) or "-"
+                )
                 seed_p = "-" if test.seed_p is None else f"{test.seed_p:.3g}"
                 if test.seed_p is not None:
-                    said += (f"; over seeds {'also significant' if test.seed_p < SIGNIFICANCE else 'not'} "
-                             f"(p={test.seed_p:.3g})")
+                    said += (
+                        f"; over seeds {'also significant' if test.seed_p < SIGNIFICANCE else 'not'} "
+                        f"(p={test.seed_p:.3g})"
+                    )
                 disagreement = seeds_disagree(test)
                 if disagreement:
                     said += f"; {disagreement}"
-                rows.append([str(test.round), a.name, b.name, seeds, percent(c.accuracy_a), percent(c.accuracy_b),
-                             diff, interval, str(c.wrong_to_right), str(c.right_to_wrong), f"{c.p_value:.3g}",
-                             per_seed, seed_p, said])
+                rows.append(
+                    [
+                        str(test.round),
+                        a.name,
+                        b.name,
+                        seeds,
+                        percent(c.accuracy_a),
+                        percent(c.accuracy_b),
+                        diff,
+                        interval,
+                        str(c.wrong_to_right),
+                        str(c.right_to_wrong),
+                        f"{c.p_value:.3g}",
+                        per_seed,
+                        seed_p,
+                        said,
+                    ]
+                )
     return _table(head, rows)
 
 
@@ -222,8 +313,9 @@ def _unique_dirs(dirs: Sequence[str]) -> list[str]:
     return list(seen.values())
 
 
-def compare_sections(run_dirs: Sequence[str], groups: dict[str, list[str]],
-                     only: str | None = None) -> dict[str, Section]:
+def compare_sections(
+    run_dirs: Sequence[str], groups: dict[str, list[str]], only: str | None = None
+) -> dict[str, Section]:
     """The compare output: 'runs' (side by side), 'pairs', 'arms', 'arm-tests'; `only` builds just that one."""
     dirs = _unique_dirs([*run_dirs, *(d for members in groups.values() for d in members)])
     if not dirs:
@@ -242,15 +334,25 @@ def compare_sections(run_dirs: Sequence[str], groups: dict[str, list[str]],
     notes = " ".join(note for arm in arms for note in arm.notes)
     builders: dict[str, tuple[str, str, Any, bool]] = {
         "runs": ("", "", lambda: compare_runs(dirs), True),
-        "pairs": ("Paired tests between runs", _PAIRED_NOTE, lambda: pairs_table(outcomes),
-                  len(outcomes) > 1 and (not seeded or len(arms) == 1)),
-        "arms": ("Arms of seeds", (_ARMS_NOTE.format(how=how) + " " + notes).strip(), lambda: arms_table(arms),
-                 seeded),
-        "arm-tests": ("Paired tests between arms", _ARM_TESTS_NOTE, lambda: arm_tests_table(arms),
-                      seeded and len(arms) > 1),
+        "pairs": (
+            "Paired tests between runs",
+            _PAIRED_NOTE,
+            lambda: pairs_table(outcomes),
+            len(outcomes) > 1 and (not seeded or len(arms) == 1),
+        ),
+        "arms": ("Arms of seeds", (_ARMS_NOTE.format(how=how) + " " + notes).strip(), lambda: arms_table(arms), seeded),
+        "arm-tests": (
+            "Paired tests between arms",
+            _ARM_TESTS_NOTE,
+            lambda: arm_tests_table(arms),
+            seeded and len(arms) > 1,
+        ),
     }
-    return {key: Section(title, note, build(), shown) for key, (title, note, build, shown) in builders.items()
-            if (key == only if only else shown)}
+    return {
+        key: Section(title, note, build(), shown)
+        for key, (title, note, build, shown) in builders.items()
+        if (key == only if only else shown)
+    }
 
 
 def render_sections(sections: dict[str, Section], markdown: bool, format_table: Callable[[pa.Table], str]) -> str:

@@ -14,10 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from tutorloop.loop.core.config import RESUME_SAFE_KEYS, changed_keys, config_from_dict
+from tutorloop.loop.core.config import RESUME_SAFE_KEYS, config_from_dict
+from tutorloop.loop.core.config_meta import changed_keys
 from tutorloop.loop.core.errors import ConfigError
-from tutorloop.loop.paired_stats import (SIGNIFICANCE, PairedComparison, compare_paired, discordant, mcnemar_exact,
-                                         seed_paired_t, seed_shares)
+from tutorloop.loop.paired_stats import (
+    SIGNIFICANCE,
+    PairedComparison,
+    compare_paired,
+    discordant,
+    mcnemar_exact,
+    seed_paired_t,
+    seed_shares,
+)
 from tutorloop.store.query import multi_query, run_names
 
 # Keys in which the runs of one arm may differ (run.rounds too: arms are compared round by round).

@@ -1,6 +1,7 @@
 """What the student learns each round: mistake selection, multi-task samples, contrast pairs, replay.
 
-Pure functions over plain records, so the choices of a round can be tested without models or Ray.
+Pure functions over plain records (loop/core/records.py), so the choices of a round can be tested without
+models or Ray. The records they build carry no round: the store sets it as it commits the round's phase.
 """
 
 from __future__ import annotations
@@ -13,14 +14,22 @@ from typing import Iterable
 from tutorloop.loop.core.config import TeacherSection, TrainingSection
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.records import (
+    AttemptRecord,
+    ContrastPairRecord,
+    EarlierSample,
+    RationaleRecord,
+    SampleRecord,
+    columns,
+)
 from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
 
 
-def find_mistakes(attempts: Iterable[dict]) -> dict[str, list[dict]]:
+def find_mistakes(attempts: Iterable[AttemptRecord]) -> dict[str, list[AttemptRecord]]:
     """Questions with at least one wrong sample -> all of that question's attempts (wrong first)."""
-    by_question: dict[str, list[dict]] = defaultdict(list)
+    by_question: dict[str, list[AttemptRecord]] = defaultdict(list)
     for attempt in attempts:
         by_question[attempt["example_id"]].append(attempt)
     mistakes = {}
@@ -30,8 +39,13 @@ def find_mistakes(attempts: Iterable[dict]) -> dict[str, list[dict]]:
     return mistakes
 
 
-def order_mistakes(mistakes: dict[str, list[dict]], order: str, limit: int | None, seed: int,
-                   answers: dict[str, str] | None = None) -> list[str]:
+def order_mistakes(
+    mistakes: dict[str, list[AttemptRecord]],
+    order: str,
+    limit: int | None,
+    seed: int,
+    answers: dict[str, str] | None = None,
+) -> list[str]:
     """Which mistakes to teach first: `hardest` (most wrong samples of the k, then the larger wrong
     share, ties in a seeded random order), `random`, or `pool` order. With `answers` (id -> gold
     answer) the order takes each gold answer in turn: every answer's first mistake, then every
@@ -66,8 +80,9 @@ def random_selection(pool: list[Example], count: int, seed: int) -> list[str]:
     return ids[:count]
 
 
-def category_balanced_selection(pool: list[Example], ordered_mistakes: list[str], limit: int | None,
-                                seed: int) -> list[str]:
+def category_balanced_selection(
+    pool: list[Example], ordered_mistakes: list[str], limit: int | None, seed: int
+) -> list[str]:
     """Questions to teach, balanced over the pool's categories (`Example.meta["category"]`).
 
     Each category in turn gives its next mistake (in `ordered_mistakes` order) or, once it has none
@@ -99,8 +114,10 @@ def categories(pool: list[Example]) -> dict[str, str]:
     """Question id -> the category `training.mistake_balance: category` balances over."""
     for example in pool:
         if example.meta.get("category") is None:
-            raise ConfigError(f"training.mistake_balance: category needs a category on every question; "
-                              f"{example.id} has none (the synthetic task has them)")
+            raise ConfigError(
+                f"training.mistake_balance: category needs a category on every question; "
+                f"{example.id} has none (the synthetic task has them)"
+            )
     return {e.id: str(e.meta["category"]) for e in pool}
 
 
@@ -111,12 +128,18 @@ class TeachingTargets:
 
     examples: list[Example]
     strategies: list[str]
-    mistakes: dict[str, list[dict]] | None
+    mistakes: dict[str, list[AttemptRecord]] | None
     ask_teacher: bool
 
 
-def teaching_targets(pool: list[Example], examples: dict[str, Example], mistakes: dict[str, list[dict]] | None,
-                     training: TrainingSection, teacher: TeacherSection, seed: int) -> TeachingTargets:
+def teaching_targets(
+    pool: list[Example],
+    examples: dict[str, Example],
+    mistakes: dict[str, list[AttemptRecord]] | None,
+    training: TrainingSection,
+    teacher: TeacherSection,
+    seed: int,
+) -> TeachingTargets:
     """Round 0 (`mistakes` None): the whole pool with the configured strategies. A tailored round: its
     mistakes in `training.mistake_order` up to `training.max_mistakes`, with tailored prompts; or, in
     the ablation without tailoring (`training.selection: random`), as many questions drawn at random
@@ -147,8 +170,13 @@ def tailored_strategies(teacher: TeacherSection) -> list[str]:
     return ["tailored"] if backends - {"replay"} else ["zero_shot_cot"]
 
 
-def build_samples(round_: int, examples: dict[str, Example], rationales: Iterable[dict], tasks: list[str],
-                  teacher_weights: dict[str, float], taught: Iterable[str]) -> list[dict]:
+def build_samples(
+    examples: dict[str, Example],
+    rationales: Iterable[RationaleRecord],
+    tasks: list[str],
+    teacher_weights: dict[str, float],
+    taught: Iterable[str],
+) -> list[SampleRecord]:
     """Multi-task samples from accepted teacher rationales (Li et al. 2022).
 
     Each accepted rationale becomes an explanation sample under its teacher's task tag, and
@@ -156,9 +184,9 @@ def build_samples(round_: int, examples: dict[str, Example], rationales: Iterabl
     taught question gets one answer-prediction sample: its gold answer is known even where the
     teacher's rationale was rejected.
     """
-    samples: list[dict] = []
+    samples: list[SampleRecord] = []
     if "answer" in tasks:
-        samples += [_sample(round_, examples[i], "answer", "gold", None, 1.0) for i in dict.fromkeys(taught)]
+        samples += [_sample(examples[i], "answer", "gold", None, 1.0) for i in dict.fromkeys(taught)]
     for r in rationales:
         if not r["accepted"]:
             continue
@@ -166,21 +194,18 @@ def build_samples(round_: int, examples: dict[str, Example], rationales: Iterabl
         weight = teacher_weights.get(r["teacher"], 1.0)
         explain_task = r.get("task") or "explain"
         if "explain" in tasks:
-            samples.append(_sample(round_, example, explain_task, r["teacher"], r["rationale"], weight))
+            samples.append(_sample(example, explain_task, r["teacher"], r["rationale"], weight))
         if "rationalize" in tasks and r["strategy"] in EXPLANATION_SOURCES_FOR_RATIONALIZE:
-            samples.append(_sample(round_, example, "rationalize", r["teacher"], r["rationale"], weight))
+            samples.append(_sample(example, "rationalize", r["teacher"], r["rationale"], weight))
     return samples
 
 
-def _sample(round_: int, example: Example, task: str, source: str, rationale: str | None,
-            weight: float) -> dict:
+def _sample(example: Example, task: str, source: str, rationale: str | None, weight: float) -> SampleRecord:
     return {
-        "round": round_,
         "example_id": example.id,
         "task": task,
         "source": source,
-        "input": student_prompt(example.question, task,
-                                given_answer=example.answer if task == "rationalize" else None),
+        "input": student_prompt(example.question, task, given_answer=example.answer if task == "rationalize" else None),
         "target": student_target(task, example.answer, rationale),
         "weight": float(weight),
     }
@@ -190,14 +215,13 @@ def _sample(round_: int, example: Example, task: str, source: str, rationale: st
 class ContrastPairs:
     """A round's self-reflection pairs, and how many mistakes got none for want of a part."""
 
-    pairs: list[dict]
+    pairs: list[ContrastPairRecord]
     without_positive: int = 0  # no correct rationale other than the anchor
     without_negative: int = 0  # every wrong sample was cut off before stating an answer
 
     def note(self) -> str:
         """The round summary's line on the pairs."""
-        note = (f"contrast pairs: {len(self.pairs)}; {self.without_positive} questions had no distinct "
-                f"correct rationale")
+        note = f"contrast pairs: {len(self.pairs)}; {self.without_positive} questions had no distinct correct rationale"
         if self.without_negative:
             note += f", {self.without_negative} no wrong rationale that states an answer"
         return note
@@ -208,9 +232,13 @@ def _same_text(text: str) -> str:
     return " ".join(text.split()).lower().rstrip(".!")
 
 
-def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: Iterable[dict],
-                         mistakes: dict[str, list[dict]], earlier_rationales: dict[str, list[str]],
-                         max_per_question: int = 4) -> ContrastPairs:
+def build_contrast_pairs(
+    examples: dict[str, Example],
+    rationales: Iterable[RationaleRecord],
+    mistakes: dict[str, list[AttemptRecord]],
+    earlier_rationales: dict[str, list[str]],
+    max_per_question: int = 4,
+) -> ContrastPairs:
     """Self-reflection data (Wang et al. 2023): teacher rationale vs the student's own wrong one.
 
     anchor = the question's first accepted teacher rationale of this round; positive = a *different*
@@ -221,7 +249,7 @@ def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: 
     distinct positive gets no pair and is counted.
     """
     result = ContrastPairs([])
-    accepted: dict[str, list[dict]] = defaultdict(list)
+    accepted: dict[str, list[RationaleRecord]] = defaultdict(list)
     for r in rationales:
         if r["accepted"] and r["rationale"]:
             accepted[r["example_id"]].append(r)
@@ -231,13 +259,17 @@ def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: 
             continue
         example = examples[example_id]
         anchor = student_target("explain", example.answer, taught[0]["rationale"])
-        negatives = _unique([a["output"] for a in attempts
-                             if not a["correct"] and a.get("extracted") is not None], exclude=anchor)
+        negatives = _unique(
+            [a["output"] for a in attempts if not a["correct"] and a.get("extracted") is not None], exclude=anchor
+        )
         teacher_texts = [t["rationale"] for t in taught[1:]] + earlier_rationales.get(example_id, [])
         if example.rationale:
             teacher_texts.append(example.rationale)
-        positives = _unique([a["output"] for a in attempts if a["correct"]]
-                            + [student_target("explain", example.answer, t) for t in teacher_texts], exclude=anchor)
+        positives = _unique(
+            [a["output"] for a in attempts if a["correct"]]
+            + [student_target("explain", example.answer, t) for t in teacher_texts],
+            exclude=anchor,
+        )
         if not negatives:
             result.without_negative += 1
             continue
@@ -245,14 +277,15 @@ def build_contrast_pairs(round_: int, examples: dict[str, Example], rationales: 
             result.without_positive += 1
             continue
         for index, negative in enumerate(negatives[:max_per_question]):
-            result.pairs.append({
-                "round": round_,
-                "example_id": example_id,
-                "input": student_prompt(example.question, "explain"),
-                "anchor": anchor,
-                "positive": _leading_space(positives[index % len(positives)]),
-                "negative": _leading_space(negative),
-            })
+            result.pairs.append(
+                {
+                    "example_id": example_id,
+                    "input": student_prompt(example.question, "explain"),
+                    "anchor": anchor,
+                    "positive": _leading_space(positives[index % len(positives)]),
+                    "negative": _leading_space(negative),
+                }
+            )
     return result
 
 
@@ -272,8 +305,9 @@ def _leading_space(text: str) -> str:
     return text if text.startswith(" ") else " " + text
 
 
-def replay_samples(round_: int, earlier: list[dict], new_count: int, fraction: float, seed: int) -> list[dict]:
+def replay_samples(earlier: list[EarlierSample], new_count: int, fraction: float, seed: int) -> list[SampleRecord]:
     """Mix earlier rounds' samples into this round's training so the student does not forget them."""
     count = min(len(earlier), round(new_count * fraction / (1 - fraction))) if fraction < 1 else len(earlier)
     chosen = random.Random(seed).sample(earlier, count) if count else []
-    return [dict(s, round=round_, source=f"replay:round-{s['round']}") for s in chosen]
+    # A replay is a sample of this round (the store gives it this round) naming the round it came from.
+    return [{**{key: s[key] for key in columns(SampleRecord)}, "source": f"replay:round-{s['round']}"} for s in chosen]

@@ -20,18 +20,41 @@ from typing import TYPE_CHECKING, Callable
 from tqdm import tqdm
 
 from tutorloop.actors.teacher.health import TeacherUnavailable
-from tutorloop.loop.core.config import Config
 from tutorloop.loop.console import console_to_log
-from tutorloop.loop.curriculum import (TeachingTargets, build_contrast_pairs, build_samples, find_mistakes,
-                                       random_selection, replay_samples, teaching_targets)
-from tutorloop.loop.core.datasets import Example, answer_type_of, drop_test_duplicates, load_examples
+from tutorloop.loop.core.config import Config
+from tutorloop.loop.core.datasets import Example, answer_type_of
 from tutorloop.loop.core.errors import RunError
-from tutorloop.loop.formatting import next_steps, percent
-from tutorloop.loop.round_plan import (BASELINE, CORE, ROUND_PLAN, TAILORED, Phase, derive_seed, planned_rounds,
-                                       round_kind)
-from tutorloop.loop.run_teachers import RunTeachers, round_teachers
-from tutorloop.loop.stopping import StopRequested, StopSignals
+from tutorloop.loop.core.records import (
+    AttemptRecord,
+    ContrastPairRecord,
+    RationaleRecord,
+    SampleRecord,
+    TrainStepRecord,
+)
 from tutorloop.loop.core.teardown import Teardown
+from tutorloop.loop.curriculum import (
+    TeachingTargets,
+    build_contrast_pairs,
+    build_samples,
+    find_mistakes,
+    replay_samples,
+)
+from tutorloop.loop.formatting import next_steps, percent
+from tutorloop.loop.planner import exam_draw, load_pool, plan_teaching
+from tutorloop.loop.round_plan import (
+    BASELINE,
+    CORE,
+    ROUND_PLAN,
+    TAILORED,
+    Phase,
+    derive_seed,
+    planned_rounds,
+    remove_trainer_state,
+    round_kind,
+    trainer_state_dir,
+)
+from tutorloop.loop.run_teachers import RunTeachers
+from tutorloop.loop.stopping import StopRequested, StopSignals
 from tutorloop.loop.tailored_reply import tailored_example
 from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers
@@ -59,9 +82,11 @@ class RoundReport:
 
     def line(self) -> str:
         mistakes = "-" if self.mistakes is None else str(self.mistakes)
-        return (f"round {self.round:>2} ({round_kind(self.round)}): test accuracy {percent(self.test_accuracy)} | "
-                f"mistakes {mistakes} | teacher calls {self.teacher_calls} (cache hits {self.cache_hits}) | "
-                f"cost ${self.cost_usd:.4f} | {self.seconds:.0f}s")
+        return (
+            f"round {self.round:>2} ({round_kind(self.round)}): test accuracy {percent(self.test_accuracy)} | "
+            f"mistakes {mistakes} | teacher calls {self.teacher_calls} (cache hits {self.cache_hits}) | "
+            f"cost ${self.cost_usd:.4f} | {self.seconds:.0f}s"
+        )
 
 
 @dataclass
@@ -71,24 +96,22 @@ class RoundState:
     round: int
     kind: str
     report: RoundReport
-    mistakes: dict[str, list[dict]] | None = None
+    mistakes: dict[str, list[AttemptRecord]] | None = None
 
 
 class RoundEngine:
     """Drives the rounds of one run directory; the only process that writes its history."""
 
-    def __init__(self, cfg: Config, run_dir: Path, address: str | None = None,
-                 workers: Workers | None = None) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, address: str | None = None, workers: Workers | None = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.history = RunHistory(run_dir)
         self.history.hold()  # released before every wait on actors or the teacher
         self.journal = TeacherJournal(run_dir)
         self.answer_type = answer_type_of(cfg.data)
-        self.test = load_examples(cfg.data, "test")
-        # Clean splits: a pool question that is also a test question is not trained on.
-        self.pool, self.pool_duplicates = drop_test_duplicates(load_examples(cfg.data, "train"), self.test)
-        self.examples = {e.id: e for e in self.pool + self.test}
+        self.questions = load_pool(cfg)  # the pool without test duplicates, and the test split
+        self.pool, self.test = self.questions.pool, self.questions.test
+        self.pool_duplicates, self.examples = self.questions.duplicates, self.questions.examples
         if workers is None:
             workers = RayWorkers(cfg, self.answer_type, address, log_file=run_dir / LOG_FILE)
         self.workers = workers
@@ -101,10 +124,17 @@ class RoundEngine:
         self.seconds = {"teacher_wait_s": 0.0, "teacher_callbacks_s": 0.0}
         self.actor_seconds: dict[str, float] = {}
         self._phases: dict[str, Callable[[RoundState, Phase], None]] = {
-            "exam": self._exam_pool, "teach": self._teach, "train": self._train, "eval": self._evaluate}
+            "exam": self._exam_pool,
+            "teach": self._teach,
+            "train": self._train,
+            "eval": self._evaluate,
+        }
         self._resumed: dict[str, Callable[[RoundState], None]] = {
-            "exam": self._exam_done, "teach": self._teach_done, "train": lambda state: None,
-            "eval": self._eval_done}
+            "exam": self._exam_done,
+            "teach": self._teach_done,
+            "train": lambda state: None,
+            "eval": self._eval_done,
+        }
 
     # ----- the run ---------------------------------------------------------------------------------
     def run(self) -> int:
@@ -123,13 +153,21 @@ class RoundEngine:
         self.history.set_status("running")
         finished = False  # a teardown failure is raised only where no earlier error or stop is the news
         try:
-            self.teachers.check_remote({round_kind(r) for r in planned_rounds(self.cfg.run)
-                                        if r >= 0 and not self.history.phase_done(r, "teach")})
+            self.teachers.check_remote(
+                {
+                    round_kind(r)
+                    for r in planned_rounds(self.cfg.run)
+                    if r >= 0 and not self.history.phase_done(r, "teach")
+                }
+            )
             self.workers.start()
             self.seconds.update(self.workers.seconds)
             self.stopping.install()
-            print(f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} | "
-                  f"pool {len(self.pool)}{self._duplicates_note()} | test {len(self.test)}", flush=True)
+            print(
+                f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} | "
+                f"pool {len(self.pool)}{self._duplicates_note()} | test {len(self.test)}",
+                flush=True,
+            )
             message = self._rounds()
             self.history.set_status("finished", message)
             print(f"tutorloop: {message}. History: {self.history.path}", flush=True)
@@ -144,8 +182,11 @@ class RoundEngine:
             return 0
         except (KeyboardInterrupt, StopRequested):
             self.history.end("stopped", "interrupted")
-            print(f"\ntutorloop: stopped at a safe point. Resume with: tutorloop resume {self.run_dir}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"\ntutorloop: stopped at a safe point. Resume with: tutorloop resume {self.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
             return 130
         except TeacherUnavailable as exc:
             # The teacher's line names its address; add how to go on once it is back.
@@ -172,8 +213,10 @@ class RoundEngine:
         for round_ in planned_rounds(self.cfg.run):
             if self.history.round_done(round_):
                 accuracy = self.history.metric(round_, "test", "accuracy")
-                print(f"round {round_:>2} ({round_kind(round_)}): done earlier, test accuracy {percent(accuracy)}",
-                      flush=True)
+                print(
+                    f"round {round_:>2} ({round_kind(round_)}): done earlier, test accuracy {percent(accuracy)}",
+                    flush=True,
+                )
             else:
                 if stop_reason:
                     break
@@ -219,34 +262,53 @@ class RoundEngine:
         return state.report
 
     # ----- exams -----------------------------------------------------------------------------------
-    def exam(self, round_: int, phase: str, examples: list[Example], mode: str, num_samples: int,
-             greedy: bool, adapter: bytes | None) -> list[dict]:
+    def exam(
+        self,
+        round_: int,
+        phase: str,
+        examples: list[Example],
+        mode: str,
+        num_samples: int,
+        greedy: bool,
+        adapter: bytes | None,
+    ) -> list[AttemptRecord]:
         """The exam's attempts; questions answered earlier are skipped, each finished chunk stored at once."""
         split = "test" if phase == "eval" else "train"
         done_ids, next_batch = self.history.exam_progress(round_, phase, mode)
         todo = [e for e in examples if e.id not in done_ids]
         seed = derive_seed(self.cfg.run.seed, round_, f"{phase}/{mode}")
-        with tqdm(total=len(examples), initial=len(examples) - len(todo), desc=f"round {round_} {phase} {mode}",
-                  unit="q", leave=False, dynamic_ncols=True) as bar:
-            for chunk in self.workers.exam(todo, mode, num_samples, greedy, seed, adapter,
-                                           on_wait=self.history.release):
-                rows = [dict(r, round=round_, phase=phase, split=split, batch=next_batch + chunk.index)
-                        for r in chunk.records]
-                self.history.store_attempts(round_, phase, rows, len(chunk.examples))
+        with tqdm(
+            total=len(examples),
+            initial=len(examples) - len(todo),
+            desc=f"round {round_} {phase} {mode}",
+            unit="q",
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar:
+            for chunk in self.workers.exam(
+                todo, mode, num_samples, greedy, seed, adapter, on_wait=self.history.release
+            ):
+                self.history.store_attempts(
+                    round_, phase, chunk.records, len(chunk.examples), split=split, batch=next_batch + chunk.index
+                )
                 bar.update(len(chunk.examples))
                 self.stopping.check()
         return self.history.attempts(round_, phase, mode)
 
     def _exam_pool(self, state: RoundState, phase: Phase) -> None:
         """Tailored round step 1: the student answers (part of) the training pool; its mistakes drive the round."""
-        gen, size = self.cfg.student.generation, self.cfg.training.exam_size
-        examined = self.pool
-        if size is not None and size < len(self.pool):
-            drawn = random_selection(self.pool, size, derive_seed(self.cfg.run.seed, state.round, "exam-draw"))
-            examined = [self.examples[i] for i in drawn]
+        gen = self.cfg.student.generation
+        examined = exam_draw(self.cfg, self.questions, state.round)
         phase.begin(len(examined))
-        attempts = self.exam(state.round, "exam", examined, self.cfg.student.exam_mode, gen.num_samples,
-                             gen.num_samples == 1, self._adapter(state.round - 1))
+        attempts = self.exam(
+            state.round,
+            "exam",
+            examined,
+            self.cfg.student.exam_mode,
+            gen.num_samples,
+            gen.num_samples == 1,
+            self._adapter(state.round - 1),
+        )
         state.mistakes = find_mistakes(attempts)
         state.report.mistakes = len(state.mistakes)
         accuracy = sum(a["correct"] for a in attempts) / max(len(attempts), 1)
@@ -269,8 +331,9 @@ class RoundEngine:
             values[f"accuracy_{mode}"] = sum(a["correct"] for a in attempts) / max(len(attempts), 1)
         values["accuracy"] = values[f"accuracy_{modes[0]}"]
         if state.kind == BASELINE and len(modes) > 1:
-            state.report.notes.append("baseline by mode: " + ", ".join(
-                f"{mode} {percent(values[f'accuracy_{mode}'])}" for mode in modes))
+            state.report.notes.append(
+                "baseline by mode: " + ", ".join(f"{mode} {percent(values[f'accuracy_{mode}'])}" for mode in modes)
+            )
         phase.outputs.metrics["test"] = values
         state.report.test_accuracy = values["accuracy"]
 
@@ -280,34 +343,40 @@ class RoundEngine:
     # ----- teaching --------------------------------------------------------------------------------
     def _teach(self, state: RoundState, phase: Phase) -> None:
         """Teacher rationales -> graded -> samples and contrast pairs, committed with the phase mark."""
-        from tutorloop.loop.teaching import plan_round_jobs
-
         training, report = self.cfg.training, state.report
-        seed = derive_seed(self.cfg.run.seed, state.round, "teach")
-        teachers = round_teachers(self.cfg.teacher, state.kind)  # only this kind of round's teachers
-        targets = teaching_targets(self.pool, self.examples, state.mistakes, training, teachers, seed)
-        jobs = []
-        if targets.ask_teacher:
-            jobs = plan_round_jobs(targets, teachers, state.round)
+        plan = plan_teaching(self.cfg, self.questions, state.round, state.mistakes)
+        targets, jobs, seed = plan.targets, plan.jobs, plan.seed
         phase.begin(len(jobs))
         outcome = self._ask_teacher(jobs, report, state.kind)
-        rationales = [dict(r, round=state.round) for r in outcome.rationales]
+        rationales = outcome.rationales
         example = tailored_example(rationales, state.mistakes or {}, self.examples) if state.kind == TAILORED else None
         if example:
             report.notes.append(example)
         accepted = sum(1 for r in rationales if r["accepted"])
         if state.kind == CORE and not accepted and set(training.tasks) - {"answer"}:
             self.history.keep_graded_rationales(state.round, rationales)  # what the message points at
-            rejected = ", ".join(f"{reason} {count}" for reason, count in
-                                 Counter(r["reject_reason"] for r in rationales).most_common()) or "no teacher jobs"
-            raise RunError(f"{self.run_dir}: round 0 got no accepted teacher rationale to train on ({rejected}); "
-                           f"see `tutorloop sql {self.run_dir} \"SELECT * FROM teacher_yield\"`")
+            rejected = (
+                ", ".join(
+                    f"{reason} {count}"
+                    for reason, count in Counter(r["reject_reason"] for r in rationales).most_common()
+                )
+                or "no teacher jobs"
+            )
+            raise RunError(
+                f"{self.run_dir}: round 0 got no accepted teacher rationale to train on ({rejected}); "
+                f'see `tutorloop sql {self.run_dir} "SELECT * FROM teacher_yield"`'
+            )
         samples, pairs = self._curriculum(state, rationales, targets, seed)
         phase.outputs.rows = {"rationales": rationales, "samples": samples, "contrast_pairs": pairs}
         phase.outputs.metrics["train"] = {
-            "teacher_calls": outcome.calls_sent, "cache_hits": outcome.cache_hits,
-            "teacher_cost_usd": outcome.cost_usd, "rationales_accepted": accepted, "samples": len(samples),
-            "contrast_pairs": len(pairs), "budget_exhausted": float(outcome.budget_exhausted)}
+            "teacher_calls": outcome.calls_sent,
+            "cache_hits": outcome.cache_hits,
+            "teacher_cost_usd": outcome.cost_usd,
+            "rationales_accepted": accepted,
+            "samples": len(samples),
+            "contrast_pairs": len(pairs),
+            "budget_exhausted": float(outcome.budget_exhausted),
+        }
         if state.kind == CORE:  # recorded once per run, with the round that trains on the pool first
             phase.outputs.metrics["train"]["pool_test_duplicates"] = self.pool_duplicates
         phase.outputs.info = {"message": outcome.message}
@@ -329,24 +398,34 @@ class RoundEngine:
 
         recovered, in_flight = self.history.recover_answers(self.journal)
         if recovered or in_flight:
-            report.notes.append(f"resumed teaching: {recovered} answers recovered from {self.journal.path.name}; "
-                                f"{in_flight} requests were in flight at the stop and are sent again")
+            report.notes.append(
+                f"resumed teaching: {recovered} answers recovered from {self.journal.path.name}; "
+                f"{in_flight} requests were in flight at the stop and are sent again"
+            )
         if not self._calls_rekeyed:  # once, and after the journal's answers: they may hold old keys too
             rekey_legacy_calls(self.history, self.cfg.teacher, self.cfg.data.data_dir)
             self._calls_rekeyed = True
         self.history.release()  # a server may take a while to load
         teachers, started = self.teachers.for_round(kind, start=bool(jobs))
         report.notes += started
-        session = TeachingSession(teachers, jobs, lookup=self._cached_calls, executor=self.workers.teacher(teachers),
-                                  persist=self._persist_calls, spent_usd=self.history.spent_usd(),
-                                  on_wait=self.history.release, journal=self.journal,
-                                  on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", done),
-                                  sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir))
+        session = TeachingSession(
+            teachers,
+            jobs,
+            lookup=self._cached_calls,
+            executor=self.workers.teacher(teachers),
+            persist=self._persist_calls,
+            spent_usd=self.history.spent_usd(),
+            on_wait=self.history.release,
+            journal=self.journal,
+            on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", done),
+            sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir),
+        )
         callbacks_before = self.seconds["teacher_callbacks_s"]
         waited = time.monotonic()
         outcome = session.run()
-        self.seconds["teacher_wait_s"] += (time.monotonic() - waited
-                                           - (self.seconds["teacher_callbacks_s"] - callbacks_before))
+        self.seconds["teacher_wait_s"] += (
+            time.monotonic() - waited - (self.seconds["teacher_callbacks_s"] - callbacks_before)
+        )
         report.teacher_calls, report.cache_hits = outcome.calls_sent, outcome.cache_hits
         report.cost_usd, report.budget_exhausted = outcome.cost_usd, outcome.budget_exhausted
         if outcome.budget_exhausted:
@@ -367,29 +446,34 @@ class RoundEngine:
         self.seconds["teacher_callbacks_s"] += time.monotonic() - started
         self.stopping.check()
 
-    def _curriculum(self, state: RoundState, rationales: list[dict], targets: TeachingTargets,
-                    seed: int) -> tuple[list[dict], list[dict]]:
+    def _curriculum(
+        self, state: RoundState, rationales: list[RationaleRecord], targets: TeachingTargets, seed: int
+    ) -> tuple[list[SampleRecord], list[ContrastPairRecord]]:
         """The round's training data: multi-task samples, and in tailored rounds contrast pairs and replay."""
         training = self.cfg.training
         weights = {t.name: t.loss_weight for t in self.cfg.teacher.teachers}
-        samples = build_samples(state.round, self.examples, rationales, training.tasks, weights,
-                                [t.id for t in targets.examples])
+        samples = build_samples(self.examples, rationales, training.tasks, weights, [t.id for t in targets.examples])
         # A tagged teacher's rationale trains its own prefix and also the plain explain prompt, the one
         # the exam and eval ask with: else a tagged teacher's lessons would never reach the eval.
-        tagged = [dict(r, task="explain") for r in rationales
-                  if r["accepted"] and r.get("task") not in (None, "explain")]
+        tagged = [
+            dict(r, task="explain") for r in rationales if r["accepted"] and r.get("task") not in (None, "explain")
+        ]
         if "explain" in training.tasks and tagged:
-            samples += build_samples(state.round, self.examples, tagged, ["explain"], weights, [])
-        pairs: list[dict] = []
+            samples += build_samples(self.examples, tagged, ["explain"], weights, [])
+        pairs: list[ContrastPairRecord] = []
         if state.kind == TAILORED and training.reflection != "none":
-            built = build_contrast_pairs(state.round, self.examples, rationales, state.mistakes or {},
-                                         self.history.earlier_rationales(state.round),
-                                         training.max_pairs_per_question)
+            built = build_contrast_pairs(
+                self.examples,
+                rationales,
+                state.mistakes or {},
+                self.history.earlier_rationales(state.round),
+                training.max_pairs_per_question,
+            )
             pairs = built.pairs
             state.report.notes.append(built.note())
         if state.kind == TAILORED and training.replay_fraction > 0:
             earlier = self.history.earlier_samples(state.round)
-            samples += replay_samples(state.round, earlier, len(samples), training.replay_fraction, seed)
+            samples += replay_samples(earlier, len(samples), training.replay_fraction, seed)
         return samples, pairs
 
     # ----- training --------------------------------------------------------------------------------
@@ -397,32 +481,43 @@ class RoundEngine:
         round_ = state.round
         samples, pairs = self.history.round_samples(round_), self.history.round_pairs(round_)
         phase.begin(None)  # optimizer steps: the trainer's plan sets the total before its first step
-        checkpoint_dir = self.run_dir / "checkpoints" / f"round-{round_}"
+        state_dir = trainer_state_dir(self.run_dir, round_)
         if samples or pairs:
             init = None
             if state.kind == TAILORED and self.cfg.training.continue_from_previous:
                 init = self._adapter(round_ - 1)
-            adapter, steps = self._run_training(round_, samples, pairs, init, checkpoint_dir)
+            adapter, steps = self._run_training(round_, samples, pairs, init, state_dir)
             self.trackers.log_steps(round_, steps)
         elif state.kind == TAILORED:
             # Nothing new to learn (no mistakes, or no usable rationale): keep the previous adapter.
             adapter, steps = self._adapter(round_ - 1), []
         else:
-            raise RunError(f"{self.run_dir}: round 0 built no training samples for training.tasks="
-                           f"{self.cfg.training.tasks} from its teacher rationales")
+            raise RunError(
+                f"{self.run_dir}: round 0 built no training samples for training.tasks="
+                f"{self.cfg.training.tasks} from its teacher rationales"
+            )
         phase.outputs.adapter = self._save_adapter(round_, adapter)
         phase.outputs.train_steps = steps
         if steps:
-            phase.outputs.metrics["train"] = {"train_loss_last": steps[-1]["loss"],
-                                              "train_loss_first": steps[0]["loss"]}
+            phase.outputs.metrics["train"] = {
+                "train_loss_last": steps[-1]["loss"],
+                "train_loss_first": steps[0]["loss"],
+            }
         phase.outputs.info = {"steps": len(steps)}
-        phase.after_commit(lambda: shutil.rmtree(checkpoint_dir, ignore_errors=True))
+        phase.after_commit(lambda: remove_trainer_state(self.run_dir, round_))
 
-    def _run_training(self, round_: int, samples: list[dict], pairs: list[dict], init: bytes | None,
-                      checkpoint_dir: Path) -> tuple[bytes, list[dict]]:
+    def _run_training(
+        self,
+        round_: int,
+        samples: list[SampleRecord],
+        pairs: list[ContrastPairRecord],
+        init: bytes | None,
+        checkpoint_dir: Path,
+    ) -> tuple[bytes, list[TrainStepRecord]]:
         """The trainer's adapter and step records; the steps move a bar and the phase's progress as they
         come, and a stop request ends the training at once (it resumes from its last checkpoint)."""
         with tqdm(desc=f"round {round_} train", unit="step", leave=False, dynamic_ncols=True) as bar:
+
             def on_progress(total: int, done: int, last: dict | None) -> None:
                 bar.total, bar.n = total, done
                 if last is not None:
@@ -432,9 +527,16 @@ class RoundEngine:
                 self.history.release()  # readers get the file back while the trainer works
 
             self.history.release()
-            result = self.workers.train(samples, pairs, init, str(checkpoint_dir), on_progress,
-                                        self.stopping.check, seed=derive_seed(self.cfg.run.seed, round_, "train"))
-        return result["adapter"], [dict(s, round=round_) for s in result["steps"]]
+            result = self.workers.train(
+                samples,
+                pairs,
+                init,
+                str(checkpoint_dir),
+                on_progress,
+                self.stopping.check,
+                seed=derive_seed(self.cfg.run.seed, round_, "train"),
+            )
+        return result["adapter"], result["steps"]
 
     # ----- adapters --------------------------------------------------------------------------------
     def _adapter(self, round_: int) -> bytes | None:
@@ -455,4 +557,3 @@ class RoundEngine:
             shutil.rmtree(target)
         adapter_from_bytes(adapter, target)
         return str(relative), hashlib.sha256(adapter).hexdigest()
-

@@ -47,8 +47,9 @@ def mcnemar_exact(wrong_to_right: int, right_to_wrong: int) -> float:
     return float(stats.binomtest(wrong_to_right, n, 0.5).pvalue)
 
 
-def bootstrap_difference(correct_a: Sequence[float], correct_b: Sequence[float], seed: int = 0,
-                         resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+def bootstrap_difference(
+    correct_a: Sequence[float], correct_b: Sequence[float], seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
     """95% percentile interval of accuracy(B) - accuracy(A), resampling questions with their pair intact.
 
     Values are right (1) / wrong (0), or a question's share of seeds that got it right."""
@@ -57,20 +58,28 @@ def bootstrap_difference(correct_a: Sequence[float], correct_b: Sequence[float],
         value = float(diff[0]) if diff.size else 0.0
         return value, value
     # batch keeps memory flat on large test sets; percentile, as BCa gives NaN when every question agrees
-    interval = stats.bootstrap((diff,), np.mean, n_resamples=resamples, batch=1000, vectorized=True,
-                               method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    interval = stats.bootstrap(
+        (diff,),
+        np.mean,
+        n_resamples=resamples,
+        batch=1000,
+        vectorized=True,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     return float(interval.low), float(interval.high)
 
 
 def discordant(correct_a: Mapping[str, float], correct_b: Mapping[str, float]) -> tuple[int, int]:
     """(questions B did better on, questions A did better on), over the questions both answered."""
     shared = set(correct_a) & set(correct_b)
-    return (sum(1 for q in shared if float(correct_b[q]) > float(correct_a[q])),
-            sum(1 for q in shared if float(correct_a[q]) > float(correct_b[q])))
+    return (
+        sum(1 for q in shared if float(correct_b[q]) > float(correct_a[q])),
+        sum(1 for q in shared if float(correct_a[q]) > float(correct_b[q])),
+    )
 
 
-def compare_paired(correct_a: Mapping[str, float], correct_b: Mapping[str, float],
-                   seed: int = 0) -> PairedComparison:
+def compare_paired(correct_a: Mapping[str, float], correct_b: Mapping[str, float], seed: int = 0) -> PairedComparison:
     """A against B on the questions both answered (keyed by question id).
 
     Values are right/wrong (McNemar), or shares of seeds from `seed_shares`: then a question counts
@@ -81,10 +90,17 @@ def compare_paired(correct_a: Mapping[str, float], correct_b: Mapping[str, float
     wrong_to_right, right_to_wrong = discordant(correct_a, correct_b)
     low, high = bootstrap_difference(a, b, seed)
     n = max(len(shared), 1)
-    return PairedComparison(questions=len(shared), accuracy_a=sum(a) / n, accuracy_b=sum(b) / n,
-                            difference=(sum(b) - sum(a)) / n, ci_low=low, ci_high=high,
-                            wrong_to_right=wrong_to_right, right_to_wrong=right_to_wrong,
-                            p_value=mcnemar_exact(wrong_to_right, right_to_wrong))
+    return PairedComparison(
+        questions=len(shared),
+        accuracy_a=sum(a) / n,
+        accuracy_b=sum(b) / n,
+        difference=(sum(b) - sum(a)) / n,
+        ci_low=low,
+        ci_high=high,
+        wrong_to_right=wrong_to_right,
+        right_to_wrong=right_to_wrong,
+        p_value=mcnemar_exact(wrong_to_right, right_to_wrong),
+    )
 
 
 def seed_interval(accuracies: Sequence[float]) -> tuple[float, float, float]:

@@ -16,8 +16,14 @@ from tutorloop.loop.compare import difference_cells, strategies_by_round
 from tutorloop.loop.formatting import markdown_table, percent
 from tutorloop.loop.paired_stats import BOOTSTRAP_RESAMPLES, PairedComparison
 from tutorloop.loop.report_charts import PLOTS
-from tutorloop.loop.report_data import (EXAMPLES_SHOWN, PHASES, ReportData, accuracy_column, load_report_data,
-                                        round_label)
+from tutorloop.loop.report_data import (
+    EXAMPLES_SHOWN,
+    PHASES,
+    ReportData,
+    accuracy_column,
+    load_report_data,
+    round_label,
+)
 
 _NO_ROWS = "(no rows yet)"
 _EMPTY = "(empty output)"
@@ -39,8 +45,9 @@ def num(value: Any) -> str:
 def _describe(data: ReportData) -> list[tuple[str, str]]:
     cfg = data.config
     student = cfg.get("student", {})
-    teachers = ", ".join(f"{t['name']} ({t['backend']}: {t['model']})"
-                         for t in cfg.get("teacher", {}).get("teachers", []))
+    teachers = ", ".join(
+        f"{t['name']} ({t['backend']}: {t['model']})" for t in cfg.get("teacher", {}).get("teachers", [])
+    )
     data_cfg = cfg.get("data", {})
     trained = [r for r in data.rounds if r["round"] >= 0 and r["test_accuracy"] is not None]
     best = max(trained, key=lambda r: (r["test_accuracy"], r["round"]), default=None)
@@ -60,10 +67,12 @@ def _describe(data: ReportData) -> list[tuple[str, str]]:
         ("teaching strategies", strategies_by_round(data.yield_rows) or "-"),
         ("task", str(data_cfg.get("task"))),
         ("rounds done", ", ".join(str(r["round"]) for r in data.rounds if r["status"] == "done") or "-"),
-        (f"test accuracy ({data.modes[0]})",
-         f"baseline {percent(baseline['test_accuracy'] if baseline else None)} → last round "
-         f"{percent(last['test_accuracy'] if last else None)}; best round "
-         f"{best['round'] if best else '-'} ({percent(best['test_accuracy'] if best else None)})"),
+        (
+            f"test accuracy ({data.modes[0]})",
+            f"baseline {percent(baseline['test_accuracy'] if baseline else None)} → last round "
+            f"{percent(last['test_accuracy'] if last else None)}; best round "
+            f"{best['round'] if best else '-'} ({percent(best['test_accuracy'] if best else None)})",
+        ),
         ("teacher", f"{calls} calls, {usd(cost)}"),
         ("time", f"{seconds:.0f} s in rounds"),
     ]
@@ -78,40 +87,92 @@ def paired_cell(test: PairedComparison | None) -> str:
 
 
 def _accuracy_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
-    head = ["round", "kind"] + [f"test {m}" for m in data.modes] + ["pool exam", "mistakes", "accepted rationales",
-                                                                     "samples", "contrast pairs", "vs round 0",
-                                                                     "vs previous round"]
-    rows = [[round_label(r["round"]), r["kind"]] + [percent(r.get(accuracy_column(m))) for m in data.modes]
-            + [percent(r["pool_accuracy"]), num(r["mistakes"]), num(r["rationales_accepted"]), num(r["samples"]),
-               num(r["contrast_pairs"])] + [paired_cell(t) for t in data.round_tests.get(r["round"], (None, None))]
-            for r in data.rounds]
+    head = (
+        ["round", "kind"]
+        + [f"test {m}" for m in data.modes]
+        + [
+            "pool exam",
+            "mistakes",
+            "accepted rationales",
+            "samples",
+            "contrast pairs",
+            "vs round 0",
+            "vs previous round",
+        ]
+    )
+    rows = [
+        [round_label(r["round"]), r["kind"]]
+        + [percent(r.get(accuracy_column(m))) for m in data.modes]
+        + [
+            percent(r["pool_accuracy"]),
+            num(r["mistakes"]),
+            num(r["rationales_accepted"]),
+            num(r["samples"]),
+            num(r["contrast_pairs"]),
+        ]
+        + [paired_cell(t) for t in data.round_tests.get(r["round"], (None, None))]
+        for r in data.rounds
+    ]
     return head, rows
 
 
 def _transition_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["rounds", "mode", "wrong → right", "right → wrong", "stayed right", "stayed wrong"]
-    rows = [[f"{t['from_round']} → {t['to_round']}", t["mode"], str(t["wrong_to_right"]), str(t["right_to_wrong"]),
-             str(t["stayed_right"]), str(t["stayed_wrong"])] for t in data.transitions]
+    rows = [
+        [
+            f"{t['from_round']} → {t['to_round']}",
+            t["mode"],
+            str(t["wrong_to_right"]),
+            str(t["right_to_wrong"]),
+            str(t["stayed_right"]),
+            str(t["stayed_wrong"]),
+        ]
+        for t in data.transitions
+    ]
     return head, rows
 
 
 def _cost_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
-    head = ["round", "teacher", "strategy", "calls", "failed", "rationales", "accepted", "rejections", "cost",
-            "cost / accepted"]
+    head = [
+        "round",
+        "teacher",
+        "strategy",
+        "calls",
+        "failed",
+        "rationales",
+        "accepted",
+        "rejections",
+        "cost",
+        "cost / accepted",
+    ]
     rows = []
     for y in data.yield_rows:
         rejections = ", ".join(f"{k}: {v}" for k, v in sorted(dict(y["rejections"] or {}).items())) or "-"
-        rows.append([str(y["round"]), y["teacher"], y["strategy"] or "-", str(y["calls"]), str(y["failed_calls"]),
-                     str(y["rationales"]), str(y["accepted"]), rejections, usd(y["cost_usd"]),
-                     usd(y["cost_per_accepted_usd"])])
+        rows.append(
+            [
+                str(y["round"]),
+                y["teacher"],
+                y["strategy"] or "-",
+                str(y["calls"]),
+                str(y["failed_calls"]),
+                str(y["rationales"]),
+                str(y["accepted"]),
+                rejections,
+                usd(y["cost_usd"]),
+                usd(y["cost_per_accepted_usd"]),
+            ]
+        )
     return head, rows
 
 
 def _time_table(data: ReportData) -> tuple[list[str], list[list[str]]]:
     head = ["round"] + [f"{p} (s)" for p in PHASES] + ["round (s)", "teacher calls", "cache hits", "cost"]
-    rows = [[round_label(r["round"])] + [num(r[f"{p}_s"]) for p in PHASES]
-            + [num(r["round_s"]), num(r["teacher_calls"]), num(r["cache_hits"]), usd(r["teacher_cost_usd"])]
-            for r in data.rounds]
+    rows = [
+        [round_label(r["round"])]
+        + [num(r[f"{p}_s"]) for p in PHASES]
+        + [num(r["round_s"]), num(r["teacher_calls"]), num(r["cache_hits"]), usd(r["teacher_cost_usd"])]
+        for r in data.rounds
+    ]
     return head, rows
 
 
@@ -119,8 +180,10 @@ def _after_text(example: dict[str, Any]) -> str:
     if example["after_round"] is None:
         return "not examined again (no later round yet)"
     right = round(example["after_share"] * example["after_samples"])
-    return (f"round {example['after_round']} exam: {right}/{example['after_samples']} samples right; "
-            f"shown: answer {example['after_answer']!s}")
+    return (
+        f"round {example['after_round']} exam: {right}/{example['after_samples']} samples right; "
+        f"shown: answer {example['after_answer']!s}"
+    )
 
 
 def _md_block(text: str | None) -> str:
@@ -131,16 +194,31 @@ Table = tuple[list[str], list[list[str]]]
 
 # (title, plot name, image alt text, table or None, note): the sections both renderers show, in order.
 _SECTIONS: list[tuple[str, str, str, Callable[[ReportData], Table] | None, str]] = [
-    ("Accuracy per round", "accuracy", "accuracy per round", _accuracy_table,
-     "Round -1 is the untrained student (zero-shot baseline); round 0 trains on the teacher's rationales for "
-     "the whole pool; later rounds train on the teacher's corrections of the student's mistakes. "
-     "vs round 0 and vs previous round: the change in test accuracy (first eval mode) on the same questions, "
-     f"its 95% interval ({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions) and the exact McNemar "
-     "test on the questions that changed; not significant means the change is within noise."),
-    ("Mistakes and transitions", "mistakes", "mistakes and transitions", _transition_table,
-     "Test questions that changed between consecutive evaluated rounds."),
-    ("Teacher cost against accuracy", "cost", "accuracy against teacher cost", _cost_table,
-     "What each teacher and strategy yielded."),
+    (
+        "Accuracy per round",
+        "accuracy",
+        "accuracy per round",
+        _accuracy_table,
+        "Round -1 is the untrained student (zero-shot baseline); round 0 trains on the teacher's rationales for "
+        "the whole pool; later rounds train on the teacher's corrections of the student's mistakes. "
+        "vs round 0 and vs previous round: the change in test accuracy (first eval mode) on the same questions, "
+        f"its 95% interval ({BOOTSTRAP_RESAMPLES:,} bootstrap resamples of the questions) and the exact McNemar "
+        "test on the questions that changed; not significant means the change is within noise.",
+    ),
+    (
+        "Mistakes and transitions",
+        "mistakes",
+        "mistakes and transitions",
+        _transition_table,
+        "Test questions that changed between consecutive evaluated rounds.",
+    ),
+    (
+        "Teacher cost against accuracy",
+        "cost",
+        "accuracy against teacher cost",
+        _cost_table,
+        "What each teacher and strategy yielded.",
+    ),
     ("Training loss", "loss", "training loss curves", None, ""),
     ("Time per phase", "time", "time per phase", _time_table, ""),
 ]
@@ -161,13 +239,25 @@ def render_markdown(data: ReportData, images: dict[str, str]) -> str:
     if not data.examples:
         out += [_NO_EXAMPLES]
     for ex in data.examples:
-        out += [f"### Round {ex['round']}, question {ex['example_id']} (teacher {ex['teacher']})", "",
-                f"**Question** (gold answer {ex['gold']}):", _md_block(ex["question"]), "",
-                f"**Student's wrong rationale** (answer {ex['wrong_answer']!s}):", _md_block(ex["wrong_output"]), "",
-                "**Teacher's feedback:**", _md_block(ex["feedback"]), "",
-                f"**Teacher's correction** (answer {ex['teacher_answer']!s}):", _md_block(ex["correction"]), "",
-                f"**After training:** {_after_text(ex)}", _md_block(ex["after_output"]) if ex["after_output"] else "",
-                ""]
+        out += [
+            f"### Round {ex['round']}, question {ex['example_id']} (teacher {ex['teacher']})",
+            "",
+            f"**Question** (gold answer {ex['gold']}):",
+            _md_block(ex["question"]),
+            "",
+            f"**Student's wrong rationale** (answer {ex['wrong_answer']!s}):",
+            _md_block(ex["wrong_output"]),
+            "",
+            "**Teacher's feedback:**",
+            _md_block(ex["feedback"]),
+            "",
+            f"**Teacher's correction** (answer {ex['teacher_answer']!s}):",
+            _md_block(ex["correction"]),
+            "",
+            f"**After training:** {_after_text(ex)}",
+            _md_block(ex["after_output"]) if ex["after_output"] else "",
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -205,9 +295,11 @@ def _pre(text: str | None, css: str = "") -> str:
 def render_html(data: ReportData, pngs: dict[str, bytes]) -> str:
     esc = html.escape
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in _describe(data))
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tutorloop report: "
-             f"{esc(data.run['name'])}</title><style>{_CSS}</style></head><body>",
-             f"<h1>tutorloop report: {esc(data.run['name'])}</h1><dl class='facts'>{facts}</dl>"]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tutorloop report: "
+        f"{esc(data.run['name'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>tutorloop report: {esc(data.run['name'])}</h1><dl class='facts'>{facts}</dl>",
+    ]
     for title, name, alt, table_of, note in _SECTIONS:
         parts.append(f"<h2>{esc(title)}</h2>" + (f"<p class='note'>{esc(note, quote=False)}</p>" if note else ""))
         parts.append(f"<img alt='{esc(alt)}' src='data:image/png;base64,{base64.b64encode(pngs[name]).decode()}'>")
@@ -227,7 +319,9 @@ def render_html(data: ReportData, pngs: dict[str, bytes]) -> str:
             f"<b>Teacher's feedback</b>{_pre(ex['feedback'])}"
             f"<b>Teacher's correction</b> (answer {esc(str(ex['teacher_answer']))}){_pre(ex['correction'], 'right')}"
             f"<b>After training</b>: {esc(_after_text(ex))}"
-            + (_pre(ex["after_output"], after_css) if ex["after_output"] else "") + "</div>")
+            + (_pre(ex["after_output"], after_css) if ex["after_output"] else "")
+            + "</div>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 

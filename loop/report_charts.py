@@ -62,22 +62,36 @@ def plot_accuracy(data: ReportData) -> bytes:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, mode in enumerate(data.modes):
         color = colors[i % len(colors)]
-        points = [(r["round"], r[accuracy_column(mode)]) for r in data.rounds
-                  if r.get(accuracy_column(mode)) is not None]
+        points = [
+            (r["round"], r[accuracy_column(mode)]) for r in data.rounds if r.get(accuracy_column(mode)) is not None
+        ]
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, [100 * y for y in ys], marker="o", color=color, label=f"test, {mode} mode")
             for x, y in points:
-                ax.annotate(f"{100 * y:.0f}", (x, 100 * y), textcoords="offset points", xytext=(0, 6),
-                            ha="center", fontsize=8, color=color)
+                ax.annotate(
+                    f"{100 * y:.0f}",
+                    (x, 100 * y),
+                    textcoords="offset points",
+                    xytext=(0, 6),
+                    ha="center",
+                    fontsize=8,
+                    color=color,
+                )
         if baseline and baseline.get(accuracy_column(mode)) is not None:
-            ax.axhline(100 * baseline[accuracy_column(mode)], color=color, linestyle=":", linewidth=1,
-                       label=f"zero-shot baseline, {mode}")
+            ax.axhline(
+                100 * baseline[accuracy_column(mode)],
+                color=color,
+                linestyle=":",
+                linewidth=1,
+                label=f"zero-shot baseline, {mode}",
+            )
     pool = [(r["round"], r["pool_accuracy"]) for r in trained if r["pool_accuracy"] is not None]
     if pool:
         xs, ys = zip(*pool)
-        ax.plot(xs, [100 * y for y in ys], marker="s", linestyle="--", color="grey",
-                label="training pool exam (sampled)")
+        ax.plot(
+            xs, [100 * y for y in ys], marker="s", linestyle="--", color="grey", label="training pool exam (sampled)"
+        )
     _round_axis(ax, [r["round"] for r in data.rounds])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
@@ -94,8 +108,12 @@ def plot_mistakes(data: ReportData) -> bytes:
     xs = [r["round"] for r in trained]
     width = 0.38
     left.bar([x - width / 2 for x in xs], [r["mistakes"] or 0 for r in trained], width, label="mistakes found")
-    left.bar([x + width / 2 for x in xs], [r["rationales_accepted"] or 0 for r in trained], width,
-             label="rationales accepted")
+    left.bar(
+        [x + width / 2 for x in xs],
+        [r["rationales_accepted"] or 0 for r in trained],
+        width,
+        label="rationales accepted",
+    )
     _round_axis(left, xs)
     left.set_ylabel("questions")
     left.set_title("Training pool: mistakes and accepted rationales")
@@ -130,8 +148,9 @@ def plot_cost(data: ReportData) -> bytes:
         if r["test_accuracy"] is not None:
             points.append((r["round"], cost, calls, 100 * r["test_accuracy"]))
     for ax, index, xlabel, title in (
-            (axes[0][0], 1, "cumulative teacher cost (USD)", "Test accuracy against teacher cost"),
-            (axes[0][1], 2, "cumulative teacher calls", "Test accuracy against teacher calls")):
+        (axes[0][0], 1, "cumulative teacher cost (USD)", "Test accuracy against teacher cost"),
+        (axes[0][1], 2, "cumulative teacher calls", "Test accuracy against teacher calls"),
+    ):
         if points:
             ax.plot([p[index] for p in points], [p[3] for p in points], marker="o")
             labels: dict[tuple[float, float], list[str]] = {}
@@ -147,8 +166,16 @@ def plot_cost(data: ReportData) -> bytes:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     if points and points[-1][1] == 0:
-        axes[0][0].text(0.5, 0.5, "teacher cost $0 (free or local teacher)", transform=axes[0][0].transAxes,
-                        ha="center", va="center", fontsize=9, color="grey")
+        axes[0][0].text(
+            0.5,
+            0.5,
+            "teacher cost $0 (free or local teacher)",
+            transform=axes[0][0].transAxes,
+            ha="center",
+            va="center",
+            fontsize=9,
+            color="grey",
+        )
     return _png(fig)
 
 
@@ -166,15 +193,25 @@ def plot_loss(data: ReportData) -> bytes:
             color = colors[i % len(colors)]
             # Per-step losses jump with each batch's mix of tasks: raw steps faint, a moving average on top.
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, moving_average(values, max(1, len(values) // 12)), color=color, linewidth=1.6,
-                    label=f"round {round_}")
-        ax.set_title("total loss" if term == "total" else
-                     "contrast loss (triplet, 1 - cosine)" if term == "contrast" else f"{term} task loss")
+            ax.plot(
+                steps,
+                moving_average(values, max(1, len(values) // 12)),
+                color=color,
+                linewidth=1.6,
+                label=f"round {round_}",
+            )
+        ax.set_title(
+            "total loss"
+            if term == "total"
+            else "contrast loss (triplet, 1 - cosine)"
+            if term == "contrast"
+            else f"{term} task loss"
+        )
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (unitless)" if term == "contrast" else "loss (nats / token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in flat[len(terms):]:
+    for ax in flat[len(terms) :]:
         ax.axis("off")
     if not terms:
         flat[0].text(0.5, 0.5, "no training steps recorded yet", ha="center", va="center")
@@ -200,5 +237,4 @@ def plot_time(data: ReportData) -> bytes:
     return _png(fig)
 
 
-PLOTS = {"accuracy": plot_accuracy, "mistakes": plot_mistakes, "cost": plot_cost, "loss": plot_loss,
-         "time": plot_time}
+PLOTS = {"accuracy": plot_accuracy, "mistakes": plot_mistakes, "cost": plot_cost, "loss": plot_loss, "time": plot_time}

@@ -65,14 +65,20 @@ def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> Rep
     modes = list(config.get("student", {}).get("eval_modes") or ["explain"])
     feedback = fetch_rows(path, _FEEDBACK_SQL)
     return ReportData(
-        run_dir=run_dir, run=run, config=config,
+        run_dir=run_dir,
+        run=run,
+        config=config,
         rounds=fetch_rows(path, "SELECT * FROM round_summary ORDER BY round"),
         transitions=fetch_rows(path, "SELECT * FROM transitions ORDER BY from_round, mode"),
         yield_rows=fetch_rows(path, "SELECT * FROM teacher_yield ORDER BY round, teacher, strategy"),
-        curves=fetch_rows(path, "SELECT round, step, term, value FROM training_curves "
-                                "WHERE value IS NOT NULL ORDER BY round, term, step"),
-        examples=pick_examples(feedback, examples), modes=modes,
-        round_tests=round_tests(load_outcomes([path])[0]))
+        curves=fetch_rows(
+            path,
+            "SELECT round, step, term, value FROM training_curves WHERE value IS NOT NULL ORDER BY round, term, step",
+        ),
+        examples=pick_examples(feedback, examples),
+        modes=modes,
+        round_tests=round_tests(load_outcomes([path])[0]),
+    )
 
 
 def pick_examples(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 from tutorloop.loop.core.config import RunSection
 from tutorloop.store.history import PhaseOutputs, RunHistory
 
 BASELINE, CORE, TAILORED = "baseline", "core", "tailored"
+TRAINER_STATE = "trainer_state"  # run_dir/trainer_state/round-<k>/: the trainer's state while round k trains
+# Its name in older code; a run that code left killed mid-training still resumes from there.
+_OLD_TRAINER_STATE = "checkpoints"
 
 # The phases of each kind of round, in order.
 ROUND_PLAN: dict[str, tuple[str, ...]] = {
@@ -38,6 +43,19 @@ def derive_seed(seed: int, round_: int, phase: str) -> int:
     """Seeds from (run seed, round, phase): a resumed phase draws the same numbers as the first try."""
     digest = hashlib.sha256(f"{seed}/{round_}/{phase}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
+
+
+def trainer_state_dir(run_dir: Path, round_: int) -> Path:
+    """Where round `round_` keeps its trainer state: the older folder only where it holds some and the new one
+    does not (so a resume continues from it)."""
+    new, old = (run_dir / root / f"round-{round_}" for root in (TRAINER_STATE, _OLD_TRAINER_STATE))
+    return old if old.exists() and not new.exists() else new
+
+
+def remove_trainer_state(run_dir: Path, round_: int) -> None:
+    """Removes round `round_`'s trainer state, from whichever folder holds it, once its adapter is stored."""
+    for root in (TRAINER_STATE, _OLD_TRAINER_STATE):
+        shutil.rmtree(run_dir / root / f"round-{round_}", ignore_errors=True)
 
 
 class Phase:

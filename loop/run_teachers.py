@@ -47,8 +47,10 @@ class RunTeachers:
             started = self._servers.enter_context(served_teachers(only, str(self.log_dir)))
             for endpoint, plan in zip(started.teachers, to_start):
                 self._served[endpoint.name] = endpoint
-                notes.append(f"teacher '{endpoint.name}': {plan.serve.engine} server for {plan.serve.model} "
-                             f"at {endpoint.base_url} (log: {serve_log(self.log_dir, endpoint.name)})")
+                notes.append(
+                    f"teacher '{endpoint.name}': {plan.serve.engine} server for {plan.serve.model} "
+                    f"at {endpoint.base_url} (log: {serve_log(self.log_dir, endpoint.name)})"
+                )
         teachers = [self._served.get(t.name, t) for t in wanted.teachers]
         return wanted.model_copy(update={"teachers": teachers}), notes
 

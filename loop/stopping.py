@@ -34,8 +34,9 @@ class StopSignals:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ntutorloop: stopping at the next safe point (Ctrl-C again to stop at once)",
-              file=sys.stderr, flush=True)
+        print(
+            "\ntutorloop: stopping at the next safe point (Ctrl-C again to stop at once)", file=sys.stderr, flush=True
+        )
 
     def check(self) -> None:
         """A safe point: raises StopRequested when a stop was asked for."""

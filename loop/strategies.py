@@ -38,8 +38,15 @@ from tutorloop.loop.core.student_prompt import ANSWER_TRIGGER
 NUMBER_TRIGGER = "Therefore, the answer (arabic numerals) is"
 YESNO_TRIGGER = "Therefore, the answer (Yes or No) is"
 TEMPLATE_NAMES = (
-    "zero_shot_cot_reason", "zero_shot_cot_answer", "few_shot_cot", "few_shot_cot_exemplar", "cote", "rp",
-    "teacher_forcing", "teacher_forcing_exemplar", "tailored",
+    "zero_shot_cot_reason",
+    "zero_shot_cot_answer",
+    "few_shot_cot",
+    "few_shot_cot_exemplar",
+    "cote",
+    "rp",
+    "teacher_forcing",
+    "teacher_forcing_exemplar",
+    "tailored",
 )
 EXEMPLARS_FILE = "few_shot_exemplars.txt"
 
@@ -111,7 +118,7 @@ def clean_rationale(text: str | None) -> str:
     """A teacher's reasoning without its closing answer sentence (the student target adds its own)."""
     text = (text or "").strip()
     match = _ANSWER_TAIL.search(text)
-    return text[:match.start()].strip() if match else text
+    return text[: match.start()].strip() if match else text
 
 
 class PromptBuilder:
@@ -124,23 +131,31 @@ class PromptBuilder:
         try:
             return self.templates[name].format(**fields)
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"prompt template {name}.txt: bad placeholder {exc} "
-                             f"(fields: {', '.join(sorted(fields))})") from None
+            raise ConfigError(
+                f"prompt template {name}.txt: bad placeholder {exc} (fields: {', '.join(sorted(fields))})"
+            ) from None
 
     def zero_shot_reason(self, example: Example) -> str:
         return self._fill("zero_shot_cot_reason", question=example.question)
 
     def zero_shot_answer(self, example: Example, reason_prompt: str, rationale: str) -> str:
-        return self._fill("zero_shot_cot_answer", question=example.question, reason_prompt=reason_prompt,
-                          rationale=rationale, answer_trigger=answer_trigger(example.answer_type))
+        return self._fill(
+            "zero_shot_cot_answer",
+            question=example.question,
+            reason_prompt=reason_prompt,
+            rationale=rationale,
+            answer_trigger=answer_trigger(example.answer_type),
+        )
 
     def _exemplars(self, name: str, exemplars: list[Exemplar]) -> str:
-        return "\n\n".join(self._fill(name, question=e.question, rationale=e.rationale, answer=e.answer)
-                           for e in exemplars)
+        return "\n\n".join(
+            self._fill(name, question=e.question, rationale=e.rationale, answer=e.answer) for e in exemplars
+        )
 
     def few_shot(self, example: Example, exemplars: list[Exemplar]) -> str:
-        return self._fill("few_shot_cot", question=example.question,
-                          exemplars=self._exemplars("few_shot_cot_exemplar", exemplars))
+        return self._fill(
+            "few_shot_cot", question=example.question, exemplars=self._exemplars("few_shot_cot_exemplar", exemplars)
+        )
 
     def cote(self, example: Example) -> str:
         return self._fill("cote", question=example.question)
@@ -149,9 +164,17 @@ class PromptBuilder:
         return self._fill("rp", question=example.question, answer=example.answer)
 
     def teacher_forcing(self, example: Example, exemplars: list[Exemplar]) -> str:
-        return self._fill("teacher_forcing", question=example.question, answer=example.answer,
-                          exemplars=self._exemplars("teacher_forcing_exemplar", exemplars))
+        return self._fill(
+            "teacher_forcing",
+            question=example.question,
+            answer=example.answer,
+            exemplars=self._exemplars("teacher_forcing_exemplar", exemplars),
+        )
 
     def tailored(self, example: Example, student_output: str, student_answer: str | None) -> str:
-        return self._fill("tailored", question=example.question, student_rationale=clean_rationale(student_output),
-                          student_answer=student_answer if student_answer is not None else "(none)")
+        return self._fill(
+            "tailored",
+            question=example.question,
+            student_rationale=clean_rationale(student_output),
+            student_answer=student_answer if student_answer is not None else "(none)",
+        )

@@ -27,12 +27,14 @@ from tutorloop.loop.strategies import clean_rationale
 # A label at the start of a line, with optional markdown around it ("**", "#", "-", "1.").
 _LEAD = r"(?:^|\n)[ \t]*(?:[#>*_\-]+[ \t]*|\d+\.[ \t]+)?"
 _TAIL = r"[ \t*_]*:?[ \t*_]*:?[ \t]*"
-_MISTAKE = re.compile(_LEAD + r"(?:the[ \t]+)?(?:student'?s[ \t]+)?(?:first[ \t]+)?(?:mistake|error)s?" + _TAIL,
-                      re.IGNORECASE)
+_MISTAKE = re.compile(
+    _LEAD + r"(?:the[ \t]+)?(?:student'?s[ \t]+)?(?:first[ \t]+)?(?:mistake|error)s?" + _TAIL, re.IGNORECASE
+)
 _REASONING_WORDS = r"correct(?:ed)?[ \t]+(?:reasoning|solution|steps)"
 # The reasoning label starts a line, or follows the mistake on its line with a colon ("... x. Correct reasoning: y").
-_REASONING = re.compile(rf"{_LEAD}(?:the[ \t]+)?{_REASONING_WORDS}{_TAIL}|[ \t*_]+{_REASONING_WORDS}[ \t*_]*:[ \t*_]*",
-                        re.IGNORECASE)
+_REASONING = re.compile(
+    rf"{_LEAD}(?:the[ \t]+)?{_REASONING_WORDS}{_TAIL}|[ \t*_]+{_REASONING_WORDS}[ \t*_]*:[ \t*_]*", re.IGNORECASE
+)
 # The closing answer sentence (the grader's trigger) and the end of its line.
 _ANSWER_LINE = re.compile(rf"the\s+(?:final\s+)?answer{TRIGGER_QUALIFIER}\s+is\b[^\n]*", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`]+|^#+\s*", re.MULTILINE)
@@ -63,12 +65,12 @@ def parse_tailored_reply(text: str | None, answer_type: str) -> TailoredReply | 
     reasoning = _REASONING.search(text, mistake.end()) if mistake else None
     if mistake is None or reasoning is None:
         return None
-    body = text[reasoning.end():]
+    body = text[reasoning.end() :]
     closing = list(_ANSWER_LINE.finditer(body))
     if closing:
-        body = body[:closing[0].end()]  # the first answer sentence ends the reasoning
+        body = body[: closing[0].end()]  # the first answer sentence ends the reasoning
     body = "\n".join(line.rstrip() for line in _plain(body).splitlines() if line.strip())
-    statement = " ".join(_plain(text[mistake.end():reasoning.start()]).split())
+    statement = " ".join(_plain(text[mistake.end() : reasoning.start()]).split())
     if not body or not statement:
         return None
     return TailoredReply(statement, body, _stated_answer(body, closing, answer_type))
@@ -95,8 +97,12 @@ def _clip(text: str | None, width: int) -> str:
     return shorten(" ".join((text or "").split()), width, placeholder=" ...") or "(empty)"
 
 
-def tailored_example(rationales: list[dict[str, Any]], mistakes: dict[str, list[dict[str, Any]]],
-                     examples: dict[str, Example], width: int = 220) -> str | None:
+def tailored_example(
+    rationales: list[dict[str, Any]],
+    mistakes: dict[str, list[dict[str, Any]]],
+    examples: dict[str, Example],
+    width: int = 220,
+) -> str | None:
     """A tailored round's summary note: one mistake, what the teacher said was wrong, and its correction.
 
     From the round's rationale records (`feedback` holds the mistake statement, `rationale` the
@@ -109,7 +115,9 @@ def tailored_example(rationales: list[dict[str, Any]], mistakes: dict[str, list[
     example = examples[chosen["example_id"]]
     wrong = next((a for a in mistakes.get(example.id, []) if not a["correct"]), {})
     verdict = "accepted" if chosen["accepted"] else f"rejected: {chosen['reject_reason']}"
-    return (f"a mistake taught, {example.id} (gold {example.answer}):\n"
-            f"    student: {_clip(wrong.get('output'), width)} (answer {wrong.get('extracted')})\n"
-            f"    teacher, what was wrong: {_clip(chosen['feedback'], width)}\n"
-            f"    teacher's correction: {_clip(chosen['rationale'], width)} (answer {chosen['extracted']}, {verdict})")
+    return (
+        f"a mistake taught, {example.id} (gold {example.answer}):\n"
+        f"    student: {_clip(wrong.get('output'), width)} (answer {wrong.get('extracted')})\n"
+        f"    teacher, what was wrong: {_clip(chosen['feedback'], width)}\n"
+        f"    teacher's correction: {_clip(chosen['rationale'], width)} (answer {chosen['extracted']}, {verdict})"
+    )

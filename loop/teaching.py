@@ -35,28 +35,40 @@ from tutorloop.actors.teacher import TeacherRequest, check_teacher
 from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.core.answers import answers_match, extract_answer
 from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
-from tutorloop.loop.core.errors import ConfigError
-from tutorloop.loop.strategies import (
-    Exemplar, PromptBuilder, answer_trigger, builtin_exemplars, clean_rationale, load_templates,
-)
-from tutorloop.loop.curriculum import TeachingTargets
 from tutorloop.loop.core.datasets import Example
+from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.records import AttemptRecord, RationaleRecord, TeacherCallRecord
+from tutorloop.loop.curriculum import TeachingTargets
+from tutorloop.loop.strategies import (
+    Exemplar,
+    PromptBuilder,
+    answer_trigger,
+    builtin_exemplars,
+    clean_rationale,
+    load_templates,
+)
 from tutorloop.loop.tailored_reply import parse_tailored_reply
 from tutorloop.store.journal import TeacherJournal
 
-RATIONALE_KEYS = ("round", "teacher", "strategy", "example_id", "sample_index", "rationale", "extracted",
-                  "accepted", "reject_reason", "feedback", "request_hash", "task")
 ANSWER_STAGE_MAX_TOKENS = 32  # stage 2 of zero-shot CoT only states the answer
 # reject_reason of a call that ended unusable, by the reason code its error starts with
-_UNUSABLE_REJECT = {"length": "truncated", "empty_text": "empty", "empty_choices": "empty",
-                    "malformed_json": "malformed"}
+_UNUSABLE_REJECT = {
+    "length": "truncated",
+    "empty_text": "empty",
+    "empty_choices": "empty",
+    "malformed_json": "malformed",
+}
 
 
 class Executor(Protocol):
     """LocalTeacherPool or RayTeacherPool: yields the call records of `requests` as they finish."""
 
-    def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-            journal: TeacherJournal | None = None) -> Iterator[list[dict[str, Any]]]: ...
+    def ask(
+        self,
+        requests: list[TeacherRequest],
+        on_wait: Callable[[], None] | None = None,
+        journal: TeacherJournal | None = None,
+    ) -> Iterator[list[TeacherCallRecord]]: ...
 
     def close(self) -> None: ...
 
@@ -71,12 +83,12 @@ class TeachingJob:
     sample_index: int
     round: int
     exemplars: list[Exemplar] = field(default_factory=list)  # few_shot_cot, teacher_forcing
-    mistake: dict[str, Any] | None = None  # tailored: the student's wrong attempt ("output", "extracted")
+    mistake: AttemptRecord | None = None  # tailored: the student's wrong attempt ("output", "extracted")
 
 
 @dataclass
 class TeachingOutcome:
-    rationales: list[dict[str, Any]]
+    rationales: list[RationaleRecord]  # without their round: the store sets it
     calls_sent: int
     cache_hits: int
     cost_usd: float
@@ -86,19 +98,24 @@ class TeachingOutcome:
 
 def _pick_exemplars(example: Example, pool: list[Example], count: int, prompts_dir: str | None) -> list[Exemplar]:
     """In-context examples: the pool's first examples with gold rationales, else the built-in arithmetic ones."""
-    chosen = [Exemplar(e.question, e.rationale, e.answer) for e in pool
-              if e.rationale and e.id != example.id][:count]
+    chosen = [Exemplar(e.question, e.rationale, e.answer) for e in pool if e.rationale and e.id != example.id][:count]
     if len(chosen) == count:
         return chosen
     if example.answer_type == "number":
         return builtin_exemplars(prompts_dir)[:count]
-    raise ConfigError(f"{example.dataset}: few_shot_cot and teacher_forcing need in-context examples, but this "
-                     f"task has no gold rationales and the built-in exemplars are arithmetic only")
+    raise ConfigError(
+        f"{example.dataset}: few_shot_cot and teacher_forcing need in-context examples, but this "
+        f"task has no gold rationales and the built-in exemplars are arithmetic only"
+    )
 
 
-def plan_jobs(examples: list[Example], teacher_cfg: TeacherSection, round: int,
-              strategies: list[str] | None = None,
-              mistakes: dict[str, list[dict[str, Any]]] | None = None) -> list[TeachingJob]:
+def plan_jobs(
+    examples: list[Example],
+    teacher_cfg: TeacherSection,
+    round: int,
+    strategies: list[str] | None = None,
+    mistakes: dict[str, list[AttemptRecord]] | None = None,
+) -> list[TeachingJob]:
     """One job per (example, teacher, strategy, sample index); tailored jobs only for examples with a mistake."""
     strategies = list(strategies if strategies is not None else teacher_cfg.strategies)
     if "tailored" in strategies and mistakes is None:
@@ -142,27 +159,35 @@ def _teacher_strategies(teacher: TeacherEndpoint, strategies: list[str]) -> list
     chosen = list(dict.fromkeys("zero_shot_cot" if s == "tailored" else s for s in strategies))
     other = [s for s in chosen if s != "zero_shot_cot"]
     if other:
-        raise ConfigError(f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, "
-                         f"not {', '.join(other)}")
+        raise ConfigError(
+            f"teacher '{teacher.name}': the replay backend serves only zero_shot_cot, not {', '.join(other)}"
+        )
     return chosen
 
 
-class _JobRun:
+class JobRun:
     """The state machine of one job: which request is next, and the rationale record at the end."""
 
-    def __init__(self, job: TeachingJob, builder: PromptBuilder, cfg: TeacherSection,
-                 sources: AnswerSources | None = None) -> None:
+    def __init__(
+        self, job: TeachingJob, builder: PromptBuilder, cfg: TeacherSection, sources: AnswerSources | None = None
+    ) -> None:
         self.job = job
         self.builder = builder
         self.cfg = cfg
         self.sources = sources or AnswerSources(cfg)
-        self.stage1: dict[str, Any] | None = None
+        self.stage1: TeacherCallRecord | None = None
         self.reason_prompt = ""
-        self.result: dict[str, Any] | None = None
+        self.result: RationaleRecord | None = None
 
     # -- requests ---------------------------------------------------------------------------------
-    def _request(self, stage: str, text: str, max_tokens: int | None = None,
-                 temperature: float | None = None, stop: list[str] | None = None) -> TeacherRequest:
+    def _request(
+        self,
+        stage: str,
+        text: str,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        stop: list[str] | None = None,
+    ) -> TeacherRequest:
         job, cfg = self.job, self.cfg
         if temperature is None and job.strategy == "tailored":  # a second reply is a second, distinct correction
             temperature = cfg.temperature if job.sample_index == 0 else cfg.diverse_temperature
@@ -173,11 +198,21 @@ class _JobRun:
             params["stop"] = stop
         chat = job.teacher.api == "chat"
         return TeacherRequest(
-            teacher=job.teacher.name, backend=job.teacher.backend, model=job.teacher.model, api=job.teacher.api,
-            messages=[{"role": "user", "content": text}] if chat else None, prompt=None if chat else text,
-            params=params, sample_index=job.sample_index, strategy=job.strategy, example_id=job.example.id,
+            teacher=job.teacher.name,
+            backend=job.teacher.backend,
+            model=job.teacher.model,
+            api=job.teacher.api,
+            messages=[{"role": "user", "content": text}] if chat else None,
+            prompt=None if chat else text,
+            params=params,
+            sample_index=job.sample_index,
+            strategy=job.strategy,
+            example_id=job.example.id,
             source=self.sources.of(job.teacher.name, job.example.dataset),
-            stage=stage, round=job.round, question=job.example.question, dataset=job.example.dataset,
+            stage=stage,
+            round=job.round,
+            question=job.example.question,
+            dataset=job.example.dataset,
             answer_type=job.example.answer_type,
         )
 
@@ -201,7 +236,7 @@ class _JobRun:
         raise ConfigError(f"teacher.strategies: unknown strategy {job.strategy!r}")
 
     # -- advancing --------------------------------------------------------------------------------
-    def advance(self, request: TeacherRequest, record: dict[str, Any]) -> TeacherRequest | None:
+    def advance(self, request: TeacherRequest, record: TeacherCallRecord) -> TeacherRequest | None:
         """Take a stored call record; return the next request, or None when the job is finished."""
         job = self.job
         failed = self._failure(record)
@@ -219,8 +254,9 @@ class _JobRun:
                 self._finish(record, rationale, None, failed)
             else:
                 # A completion continues the trigger with " 6"; a chat model replies "6": join with a space.
-                extracted = extract_answer(f"{answer_trigger(job.example.answer_type)} {record['response'].lstrip()}",
-                                           job.example.answer_type)
+                extracted = extract_answer(
+                    f"{answer_trigger(job.example.answer_type)} {record['response'].lstrip()}", job.example.answer_type
+                )
                 self._grade(record, rationale, extracted)
             return None
         if request.stage == "tailored":
@@ -236,8 +272,9 @@ class _JobRun:
         if failed:
             self._finish(record, None, None, failed)
         else:
-            self._grade(record, clean_rationale(record["response"]),
-                        extract_answer(record["response"], job.example.answer_type))
+            self._grade(
+                record, clean_rationale(record["response"]), extract_answer(record["response"], job.example.answer_type)
+            )
         if job.strategy == "crop" and request.stage == "cote" and not self.result["accepted"]:
             self.result = None  # COTE was wrong: rationalize the gold answer instead
             return self._request("rp", self.builder.rp(job.example))
@@ -248,7 +285,7 @@ class _JobRun:
         self._finish(None, None, None, reason)
 
     @staticmethod
-    def _failure(record: dict[str, Any]) -> str | None:
+    def _failure(record: TeacherCallRecord) -> str | None:
         status = record["status"]
         if status == "ok":
             return None
@@ -257,8 +294,9 @@ class _JobRun:
             return _UNUSABLE_REJECT.get(code, "unusable")
         return status  # "miss" | "failed"
 
-    def _grade(self, record: dict[str, Any], rationale: str, extracted: str | None,
-               feedback: str | None = None) -> None:
+    def _grade(
+        self, record: TeacherCallRecord, rationale: str, extracted: str | None, feedback: str | None = None
+    ) -> None:
         example = self.job.example
         if not rationale:
             reason = "empty"
@@ -270,14 +308,27 @@ class _JobRun:
             reason = None
         self._finish(record, rationale, extracted, reason, feedback)
 
-    def _finish(self, record: dict[str, Any] | None, rationale: str | None, extracted: str | None,
-                reason: str | None, feedback: str | None = None) -> None:
+    def _finish(
+        self,
+        record: TeacherCallRecord | None,
+        rationale: str | None,
+        extracted: str | None,
+        reason: str | None,
+        feedback: str | None = None,
+    ) -> None:
         job = self.job
         self.result = {
-            "round": job.round, "teacher": job.teacher.name, "strategy": job.strategy,
-            "example_id": job.example.id, "sample_index": job.sample_index, "rationale": rationale or None,
-            "extracted": extracted, "accepted": reason is None, "reject_reason": reason, "feedback": feedback,
-            "request_hash": record["request_hash"] if record else None, "task": job.teacher.task_tag or "explain",
+            "teacher": job.teacher.name,
+            "strategy": job.strategy,
+            "example_id": job.example.id,
+            "sample_index": job.sample_index,
+            "rationale": rationale or None,
+            "extracted": extracted,
+            "accepted": reason is None,
+            "reject_reason": reason,
+            "feedback": feedback,
+            "request_hash": record["request_hash"] if record else None,
+            "task": job.teacher.task_tag or "explain",
         }
 
 
@@ -287,7 +338,7 @@ def _max_cost(request: TeacherRequest, endpoint: TeacherEndpoint) -> float:
 
 
 # A job and the request it waits on
-_Asked = tuple[_JobRun, TeacherRequest]
+_Asked = tuple[JobRun, TeacherRequest]
 
 
 @dataclass
@@ -303,14 +354,21 @@ class _Tally:
 class TeachingSession:
     """Runs a list of jobs to rationale records; see the module docstring for the rules it keeps."""
 
-    def __init__(self, teacher_cfg: TeacherSection, jobs: list[TeachingJob],
-                 lookup: Callable[[list[str]], dict[str, dict[str, Any]]], executor: Executor,
-                 persist: Callable[[list[dict[str, Any]]], None], spent_usd: float = 0.0,
-                 progress: bool = True, on_wait: Callable[[], None] | None = None,
-                 journal: TeacherJournal | None = None,
-                 preflight: Callable[[TeacherEndpoint, TeacherSection], None] = check_teacher,
-                 on_jobs_done: Callable[[int], None] | None = None,
-                 sources: AnswerSources | None = None) -> None:
+    def __init__(
+        self,
+        teacher_cfg: TeacherSection,
+        jobs: list[TeachingJob],
+        lookup: Callable[[list[str]], dict[str, TeacherCallRecord]],
+        executor: Executor,
+        persist: Callable[[list[TeacherCallRecord]], None],
+        spent_usd: float = 0.0,
+        progress: bool = True,
+        on_wait: Callable[[], None] | None = None,
+        journal: TeacherJournal | None = None,
+        preflight: Callable[[TeacherEndpoint, TeacherSection], None] = check_teacher,
+        on_jobs_done: Callable[[int], None] | None = None,
+        sources: AnswerSources | None = None,
+    ) -> None:
         self.cfg = teacher_cfg
         # Keys name what answers (two sources never merge in a wave); the engine's name the configured teachers.
         self.sources = sources or AnswerSources(teacher_cfg)
@@ -333,7 +391,7 @@ class TeachingSession:
         self._bar: tqdm | None = None
 
     def run(self) -> TeachingOutcome:
-        runs = [_JobRun(job, self.builder, self.cfg, self.sources) for job in self.jobs]
+        runs = [JobRun(job, self.builder, self.cfg, self.sources) for job in self.jobs]
         self._tally = _Tally()
         self._jobs_done = self._jobs_reported = 0
         self._bar = tqdm(total=len(runs), desc="teacher", unit="job", disable=not self.progress)
@@ -400,7 +458,7 @@ class TeachingSession:
             to_send.append(request)
         return to_send
 
-    def _deliver(self, waiting: list[_Asked], record: dict[str, Any], upcoming: list[_Asked]) -> None:
+    def _deliver(self, waiting: list[_Asked], record: TeacherCallRecord, upcoming: list[_Asked]) -> None:
         """Hands a stored record to every job that asked for it; their next requests join `upcoming`."""
         for run, request in waiting:
             following = run.advance(request, record)
@@ -418,16 +476,20 @@ class TeachingSession:
             self.on_jobs_done(self._jobs_done)
             self._jobs_reported = self._jobs_done
 
-    def _outcome(self, rationales: list[dict[str, Any]]) -> TeachingOutcome:
+    def _outcome(self, rationales: list[RationaleRecord]) -> TeachingOutcome:
         tally, limit = self._tally, self.cfg.max_cost_usd
         accepted = sum(1 for r in rationales if r["accepted"])
         budget_left = sum(1 for r in rationales if r["reject_reason"] == "budget")
-        message = (f"teacher: {len(rationales)} jobs, {accepted} rationales accepted, "
-                   f"{len(rationales) - accepted} rejected; {tally.sent} calls sent, {tally.hits} cache hits, "
-                   f"${tally.cost:.4f} spent")
+        message = (
+            f"teacher: {len(rationales)} jobs, {accepted} rationales accepted, "
+            f"{len(rationales) - accepted} rejected; {tally.sent} calls sent, {tally.hits} cache hits, "
+            f"${tally.cost:.4f} spent"
+        )
         if tally.exhausted:
-            message += (f"; budget teacher.max_cost_usd=${limit:.4f} reached (${self.spent_usd + tally.cost:.4f} "
-                        f"spent in all): {budget_left} jobs stopped before sending")
+            message += (
+                f"; budget teacher.max_cost_usd=${limit:.4f} reached (${self.spent_usd + tally.cost:.4f} "
+                f"spent in all): {budget_left} jobs stopped before sending"
+            )
         return TeachingOutcome(rationales, tally.sent, tally.hits, tally.cost, tally.exhausted, message)
 
 
@@ -443,13 +505,19 @@ def estimate_cost(jobs: list[TeachingJob], teacher_cfg: TeacherSection) -> dict[
     }
     sources = AnswerSources(teacher_cfg)  # the keys do not count here; their data_dir does not matter
     for job in jobs:
-        run = _JobRun(job, builder, teacher_cfg, sources)
+        run = JobRun(job, builder, teacher_cfg, sources)
         first = run.first_request()
         requests = [first]
         if job.strategy == "zero_shot_cot":
             filler = "x" * (4 * teacher_cfg.max_tokens)  # a rationale as long as max_tokens allows
-            requests.append(run._request("answer", builder.zero_shot_answer(job.example, run.reason_prompt, filler),
-                                         max_tokens=ANSWER_STAGE_MAX_TOKENS, temperature=0.0))
+            requests.append(
+                run._request(
+                    "answer",
+                    builder.zero_shot_answer(job.example, run.reason_prompt, filler),
+                    max_tokens=ANSWER_STAGE_MAX_TOKENS,
+                    temperature=0.0,
+                )
+            )
         elif job.strategy == "crop":
             requests.append(run._request("rp", builder.rp(job.example)))
         row = per_teacher[job.teacher.name]
@@ -458,6 +526,8 @@ def estimate_cost(jobs: list[TeachingJob], teacher_cfg: TeacherSection) -> dict[
             row["tokens_in"] += request.tokens_in_estimate()
             row["max_tokens_out"] += request.max_tokens
             row["max_cost_usd"] += _max_cost(request, job.teacher)
-    totals = {key: sum(row[key] for row in per_teacher.values())
-              for key in ("requests", "tokens_in", "max_tokens_out", "max_cost_usd")}
+    totals = {
+        key: sum(row[key] for row in per_teacher.values())
+        for key in ("requests", "tokens_in", "max_tokens_out", "max_cost_usd")
+    }
     return {**totals, "teachers": per_teacher}

@@ -25,9 +25,13 @@ TENSORBOARD_DIR = "tensorboard"  # in the run directory
 STATE_FILE = "trackers.json"
 GLOBAL_STEP = "train/global_step"
 # history metric (split, name) -> tracker key; test accuracies per eval mode are added per config
-_ROUND_METRICS = {("train", "accuracy"): "pool/accuracy", ("train", "mistakes"): "pool/mistakes",
-                  ("train", "teacher_calls"): "teacher/calls", ("train", "cache_hits"): "teacher/cache_hits",
-                  ("train", "teacher_cost_usd"): "teacher/cost_usd"}
+_ROUND_METRICS = {
+    ("train", "accuracy"): "pool/accuracy",
+    ("train", "mistakes"): "pool/mistakes",
+    ("train", "teacher_calls"): "teacher/calls",
+    ("train", "cache_hits"): "teacher/cache_hits",
+    ("train", "teacher_cost_usd"): "teacher/cost_usd",
+}
 
 
 class _History(Protocol):
@@ -80,13 +84,21 @@ class _WandB:
         # console="off": W&B does not take over stdout/stderr (the run's console goes to its log);
         # silent: the terminal keeps tutorloop's lines only.
         try:
-            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "tutorloop", name=cfg.run.name,
-                                  dir=str(run_dir), config=cfg.to_dict(), id=run_id, resume="allow",
-                                  settings=wandb.Settings(console="off", silent=True))
+            self.run = wandb.init(
+                project=os.environ.get("WANDB_PROJECT") or "tutorloop",
+                name=cfg.run.name,
+                dir=str(run_dir),
+                config=cfg.to_dict(),
+                id=run_id,
+                resume="allow",
+                settings=wandb.Settings(console="off", silent=True),
+            )
         except wandb.errors.Error as exc:  # not logged in, a bad setting: W&B's own words, on one line
-            raise ConfigError(f"run.report_to: wandb could not start ({type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())}); log in with `wandb login`, or set "
-                              f"WANDB_MODE=offline to keep the run on this machine") from None
+            raise ConfigError(
+                f"run.report_to: wandb could not start ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())}); log in with `wandb login`, or set "
+                f"WANDB_MODE=offline to keep the run on this machine"
+            ) from None
         self.run.define_metric("round")
         for prefix in ("eval", "pool", "teacher"):
             self.run.define_metric(f"{prefix}/*", step_metric="round")

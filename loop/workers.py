@@ -22,13 +22,28 @@ class Workers(Protocol):
 
     def start(self) -> None: ...
 
-    def exam(self, examples: list[Example], mode: str, num_samples: int, greedy: bool, seed: int,
-             adapter: bytes | None, on_wait: Callable[[], None] | None = None) -> Iterator[Any]:
+    def exam(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int,
+        greedy: bool,
+        seed: int,
+        adapter: bytes | None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[Any]:
         """Finished chunks (`.index`, `.examples`, `.records`) as they come."""
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
-              seed: int | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None,
+        checkpoint_dir: str,
+        on_progress: Callable[[int, int, dict | None], None],
+        poll: Callable[[], None],
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         """{"adapter": bytes, "steps": [step records]}; `poll()` raising ends the training at once; `seed`
         (the round's) sets data order, LoRA initialisation and dropout, default the run seed."""
 
@@ -44,8 +59,7 @@ class Workers(Protocol):
 class RayWorkers:
     """StudentGroup, RemoteTrainer and RayTeacherPool on the Ray cluster this process joins or starts."""
 
-    def __init__(self, cfg: Config, answer_type: str, address: str | None = None,
-                 log_file: Path | None = None) -> None:
+    def __init__(self, cfg: Config, answer_type: str, address: str | None = None, log_file: Path | None = None) -> None:
         self.cfg = cfg
         self.answer_type = answer_type
         self.address = address
@@ -70,20 +84,37 @@ class RayWorkers:
         self.seconds["ray_start_s"] = time.monotonic() - started
         missing = cluster.missing_cpus(cfg)
         if missing > 0:
-            raise RunError(f"the Ray cluster has {missing:g} CPU(s) too few for the actors this config asks for "
-                           f"(ray.*_cpus, ray.num_students, teacher.num_actors, teacher.teachers.*.serve.num_cpus); "
-                           f"add nodes or lower them")
+            raise RunError(
+                f"the Ray cluster has {missing:g} CPU(s) too few for the actors this config asks for "
+                f"(ray.*_cpus, ray.num_students, teacher.num_actors, teacher.teachers.*.serve.num_cpus); "
+                f"add nodes or lower them"
+            )
         self._students = StudentGroup(cfg.student, self.answer_type, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
         # Started now, so that its start-up overlaps the students'.
         self._trainer = RemoteTrainer(cfg.student, cfg.training, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
 
-    def exam(self, examples: list[Example], mode: str, num_samples: int, greedy: bool, seed: int,
-             adapter: bytes | None, on_wait: Callable[[], None] | None = None) -> Iterator[Any]:
+    def exam(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int,
+        greedy: bool,
+        seed: int,
+        adapter: bytes | None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[Any]:
         return self._students.exam(examples, mode, num_samples, greedy, seed, adapter, on_wait)
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
-              seed: int | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None,
+        checkpoint_dir: str,
+        on_progress: Callable[[int, int, dict | None], None],
+        poll: Callable[[], None],
+        seed: int | None = None,
+    ) -> dict[str, Any]:
         return self._trainer.train(samples, pairs, init_adapter, checkpoint_dir, on_progress, poll, seed=seed)
 
     def teacher(self, teacher_cfg: TeacherSection) -> Any:
@@ -93,8 +124,9 @@ class RayWorkers:
             self._teacher.close()
             self._teacher = None
         if self._teacher is None:
-            self._teacher = RayTeacherPool(teacher_cfg, teacher_cfg.num_actors, data_dir=self.cfg.data.data_dir,
-                                           num_cpus=self.cfg.ray.teacher_cpus)
+            self._teacher = RayTeacherPool(
+                teacher_cfg, teacher_cfg.num_actors, data_dir=self.cfg.data.data_dir, num_cpus=self.cfg.ray.teacher_cpus
+            )
             self._teacher_cfg = teacher_cfg
         return self._teacher
 

@@ -59,14 +59,23 @@ def train_adapter(cfg: StudentSection, task: str, n: int) -> bytes:
     samples = []
     for ex in load_examples(DataSection(task=task), "train")[:n]:
         rationale = recorded[normalize_question(ex.question)][0]["reasoning_completion"]
-        samples.append({"example_id": ex.id, "task": "explain", "input": student_prompt(ex.question, "explain"),
-                        "target": student_target("explain", ex.answer, rationale), "weight": 1.0})
-    training = TrainingSection(lr=1e-3, batch_size=8, epochs=1, warmup_ratio=0.05, reflection="none",
-                               tasks=["explain"])
+        samples.append(
+            {
+                "example_id": ex.id,
+                "task": "explain",
+                "input": student_prompt(ex.question, "explain"),
+                "target": student_target("explain", ex.answer, rationale),
+                "weight": 1.0,
+            }
+        )
+    training = TrainingSection(lr=1e-3, batch_size=8, epochs=1, warmup_ratio=0.05, reflection="none", tasks=["explain"])
     started = time.perf_counter()
     result = LoraTrainer(cfg, training).train(samples, [], checkpoint_dir=str(cache_dir() / "bench_exam"))
-    print(f"adapter: {len(samples)} {task} rationales, {len(result.steps)} steps, "
-          f"{time.perf_counter() - started:.0f} s (a finished checkpoint is reused)", flush=True)
+    print(
+        f"adapter: {len(samples)} {task} rationales, {len(result.steps)} steps, "
+        f"{time.perf_counter() - started:.0f} s (a finished checkpoint is reused)",
+        flush=True,
+    )
     return result.adapter
 
 
@@ -75,20 +84,27 @@ def exam_outputs(examiner: Examiner, examples: list[Example], mode: str, batch_s
     return [r["output"] for r in records], [r["output_tokens"] for r in records]
 
 
-def generate_outputs(model, tok, examples: list[Example], mode: str, batch_size: int, max_new_tokens: int,
-                     stop: list[str]) -> Outputs:
+def generate_outputs(
+    model, tok, examples: list[Example], mode: str, batch_size: int, max_new_tokens: int, stop: list[str]
+) -> Outputs:
     """`model.generate`, greedy, in left-padded batches of questions sorted by prompt length."""
     prompts = [student_prompt(ex.question, mode) for ex in examples]
     order = sorted(range(len(prompts)), key=lambda i: len(tok(prompts[i]).input_ids))
     ends = eos_token_ids(model, tok) | {tok.pad_token_id}
     texts, counts = [""] * len(prompts), [0] * len(prompts)
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         inputs = tok([prompts[i] for i in chunk], return_tensors="pt", padding=True).to(model.device)
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=stop,
-                             tokenizer=tok, pad_token_id=tok.pad_token_id)
-        for i, row in zip(chunk, out[:, inputs.input_ids.shape[1]:].tolist()):
-            new = row[:next((k for k, t in enumerate(row) if t in ends), len(row))]
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_strings=stop,
+            tokenizer=tok,
+            pad_token_id=tok.pad_token_id,
+        )
+        for i, row in zip(chunk, out[:, inputs.input_ids.shape[1] :].tolist()):
+            new = row[: next((k for k, t in enumerate(row) if t in ends), len(row))]
             texts[i], counts[i] = cut_at_stop(tok.decode(new, skip_special_tokens=True), stop), len(new)
     return texts, counts
 
@@ -98,7 +114,7 @@ def measure(runs: dict[str, Callable[[list[Example]], Outputs]], blocks: list[li
     results = {name: {"texts": [], "lengths": [], "tokens": [], "seconds": []} for name in runs}
     names = list(runs)
     for b, block in enumerate(blocks):
-        for name in names[b % len(names):] + names[:b % len(names)]:
+        for name in names[b % len(names) :] + names[: b % len(names)]:
             started = time.perf_counter()
             texts, counts = runs[name](block)
             results[name]["seconds"].append(time.perf_counter() - started)
@@ -117,13 +133,21 @@ def _tps(result: dict, block: int | None = None) -> float:
 
 
 def summary(result: dict) -> dict:
-    return {"tokens": sum(result["tokens"]), "seconds": round(sum(result["seconds"]), 2),
-            "tokens_per_s": round(_tps(result), 2)}
+    return {
+        "tokens": sum(result["tokens"]),
+        "seconds": round(sum(result["seconds"]), 2),
+        "tokens_per_s": round(_tps(result), 2),
+    }
 
 
 def lengths(counts: list[int], max_new_tokens: int) -> dict:
-    return {"mean": round(statistics.mean(counts), 1), "min": min(counts), "median": statistics.median(counts),
-            "max": max(counts), "at_limit": round(sum(c >= max_new_tokens for c in counts) / len(counts), 4)}
+    return {
+        "mean": round(statistics.mean(counts), 1),
+        "min": min(counts),
+        "median": statistics.median(counts),
+        "max": max(counts),
+        "at_limit": round(sum(c >= max_new_tokens for c in counts) / len(counts), 4),
+    }
 
 
 def identical(a: list[str], b: list[str]) -> float:
@@ -134,19 +158,33 @@ def sweep(examiner: Examiner, gen: Callable, args: argparse.Namespace, blocks: l
     rows = []
     for size in [int(s) for s in args.sweep.split(",") if s.strip()]:
         print(f"sweep: batch size {size}", flush=True)
-        res = measure({"exam": lambda b, s=size: exam_outputs(examiner, b, args.mode, s),
-                       "batched_generate": lambda b, s=size: gen(b, s)}, blocks)
-        rows.append({"batch_size": size, "exam_tokens_per_s": round(_tps(res["exam"]), 2),
-                     "batched_tokens_per_s": round(_tps(res["batched_generate"]), 2),
-                     "ratio_vs_batched": round(_tps(res["exam"]) / _tps(res["batched_generate"]), 2)})
+        res = measure(
+            {
+                "exam": lambda b, s=size: exam_outputs(examiner, b, args.mode, s),
+                "batched_generate": lambda b, s=size: gen(b, s),
+            },
+            blocks,
+        )
+        rows.append(
+            {
+                "batch_size": size,
+                "exam_tokens_per_s": round(_tps(res["exam"]), 2),
+                "batched_tokens_per_s": round(_tps(res["batched_generate"]), 2),
+                "ratio_vs_batched": round(_tps(res["exam"]) / _tps(res["batched_generate"]), 2),
+            }
+        )
     return rows
 
 
 def main() -> None:
     args = parse_args()
-    cfg = StudentSection(model=args.model, dtype=args.dtype, quantization=args.quantization,
-                         lora={"r": 16, "alpha": 32, "target_modules": "all-linear"},
-                         generation={"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size})
+    cfg = StudentSection(
+        model=args.model,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        lora={"r": 16, "alpha": 32, "target_modules": "all-linear"},
+        generation={"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size},
+    )
     examples = load_examples(DataSection(task=args.task), "test")[: args.n]
     examiner = Examiner(cfg, examples[0].answer_type)
     if args.adapter:
@@ -159,23 +197,33 @@ def main() -> None:
     def gen(block: list[Example], size: int) -> Outputs:
         return generate_outputs(model, tok, block, args.mode, size, args.max_new_tokens, stop)
 
-    runs = {"exam": lambda b: exam_outputs(examiner, b, args.mode, args.batch_size),
-            "batched_generate": lambda b: gen(b, args.batch_size),
-            "one_at_a_time": lambda b: gen(b, 1)}
+    runs = {
+        "exam": lambda b: exam_outputs(examiner, b, args.mode, args.batch_size),
+        "batched_generate": lambda b: gen(b, args.batch_size),
+        "one_at_a_time": lambda b: gen(b, 1),
+    }
     for run in runs.values():  # warm-up (allocator, kernels)
         run(examples[:2])
-    blocks = [examples[b::args.blocks] for b in range(args.blocks)]
+    blocks = [examples[b :: args.blocks] for b in range(args.blocks)]
     res = measure(runs, blocks)
     exam, batched, single = res["exam"], res["batched_generate"], res["one_at_a_time"]
     result = {
-        "model": args.model, "adapter": args.adapter or (f"trained on {args.train_samples} {args.task} rationales"
-                                                        if args.train_samples else None),
-        "device": str(model.device), "dtype": str(model.dtype).replace("torch.", ""),
-        "quantization": args.quantization, "threads": torch.get_num_threads(), "questions": len(examples),
-        "blocks": args.blocks, "mode": args.mode, "max_new_tokens": args.max_new_tokens,
+        "model": args.model,
+        "adapter": args.adapter
+        or (f"trained on {args.train_samples} {args.task} rationales" if args.train_samples else None),
+        "device": str(model.device),
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "quantization": args.quantization,
+        "threads": torch.get_num_threads(),
+        "questions": len(examples),
+        "blocks": args.blocks,
+        "mode": args.mode,
+        "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "output_tokens": lengths(exam["lengths"], args.max_new_tokens),
-        "exam": summary(exam), "batched_generate": summary(batched), "one_at_a_time": summary(single),
+        "exam": summary(exam),
+        "batched_generate": summary(batched),
+        "one_at_a_time": summary(single),
         "ratio": round(_tps(exam) / _tps(single), 2),
         "ratio_vs_batched": round(_tps(exam) / _tps(batched), 2),
         "ratio_per_block": [round(_tps(exam, b) / _tps(single, b), 2) for b in range(args.blocks)],
@@ -188,10 +236,12 @@ def main() -> None:
             print(f"differs: {ex.id}\n  exam:          {a!r}\n  one-at-a-time: {b!r}")
     if args.sweep:
         result["sweep"] = sweep(examiner, gen, args, blocks)
-    print(f"exam {result['exam']['tokens_per_s']} tokens/s, batched generate "
-          f"{result['batched_generate']['tokens_per_s']}, one-at-a-time {result['one_at_a_time']['tokens_per_s']}: "
-          f"ratio {result['ratio']}x, vs batched {result['ratio_vs_batched']}x, "
-          f"identical {result['identical_fraction']:.1%}")
+    print(
+        f"exam {result['exam']['tokens_per_s']} tokens/s, batched generate "
+        f"{result['batched_generate']['tokens_per_s']}, one-at-a-time {result['one_at_a_time']['tokens_per_s']}: "
+        f"ratio {result['ratio']}x, vs batched {result['ratio_vs_batched']}x, "
+        f"identical {result['identical_fraction']:.1%}"
+    )
     print(json.dumps(result))
 
 

@@ -51,16 +51,26 @@ def main() -> None:
     ray_start = engine.seconds.get("ray_start_s", 0.0)
     actor_boot = max(engine.actor_seconds.get("boot_s", 0.0) - load, 0.0)
     steady = overhead - ray_start - actor_boot
-    result = {"wall_s": round(wall, 2), "model_load_s": round(load, 2), "model_compute_s": round(compute, 2),
-              "teacher_wait_s": round(teacher, 2), "overhead_s": round(overhead, 2),
-              "ray_start_s": round(ray_start, 2), "actor_boot_s": round(actor_boot, 2),
-              "overhead_fraction_after_startup": round(steady / (wall - ray_start - actor_boot), 4),
-              "overhead_fraction": round(overhead / wall, 4)}
-    print(f"wall {wall:.1f} s = model load {load:.1f} s + model compute {compute:.1f} s "
-          f"+ teacher waits {teacher:.1f} s + overhead {overhead:.1f} s ({overhead / wall:.1%})")
-    print(f"overhead = Ray start {ray_start:.1f} s + actor process boot {actor_boot:.1f} s (both once per run) "
-          f"+ per-round orchestration and store {steady:.1f} s "
-          f"({result['overhead_fraction_after_startup']:.1%} of the time after start-up)")
+    result = {
+        "wall_s": round(wall, 2),
+        "model_load_s": round(load, 2),
+        "model_compute_s": round(compute, 2),
+        "teacher_wait_s": round(teacher, 2),
+        "overhead_s": round(overhead, 2),
+        "ray_start_s": round(ray_start, 2),
+        "actor_boot_s": round(actor_boot, 2),
+        "overhead_fraction_after_startup": round(steady / (wall - ray_start - actor_boot), 4),
+        "overhead_fraction": round(overhead / wall, 4),
+    }
+    print(
+        f"wall {wall:.1f} s = model load {load:.1f} s + model compute {compute:.1f} s "
+        f"+ teacher waits {teacher:.1f} s + overhead {overhead:.1f} s ({overhead / wall:.1%})"
+    )
+    print(
+        f"overhead = Ray start {ray_start:.1f} s + actor process boot {actor_boot:.1f} s (both once per run) "
+        f"+ per-round orchestration and store {steady:.1f} s "
+        f"({result['overhead_fraction_after_startup']:.1%} of the time after start-up)"
+    )
     print(json.dumps(result))
 
 

@@ -30,26 +30,39 @@ from tutorloop.store.writer import StoreWriter
 
 def make_rows(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
-    return [{"round": i // 50_000, "phase": "exam", "split": "train", "example_id": f"synthetic/train/{i}",
-             "mode": "explain", "sample_index": 0, "output": "Add 4: 3 + 4 = 7.\nTherefore, the answer is 7.",
-             "extracted": str(rng.randint(0, 99)), "correct": rng.random() < 0.5, "prompt_tokens": 30,
-             "output_tokens": 20, "batch": i // 256} for i in range(n)]
+    return [
+        {
+            "round": i // 50_000,
+            "phase": "exam",
+            "split": "train",
+            "example_id": f"synthetic/train/{i}",
+            "mode": "explain",
+            "sample_index": 0,
+            "output": "Add 4: 3 + 4 = 7.\nTherefore, the answer is 7.",
+            "extracted": str(rng.randint(0, 99)),
+            "correct": rng.random() < 0.5,
+            "prompt_tokens": 30,
+            "output_tokens": 20,
+            "batch": i // 256,
+        }
+        for i in range(n)
+    ]
 
 
 def time_writer(path: Path, rows: list[dict], batch: int) -> float:
     writer = StoreWriter(path)
     started = time.perf_counter()
     for i in range(0, len(rows), batch):
-        writer.insert("attempts", rows[i:i + batch])
+        writer.insert("attempts", rows[i : i + batch])
     return time.perf_counter() - started
 
 
 def time_raw_arrow(path: Path, rows: list[dict], batch: int) -> float:
     StoreWriter(path)  # same schema
-    tables = [pa.Table.from_pylist(rows[i:i + batch]) for i in range(0, len(rows), batch)]
+    tables = [pa.Table.from_pylist(rows[i : i + batch]) for i in range(0, len(rows), batch)]
     con = duckdb.connect(str(path))
     started = time.perf_counter()
-    for batch_table in tables:
+    for batch_table in tables:  # noqa: B007 (the SQL below reads it by name)
         con.execute("BEGIN TRANSACTION")
         con.execute("INSERT INTO attempts BY NAME SELECT * FROM batch_table")
         con.execute("COMMIT")
@@ -90,20 +103,31 @@ def main() -> None:
         time_raw_arrow(Path(tmp) / "warm-raw.duckdb", warm, len(warm))
         time_executemany(Path(tmp) / "warm-baseline.duckdb", warm)
         writer_tries = [time_writer(Path(tmp) / f"writer-{i}.duckdb", rows, args.batch) for i in range(args.repeats)]
-        raw_s = statistics.median(time_raw_arrow(Path(tmp) / f"raw-{i}.duckdb", rows, args.batch)
-                                  for i in range(args.repeats))
+        raw_s = statistics.median(
+            time_raw_arrow(Path(tmp) / f"raw-{i}.duckdb", rows, args.batch) for i in range(args.repeats)
+        )
         baseline_s = time_executemany(Path(tmp) / "baseline.duckdb", rows)
     writer_s = statistics.median(writer_tries)
-    result = {"rows": len(rows), "rows_per_s": round(len(rows) / writer_s),
-              "baseline_rows_per_s": round(len(rows) / baseline_s), "ratio": round(baseline_s / writer_s, 1),
-              "raw_arrow_rows_per_s": round(len(rows) / raw_s), "writer_warm_up_s": round(warm_s, 2),
-              "writer_s_min": round(min(writer_tries), 2), "writer_s_max": round(max(writer_tries), 2),
-              "repeats": args.repeats}
+    result = {
+        "rows": len(rows),
+        "rows_per_s": round(len(rows) / writer_s),
+        "baseline_rows_per_s": round(len(rows) / baseline_s),
+        "ratio": round(baseline_s / writer_s, 1),
+        "raw_arrow_rows_per_s": round(len(rows) / raw_s),
+        "writer_warm_up_s": round(warm_s, 2),
+        "writer_s_min": round(min(writer_tries), 2),
+        "writer_s_max": round(max(writer_tries), 2),
+        "repeats": args.repeats,
+    }
     print(f"one-time warm-up of the writer (first conversion and connection, 1000 rows): {warm_s:.2f} s")
-    print(f"StoreWriter (Arrow, {args.batch} rows/transaction): {writer_s:.2f} s (median of {args.repeats}, "
-          f"{min(writer_tries):.2f}-{max(writer_tries):.2f}), {result['rows_per_s']} rows/s")
-    print(f"raw Arrow insert (converted beforehand, one connection): {raw_s:.2f} s (median), "
-          f"{result['raw_arrow_rows_per_s']} rows/s")
+    print(
+        f"StoreWriter (Arrow, {args.batch} rows/transaction): {writer_s:.2f} s (median of {args.repeats}, "
+        f"{min(writer_tries):.2f}-{max(writer_tries):.2f}), {result['rows_per_s']} rows/s"
+    )
+    print(
+        f"raw Arrow insert (converted beforehand, one connection): {raw_s:.2f} s (median), "
+        f"{result['raw_arrow_rows_per_s']} rows/s"
+    )
     print(f"executemany (one transaction): {baseline_s:.2f} s, {result['baseline_rows_per_s']} rows/s")
     print(f"ratio: {result['ratio']}x")
     print(json.dumps(result))

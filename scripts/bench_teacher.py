@@ -32,19 +32,35 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="server latency per request, seconds")
     args = parser.parse_args()
     questions = [e.question for e in generate_problems(args.requests, seed=0, min_steps=1, max_steps=3, max_value=9)]
-    server = subprocess.Popen([sys.executable, str(SERVER), "--latency", str(args.latency)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER), "--latency", str(args.latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         base_url = server.stdout.readline().strip()
         if not base_url.startswith("http://127.0.0.1:"):
             raise SystemExit(f"bench_teacher: the test server did not start (said {base_url!r})")
-        cfg = TeacherSection.model_validate({
-            "teachers": [{"name": "bench", "backend": "openai", "model": "program", "base_url": base_url}],
-            "concurrency": args.concurrency, "timeout_s": 30.0})
-        requests = [TeacherRequest(teacher="bench", backend="openai", model="program", api="chat",
-                                   messages=[{"role": "user", "content": f"Q: {q}\nA: Let's think step by step."}],
-                                   params={"temperature": 0.0, "max_tokens": 128}, sample_index=i)
-                    for i, q in enumerate(questions)]
+        cfg = TeacherSection.model_validate(
+            {
+                "teachers": [{"name": "bench", "backend": "openai", "model": "program", "base_url": base_url}],
+                "concurrency": args.concurrency,
+                "timeout_s": 30.0,
+            }
+        )
+        requests = [
+            TeacherRequest(
+                teacher="bench",
+                backend="openai",
+                model="program",
+                api="chat",
+                messages=[{"role": "user", "content": f"Q: {q}\nA: Let's think step by step."}],
+                params={"temperature": 0.0, "max_tokens": 128},
+                sample_index=i,
+            )
+            for i, q in enumerate(questions)
+        ]
         with LocalTeacherPool(cfg) as pool:
             # one warm-up request creates the client outside the timing
             list(pool.ask([TeacherRequest(**{**requests[0].__dict__, "sample_index": -1})]))
@@ -60,8 +76,10 @@ def main() -> None:
     if failed or len(records) != len(requests):
         raise SystemExit(f"bench_teacher: {len(failed)} of {len(records)} requests failed: {failed[:1]}")
     ideal = args.requests * args.latency / args.concurrency
-    print(f"{args.requests} requests, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms; "
-          f"server saw {counts['calls'] - 1} requests, at most {counts['max_in_flight']} at once")
+    print(
+        f"{args.requests} requests, concurrency {args.concurrency}, server latency {args.latency * 1000:.0f} ms; "
+        f"server saw {counts['calls'] - 1} requests, at most {counts['max_in_flight']} at once"
+    )
     ratio = wall / ideal if ideal > 0 else float("inf")
     print(f"wall {wall:.3f} s, ideal {ideal:.3f} s, ratio {ratio:.3f} (target <= 1.25)")
     print(json.dumps({"wall_s": round(wall, 4), "ideal_s": round(ideal, 4), "ratio": round(ratio, 4)}))

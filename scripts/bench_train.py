@@ -19,8 +19,8 @@ import torch
 
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.core.config import DataSection, StudentSection, TrainingSection
-from tutorloop.loop.core.student_prompt import student_prompt, student_target
 from tutorloop.loop.core.datasets import load_examples
+from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 
 def main() -> None:
@@ -37,34 +37,72 @@ def main() -> None:
     args = parser.parse_args()
 
     examples = [ex for ex in load_examples(DataSection(task="gsm8k"), "train") if ex.rationale][: args.questions]
-    samples = [{"example_id": ex.id, "task": task, "input": student_prompt(ex.question, task),
-                "target": student_target(task, ex.answer, ex.rationale), "weight": 1.0}
-               for ex in examples for task in ("answer", "explain")]
-    pairs = [{"example_id": ex.id, "input": student_prompt(ex.question, "explain"),
-              "anchor": student_target("explain", ex.answer, ex.rationale), "positive": None,
-              "negative": student_target("explain", str(int(float(ex.answer)) + 1), "I am not sure.")}
-             for ex in examples[: args.questions // 4]] if args.reflection != "none" else []
-    cfg = StudentSection(model=args.model, dtype=args.dtype, quantization=args.quantization,
-                         lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]})
+    samples = [
+        {
+            "example_id": ex.id,
+            "task": task,
+            "input": student_prompt(ex.question, task),
+            "target": student_target(task, ex.answer, ex.rationale),
+            "weight": 1.0,
+        }
+        for ex in examples
+        for task in ("answer", "explain")
+    ]
+    pairs = (
+        [
+            {
+                "example_id": ex.id,
+                "input": student_prompt(ex.question, "explain"),
+                "anchor": student_target("explain", ex.answer, ex.rationale),
+                "positive": None,
+                "negative": student_target("explain", str(int(float(ex.answer)) + 1), "I am not sure."),
+            }
+            for ex in examples[: args.questions // 4]
+        ]
+        if args.reflection != "none"
+        else []
+    )
+    cfg = StudentSection(
+        model=args.model,
+        dtype=args.dtype,
+        quantization=args.quantization,
+        lora={"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+    )
     batches = math.ceil(len(samples) / args.batch_size) + math.ceil(len(pairs) / args.batch_size)
-    tcfg = TrainingSection(batch_size=args.batch_size, max_length=args.max_length, reflection=args.reflection,
-                           epochs=min(1.0, args.steps / batches), checkpoint_every=10_000,
-                           gradient_checkpointing=args.gradient_checkpointing)
+    tcfg = TrainingSection(
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        reflection=args.reflection,
+        epochs=min(1.0, args.steps / batches),
+        checkpoint_every=10_000,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     result = LoraTrainer(cfg, tcfg).train(samples, pairs)
     steps = result.steps[1:] or result.steps  # the first step pays one-off costs (allocation, warm-up)
     seconds = steps[-1]["elapsed_s"] - (result.steps[0]["elapsed_s"] if len(result.steps) > 1 else 0.0)
     tokens = sum(s["tokens"] for s in steps)
     out = {
-        "model": args.model, "device": "cuda" if torch.cuda.is_available() else "cpu", "dtype": args.dtype,
-        "quantization": args.quantization, "reflection": args.reflection, "batch_size": args.batch_size,
-        "steps": len(result.steps), "tokens": tokens, "seconds": round(seconds, 2),
-        "seconds_per_step": round(seconds / len(steps), 3), "tokens_per_s": round(tokens / seconds, 1),
-        "pad_fraction": round(result.pad_fraction, 4), "gradient_checkpointing": args.gradient_checkpointing,
+        "model": args.model,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "dtype": args.dtype,
+        "quantization": args.quantization,
+        "reflection": args.reflection,
+        "batch_size": args.batch_size,
+        "steps": len(result.steps),
+        "tokens": tokens,
+        "seconds": round(seconds, 2),
+        "seconds_per_step": round(seconds / len(steps), 3),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "pad_fraction": round(result.pad_fraction, 4),
+        "gradient_checkpointing": args.gradient_checkpointing,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),  # ru_maxrss is KiB
-        "loss_first": round(result.steps[0]["loss"], 4), "loss_last": round(result.steps[-1]["loss"], 4),
+        "loss_first": round(result.steps[0]["loss"], 4),
+        "loss_last": round(result.steps[-1]["loss"], 4),
     }
-    print(f"{out['tokens_per_s']} tokens/s, {out['seconds_per_step']} s/step, pad fraction {out['pad_fraction']:.1%}, "
-          f"peak memory {out['peak_rss_gb']} GB")
+    print(
+        f"{out['tokens_per_s']} tokens/s, {out['seconds_per_step']} s/step, pad fraction {out['pad_fraction']:.1%}, "
+        f"peak memory {out['peak_rss_gb']} GB"
+    )
     print(json.dumps(out))
 
 

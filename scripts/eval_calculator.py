@@ -40,8 +40,11 @@ def parse_args() -> argparse.Namespace:
 def stored_eval(run_dir: Path, round_: int, mode: str) -> dict[str, dict]:
     """The run's own greedy test answers of that round, by question id."""
     with duckdb.connect(str(run_dir / "history.duckdb"), read_only=True) as db:
-        rows = db.execute("SELECT example_id, output, correct FROM attempts WHERE round = ? AND phase = 'eval' "
-                          "AND mode = ? AND sample_index = 0", [round_, mode]).fetchall()
+        rows = db.execute(
+            "SELECT example_id, output, correct FROM attempts WHERE round = ? AND phase = 'eval' "
+            "AND mode = ? AND sample_index = 0",
+            [round_, mode],
+        ).fetchall()
     return {i: {"output": output, "correct": bool(correct)} for i, output, correct in rows}
 
 
@@ -54,20 +57,27 @@ def main() -> None:
     config = load_config(run_dir / "config.yaml")
     config.student.generation.calculator = True
     mode = config.student.eval_modes[0]
-    rounds = args.rounds if args.rounds else sorted(
-        int(p.name.split("-")[1]) for p in (run_dir / "adapters").glob("round-*"))
+    rounds = (
+        args.rounds
+        if args.rounds
+        else sorted(int(p.name.split("-")[1]) for p in (run_dir / "adapters").glob("round-*"))
+    )
     test = load_examples(config.data, "test")
     set_torch_threads(0)
     examiner = Examiner(config.student, answer_type_of(config.data), seed=config.run.seed)
     with_calculator: dict[int, dict[str, bool]] = {}
-    lines = ["| round | stored eval | with calculator | difference [95% CI] | wrong -> right | "
-             "right -> wrong | McNemar p | outputs changed | s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| round | stored eval | with calculator | difference [95% CI] | wrong -> right | "
+        "right -> wrong | McNemar p | outputs changed | s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     dump = open(args.dump, "w") if args.dump else None
     for round_ in rounds:
         plain = stored_eval(run_dir, round_, mode)
         if len(plain) != len(test):
-            raise SystemExit(f"{run_dir}: round {round_} has {len(plain)} stored {mode} eval answers, "
-                             f"expected {len(test)}")
+            raise SystemExit(
+                f"{run_dir}: round {round_} has {len(plain)} stored {mode} eval answers, expected {len(test)}"
+            )
         start = time.perf_counter()
         examiner.set_adapter(adapter_to_bytes(run_dir / "adapters" / f"round-{round_}"))
         records = {r["example_id"]: r for r in examiner.run(test, mode)}
@@ -75,26 +85,43 @@ def main() -> None:
         with_calculator[round_] = {i: r["correct"] for i, r in records.items()}
         paired = compare_paired({i: p["correct"] for i, p in plain.items()}, with_calculator[round_])
         changed = sum(records[i]["output"] != plain[i]["output"] for i in plain)
-        lines.append(f"| {round_} | {paired.accuracy_a:.1%} | {paired.accuracy_b:.1%} | "
-                     f"{paired.difference * 100:+.1f} [{paired.ci_low * 100:+.1f}, {paired.ci_high * 100:+.1f}] | "
-                     f"{paired.wrong_to_right} | {paired.right_to_wrong} | {paired.p_value:.3g} | {changed} | "
-                     f"{seconds:.0f} |")
+        lines.append(
+            f"| {round_} | {paired.accuracy_a:.1%} | {paired.accuracy_b:.1%} | "
+            f"{paired.difference * 100:+.1f} [{paired.ci_low * 100:+.1f}, {paired.ci_high * 100:+.1f}] | "
+            f"{paired.wrong_to_right} | {paired.right_to_wrong} | {paired.p_value:.3g} | {changed} | "
+            f"{seconds:.0f} |"
+        )
         for i, r in records.items():
             if dump:
-                dump.write(json.dumps({"round": round_, "example_id": i, "plain": plain[i]["output"],
-                                       "plain_correct": plain[i]["correct"], "calculator": r["output"],
-                                       "calculator_correct": r["correct"]}) + "\n")
+                dump.write(
+                    json.dumps(
+                        {
+                            "round": round_,
+                            "example_id": i,
+                            "plain": plain[i]["output"],
+                            "plain_correct": plain[i]["correct"],
+                            "calculator": r["output"],
+                            "calculator_correct": r["correct"],
+                        }
+                    )
+                    + "\n"
+                )
     if dump:
         dump.close()
     first = rounds[0]
     if len(rounds) > 1:
-        lines += ["", f"| with the calculator | against round {first} [95% CI] | wrong -> right | right -> wrong | "
-                      "McNemar p |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"| with the calculator | against round {first} [95% CI] | wrong -> right | right -> wrong | McNemar p |",
+            "|---|---|---|---|---|",
+        ]
         for round_ in rounds[1:]:
             paired = compare_paired(with_calculator[first], with_calculator[round_])
-            lines.append(f"| round {round_} | {paired.difference * 100:+.1f} [{paired.ci_low * 100:+.1f}, "
-                         f"{paired.ci_high * 100:+.1f}] | {paired.wrong_to_right} | {paired.right_to_wrong} | "
-                         f"{paired.p_value:.3g} |")
+            lines.append(
+                f"| round {round_} | {paired.difference * 100:+.1f} [{paired.ci_low * 100:+.1f}, "
+                f"{paired.ci_high * 100:+.1f}] | {paired.wrong_to_right} | {paired.right_to_wrong} | "
+                f"{paired.p_value:.3g} |"
+            )
     print(f"{run_dir} ({config.data.task}, {len(test)} test questions, mode {mode})")
     print("\n".join(lines))
 

@@ -73,20 +73,34 @@ def run_mistakes(run_dir: str, n: int) -> list[Mistake]:
     config = load_config(Path(run_dir) / "config.yaml")
     examples = {e.id: e for e in load_examples(config.data, "train")}
     with duckdb.connect(str(Path(run_dir) / "history.duckdb"), read_only=True) as db:
-        rows = db.execute("SELECT example_id, any_value(output ORDER BY sample_index), "
-                          "any_value(extracted ORDER BY sample_index) FROM attempts "
-                          "WHERE phase = 'exam' AND NOT correct GROUP BY example_id ORDER BY example_id").fetchall()
+        rows = db.execute(
+            "SELECT example_id, any_value(output ORDER BY sample_index), "
+            "any_value(extracted ORDER BY sample_index) FROM attempts "
+            "WHERE phase = 'exam' AND NOT correct GROUP BY example_id ORDER BY example_id"
+        ).fetchall()
     return [(examples[i], output or "", extracted) for i, output, extracted in rows[:n] if i in examples]
 
 
-def requests_for(mistakes: list[Mistake], builder: PromptBuilder, second: bool,
-                 max_tokens: int) -> list[TeacherRequest]:
+def requests_for(
+    mistakes: list[Mistake], builder: PromptBuilder, second: bool, max_tokens: int
+) -> list[TeacherRequest]:
     samples = [(0, 0.0)] + ([(1, 0.7)] if second else [])
-    return [TeacherRequest(teacher="local", backend="openai", model=LOCAL_TEACHER_ALIAS, api="chat",
-                           messages=[{"role": "user", "content": builder.tailored(example, rationale, answer)}],
-                           params={"temperature": temperature, "max_tokens": max_tokens}, sample_index=index,
-                           strategy="tailored", example_id=example.id, stage="tailored")
-            for example, rationale, answer in mistakes for index, temperature in samples]
+    return [
+        TeacherRequest(
+            teacher="local",
+            backend="openai",
+            model=LOCAL_TEACHER_ALIAS,
+            api="chat",
+            messages=[{"role": "user", "content": builder.tailored(example, rationale, answer)}],
+            params={"temperature": temperature, "max_tokens": max_tokens},
+            sample_index=index,
+            strategy="tailored",
+            example_id=example.id,
+            stage="tailored",
+        )
+        for example, rationale, answer in mistakes
+        for index, temperature in samples
+    ]
 
 
 def summarize(task: str, records: list[dict], examples: dict[str, Example], dump: list[dict], wall_s: float) -> None:
@@ -98,21 +112,34 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
         reason = "bad_format" if reply is None else grade_tailored_reply(reply, example.answer, example.answer_type)
         parsed += reply is not None
         accepted += reason is None
-        dump.append({"example_id": example.id, "sample_index": record["sample_index"], "gold": example.answer,
-                     "status": record["status"], "reason": reason, "latency_s": record["latency_s"],
-                     "tokens_out": record["tokens_out"], "response": record["response"]})
+        dump.append(
+            {
+                "example_id": example.id,
+                "sample_index": record["sample_index"],
+                "gold": example.answer,
+                "status": record["status"],
+                "reason": reason,
+                "latency_s": record["latency_s"],
+                "tokens_out": record["tokens_out"],
+                "response": record["response"],
+            }
+        )
         if reason is None and not shown:
             shown = True
-            print(f"  example {example.id} (gold {example.answer}):\n    mistake: {reply.mistake}\n"
-                  f"    correction: {' '.join(reply.rationale.split())[:400]} -> {reply.answer}")
+            print(
+                f"  example {example.id} (gold {example.answer}):\n    mistake: {reply.mistake}\n"
+                f"    correction: {' '.join(reply.rationale.split())[:400]} -> {reply.answer}"
+            )
     latencies = [r["latency_s"] for r in records]
     tokens = [r["tokens_out"] for r in records]
     total = max(len(records), 1)
-    print(f"{task}: {len(records)} requests | parsed {parsed}/{len(records)} ({parsed / total:.0%}) | "
-          f"accepted {accepted}/{len(records)} ({accepted / total:.0%}) | "
-          f"{statistics.mean(latencies):.1f} s per request (median {statistics.median(latencies):.1f}) | "
-          f"{wall_s / total:.1f} s of wall time per reply | {statistics.mean(tokens):.0f} tokens out per reply",
-          flush=True)
+    print(
+        f"{task}: {len(records)} requests | parsed {parsed}/{len(records)} ({parsed / total:.0%}) | "
+        f"accepted {accepted}/{len(records)} ({accepted / total:.0%}) | "
+        f"{statistics.mean(latencies):.1f} s per request (median {statistics.median(latencies):.1f}) | "
+        f"{wall_s / total:.1f} s of wall time per reply | {statistics.mean(tokens):.0f} tokens out per reply",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -121,15 +148,25 @@ def main() -> int:
     sets = {"run": run_mistakes(args.run, args.n)} if args.run else {t: recorded_mistakes(t, args.n) for t in tasks}
     builder = PromptBuilder(load_templates(args.prompts_dir))
     dump: list[dict] = []
-    server = LlamaCppServer(resolve_gguf(args.model), threads=args.threads, ctx=args.ctx, parallel=args.parallel,
-                            alias=LOCAL_TEACHER_ALIAS)
+    server = LlamaCppServer(
+        resolve_gguf(args.model), threads=args.threads, ctx=args.ctx, parallel=args.parallel, alias=LOCAL_TEACHER_ALIAS
+    )
     started = time.perf_counter()
     base_url = server.start()
-    print(f"server {base_url} up in {time.perf_counter() - started:.0f} s ({args.threads} thread(s), "
-          f"{args.parallel} slot(s))", flush=True)
+    print(
+        f"server {base_url} up in {time.perf_counter() - started:.0f} s ({args.threads} thread(s), "
+        f"{args.parallel} slot(s))",
+        flush=True,
+    )
     endpoint = TeacherEndpoint(name="local", backend="openai", model=LOCAL_TEACHER_ALIAS, base_url=base_url)
-    cfg = TeacherSection(teachers=[endpoint], concurrency=args.parallel, timeout_s=600, max_retries=1,
-                         retry_unusable=False, max_tokens=args.max_tokens)
+    cfg = TeacherSection(
+        teachers=[endpoint],
+        concurrency=args.parallel,
+        timeout_s=600,
+        max_retries=1,
+        retry_unusable=False,
+        max_tokens=args.max_tokens,
+    )
     try:
         with LocalTeacherPool(cfg) as pool:
             for task, mistakes in sets.items():
@@ -138,8 +175,11 @@ def main() -> int:
                 records, asked = [], time.perf_counter()
                 for group in pool.ask(requests):
                     records += group
-                    print(f"  {len(records)}/{len(requests)} replies, last {group[-1]['latency_s']:.0f} s",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {len(records)}/{len(requests)} replies, last {group[-1]['latency_s']:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 summarize(task, records, examples, dump, time.perf_counter() - asked)
     finally:
         server.stop()

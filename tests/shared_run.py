@@ -14,13 +14,27 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--set", "data.synthetic.train_size=48", "--set", "data.synthetic.test_size=24",
-         "--set", "training.epochs=2", "--set", "training.max_mistakes=24"]
+SMALL = [
+    "--set",
+    "data.synthetic.train_size=48",
+    "--set",
+    "data.synthetic.test_size=24",
+    "--set",
+    "training.epochs=2",
+    "--set",
+    "training.max_mistakes=24",
+]
 
 
 def cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "tutorloop.loop.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def shared_quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:

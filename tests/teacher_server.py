@@ -35,8 +35,20 @@ from typing import Any
 
 from tutorloop.actors.teacher import estimate_tokens, program
 
-FAULTS = ("429", "500", "503", "401", "hang", "reset", "truncated_json", "empty_choices", "empty_text", "length",
-          "no_usage", "slow")
+FAULTS = (
+    "429",
+    "500",
+    "503",
+    "401",
+    "hang",
+    "reset",
+    "truncated_json",
+    "empty_choices",
+    "empty_text",
+    "length",
+    "no_usage",
+    "slow",
+)
 
 
 class _Server(ThreadingHTTPServer):
@@ -73,8 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None,
-                   body: bytes | None = None) -> None:
+    def _send_json(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None, body: bytes | None = None
+    ) -> None:
         data = body if body is not None else json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -88,8 +101,16 @@ class _Handler(BaseHTTPRequestHandler):
         """401 (as OpenAI words it) when the server wants a key and the request has another one."""
         if owner.api_key is None or self.headers.get("Authorization", "") == f"Bearer {owner.api_key}":
             return False
-        self._send_json(401, {"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                        "code": "invalid_api_key"}})
+        self._send_json(
+            401,
+            {
+                "error": {
+                    "message": "Incorrect API key provided.",
+                    "type": "invalid_request_error",
+                    "code": "invalid_api_key",
+                }
+            },
+        )
         return True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
@@ -102,8 +123,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
         names = owner.models or ["program"]
-        self._send_json(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "tests"}
-                                                         for name in names]})
+        self._send_json(
+            200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "tests"} for name in names]}
+        )
 
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         owner = self.server.owner
@@ -129,8 +151,16 @@ class _Handler(BaseHTTPRequestHandler):
         if self._refuse_key(owner):
             return
         if owner.models is not None and body.get("model") not in owner.models:
-            self._send_json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
-                                            "type": "invalid_request_error", "code": "model_not_found"}})
+            self._send_json(
+                404,
+                {
+                    "error": {
+                        "message": f"The model `{body.get('model')}` does not exist.",
+                        "type": "invalid_request_error",
+                        "code": "model_not_found",
+                    }
+                },
+            )
             return
         with owner._lock:
             owner._in_flight += 1
@@ -141,8 +171,9 @@ class _Handler(BaseHTTPRequestHandler):
             with owner._lock:
                 owner._in_flight -= 1
 
-    def _answer(self, owner: "TeacherServer", chat: bool, body: dict[str, Any], prompt: str, auth: str,
-                fault: str | None) -> None:
+    def _answer(
+        self, owner: "TeacherServer", chat: bool, body: dict[str, Any], prompt: str, auth: str, fault: str | None
+    ) -> None:
         if fault == "reset":
             # SO_LINGER 0: close() sends RST instead of FIN, so the client sees a connection reset.
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -159,8 +190,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "401":
             key = auth.removeprefix("Bearer ").strip()
-            self._send_json(401, {"error": {"message": f"Incorrect API key provided: {key}.",
-                                            "type": "invalid_request_error", "code": "invalid_api_key"}})
+            self._send_json(
+                401,
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {key}.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
             return
         delay = owner.slow_s if fault == "slow" else owner.latency_s
         if delay:
@@ -177,14 +216,19 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             choice.update(text=text, logprobs=None)
         payload: dict[str, Any] = {
-            "id": f"cmpl-{owner.calls}", "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": body.get("model", "program"),
+            "id": f"cmpl-{owner.calls}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", "program"),
             "choices": [] if fault == "empty_choices" else [choice],
         }
         if fault != "no_usage":
             prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(text)
-            payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                                "total_tokens": prompt_tokens + completion_tokens}
+            payload["usage"] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
         data = json.dumps(payload).encode()
         if fault == "truncated_json":
             data = data[: len(data) // 2]
@@ -194,9 +238,16 @@ class _Handler(BaseHTTPRequestHandler):
 class TeacherServer:
     """The test server; see the module docstring. `base_url` is what the openai client needs."""
 
-    def __init__(self, latency_s: float = 0.0, slow_s: float = 0.5, hang_s: float = 10.0,
-                 retry_after: str = "1", models: list[str] | None = None, list_models: bool = True,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        slow_s: float = 0.5,
+        hang_s: float = 10.0,
+        retry_after: str = "1",
+        models: list[str] | None = None,
+        list_models: bool = True,
+        api_key: str | None = None,
+    ) -> None:
         self.latency_s = latency_s
         self.models = models  # None: any model name is answered (and "program" listed)
         self.list_models = list_models
@@ -274,8 +325,9 @@ class TeacherServer:
     def start(self) -> "TeacherServer":
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="teacher-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="teacher-server", daemon=True
+        )
         self._thread.start()
         return self
 

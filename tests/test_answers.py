@@ -6,19 +6,35 @@ import json
 
 import pytest
 
-from tutorloop.loop.core.answers import (answers_match, extract_answer, extract_chat_answer, normalize_gold,
-                                    normalize_number)
+from tutorloop.loop.core.answers import (
+    answers_match,
+    extract_answer,
+    extract_chat_answer,
+    normalize_gold,
+    normalize_number,
+)
 from tutorloop.loop.core.config import DataSection
-from tutorloop.loop.core.student_prompt import student_target
 from tutorloop.loop.core.datasets import RECORDED_TEACHER_DIR, get_task, load_examples, resolve_data_dir
+from tutorloop.loop.core.student_prompt import student_target
 
-RECORDED_TASKS = ["addsub", "coin_flip", "date_understanding", "last_letter_concatenation", "multiarith",
-                  "strategy_qa", "tracking_shuffled_objects"]
+RECORDED_TASKS = [
+    "addsub",
+    "coin_flip",
+    "date_understanding",
+    "last_letter_concatenation",
+    "multiarith",
+    "strategy_qa",
+    "tracking_shuffled_objects",
+]
 
 # Teacher train accuracy from data/README.md (Fine-tune-CoT's own re-scoring).
 README_TRAIN_CORRECT = {
-    "addsub": (209, 276), "coin_flip": (314, 350), "date_understanding": (170, 258),
-    "last_letter_concatenation": (201, 350), "multiarith": (323, 420), "strategy_qa": (856, 1603),
+    "addsub": (209, 276),
+    "coin_flip": (314, 350),
+    "date_understanding": (170, 258),
+    "last_letter_concatenation": (201, 350),
+    "multiarith": (323, 420),
+    "strategy_qa": (856, 1603),
     "tracking_shuffled_objects": (284, 525),
 }
 
@@ -42,58 +58,89 @@ def _teacher_answer(completion: dict, answer_type: str) -> str | None:
 
 # --- numbers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,expected", [
-    ("18", "18"), ("18.0", "18"), ("18.00", "18"), ("18.000", "18"), ("1,800", "1800"), ("$1,800.00", "1800"),
-    ("-3", "-3"), ("-0.50", "-0.5"), ("0.25", "0.25"), ("14696.0", "14696"), ("007", "7"),
-    ("abc", None), ("", None), ("1,8", None),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("18", "18"),
+        ("18.0", "18"),
+        ("18.00", "18"),
+        ("18.000", "18"),
+        ("1,800", "1800"),
+        ("$1,800.00", "1800"),
+        ("-3", "-3"),
+        ("-0.50", "-0.5"),
+        ("0.25", "0.25"),
+        ("14696.0", "14696"),
+        ("007", "7"),
+        ("abc", None),
+        ("", None),
+        ("1,8", None),
+    ],
+)
 def test_normalize_number(text: str, expected: str | None) -> None:
     assert normalize_number(text) == expected
 
 
-@pytest.mark.parametrize("pred,gold,same", [
-    ("18", "18.0", True), ("18.00", "18", True), ("18.000", "18.0", True), ("1,800", "1800", True),
-    ("1800", "1,800.00", True), ("18", "180", False), ("1.8", "18", False), ("-5", "5", False),
-    (None, "18", False), ("eighteen", "18", False),
-])
+@pytest.mark.parametrize(
+    "pred,gold,same",
+    [
+        ("18", "18.0", True),
+        ("18.00", "18", True),
+        ("18.000", "18.0", True),
+        ("1,800", "1800", True),
+        ("1800", "1,800.00", True),
+        ("18", "180", False),
+        ("1.8", "18", False),
+        ("-5", "5", False),
+        (None, "18", False),
+        ("eighteen", "18", False),
+    ],
+)
 def test_number_grading(pred: str | None, gold: str, same: bool) -> None:
     assert answers_match(pred, gold, "number") is same
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("She has 74 - 35 = 39 pieces left.", "39"),  # the last number; "- 35" is not a negative number
-    ("It is -5 degrees now.", "-5"),
-    ("The total is $1,250.50 in all.", "1250.5"),
-    ("He paid $ 18.00.", "18"),
-    ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
-    ("#### 1,080\nThat is 3 more than 1077.", "1080"),  # the trigger wins over the last number
-    ("First 3 + 4 = 7, then 7 * 2 = 14. Therefore, the answer is 14.", "14"),
-    ("Therefore, the answer (arabic numerals) is 9. Check: 4 + 5 = 9, or 3 * 3.", "9"),
-    ("Therefore, the answer is 12 apples, not 13.", "12"),  # first number after the trigger
-    ("3 + 4 = 7 --> 7 END", "7"),  # Fine-tune-CoT token format
-    ("Pages 5-6 are missing, so 6 pages.", "6"),
-    ("The answer is 3. No wait, the answer is 4.", "4"),  # the last trigger counts
-    ("Therefore, the answer is unclear, maybe 5.", "5"),
-    ("Therefore, the answer is", None),  # announced, not given
-    ("no numbers here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("She has 74 - 35 = 39 pieces left.", "39"),  # the last number; "- 35" is not a negative number
+        ("It is -5 degrees now.", "-5"),
+        ("The total is $1,250.50 in all.", "1250.5"),
+        ("He paid $ 18.00.", "18"),
+        ("Natalia sold 48+24 = 72 clips.\n#### 72", "72"),
+        ("#### 1,080\nThat is 3 more than 1077.", "1080"),  # the trigger wins over the last number
+        ("First 3 + 4 = 7, then 7 * 2 = 14. Therefore, the answer is 14.", "14"),
+        ("Therefore, the answer (arabic numerals) is 9. Check: 4 + 5 = 9, or 3 * 3.", "9"),
+        ("Therefore, the answer is 12 apples, not 13.", "12"),  # first number after the trigger
+        ("3 + 4 = 7 --> 7 END", "7"),  # Fine-tune-CoT token format
+        ("Pages 5-6 are missing, so 6 pages.", "6"),
+        ("The answer is 3. No wait, the answer is 4.", "4"),  # the last trigger counts
+        ("Therefore, the answer is unclear, maybe 5.", "5"),
+        ("Therefore, the answer is", None),  # announced, not given
+        ("no numbers here", None),
+    ],
+)
 def test_extract_number(text: str, expected: str | None) -> None:
     assert extract_answer(text, "number") == expected
 
 
-@pytest.mark.parametrize("text,answer_type,expected", [
-    ("Yes, the coin is still heads up.", "yesno", "yes"),
-    ("The coin was flipped twice, so no.", "yesno", "no"),
-    ("Therefore, the answer is \"No\".", "yesno", "no"),
-    ("It is a no-brainer.", "yesno", None),  # hyphen-joined words are not answers
-    ("Nothing to say.", "yesno", None),
-    ("The answer is (C).", "choice", "C"),
-    ("Answer choices: (A) 1, (B) 2. Therefore, the answer is B.", "choice", "B"),
-    ("(A) is wrong; I pick (D).", "choice", "D"),
-    ("Therefore, the answer is \"yajo\".", "text", "yajo"),
-    ("Therefore, the answer is yajo.", "text", "yajo"),
-    ("so it spells naoa\n", "text", "so it spells naoa"),
-])
+@pytest.mark.parametrize(
+    "text,answer_type,expected",
+    [
+        ("Yes, the coin is still heads up.", "yesno", "yes"),
+        ("The coin was flipped twice, so no.", "yesno", "no"),
+        ('Therefore, the answer is "No".', "yesno", "no"),
+        ("It is a no-brainer.", "yesno", None),  # hyphen-joined words are not answers
+        ("Nothing to say.", "yesno", None),
+        ("The answer is (C).", "choice", "C"),
+        ("Answer choices: (A) 1, (B) 2. Therefore, the answer is B.", "choice", "B"),
+        ("(A) is wrong; I pick (D).", "choice", "D"),
+        ('Therefore, the answer is "yajo".', "text", "yajo"),
+        ("Therefore, the answer is yajo.", "text", "yajo"),
+        ("so it spells naoa\n", "text", "so it spells naoa"),
+    ],
+)
 def test_extract_other_types(text: str, answer_type: str, expected: str | None) -> None:
     assert extract_answer(text, answer_type) == expected
 
@@ -112,15 +159,15 @@ def test_text_and_choice_grading() -> None:
 
 # Looked at by hand: (task, data index, what the teacher's stage-2 completion says).
 HAND_CHECKED = [
-    ("addsub", "1", "26"),                     # ' 26 bales.'
-    ("coin_flip", "0", "yes"),                 # ' "Yes, the coin is heads up."'
-    ("date_understanding", "2", "A"),          # ' (A) 04/29/2021.'  (gold D: teacher wrong)
-    ("date_understanding", "3", None),         # ' 04/20/2021.'  no letter at all
+    ("addsub", "1", "26"),  # ' 26 bales.'
+    ("coin_flip", "0", "yes"),  # ' "Yes, the coin is heads up."'
+    ("date_understanding", "2", "A"),  # ' (A) 04/29/2021.'  (gold D: teacher wrong)
+    ("date_understanding", "3", None),  # ' 04/20/2021.'  no letter at all
     ("last_letter_concatenation", "3", "aanck"),  # ' "aanck".'  (gold aank)
     ("last_letter_concatenation", "6", "r-a-y-n"),  # ' "r-a-y-n".'  (gold rayn)
-    ("multiarith", "5", "38"),                 # '\n\nx + y = 38 \n29 + y = 38 \ny = 9 ...' first after trigger
-    ("strategy_qa", "5", "no"),                # ' most likely no.'
-    ("strategy_qa", "9", None),                # ' inconclusive.'
+    ("multiarith", "5", "38"),  # '\n\nx + y = 38 \n29 + y = 38 \ny = 9 ...' first after trigger
+    ("strategy_qa", "5", "no"),  # ' most likely no.'
+    ("strategy_qa", "9", None),  # ' inconclusive.'
     ("tracking_shuffled_objects", "27", "A"),  # ' A: green ball.'
 ]
 
@@ -196,25 +243,35 @@ def test_gsm8k_solutions_grade_against_their_gold() -> None:
     assert sum(answers_match(extract_answer(ex.rationale, "number"), ex.answer, "number") for ex in examples) >= 30
 
 
-@pytest.mark.parametrize("text, answer_type, expected", [
-    # SmolLM2-135M-Instruct's own answers to MultiArith in the prompted baseline
-    (" If 4 cupcakes and 29 cookies ...\nSo Wendy sold 112 - 4 = 108 pastries.\n#### 108\nThe answer is: 108",
-     "number", "108"),
-    (" Now, we add these two totals together: 17 + 36 = 44 points.\n\n"
-     "Therefore, Carol had 44 points at the end of the game.", "number", "44"),
-    ("So, the answer is 10.\n\nThe answer is 10.", "number", "10"),
-    ("The total is $1,800.00 in all.\n\n**Final Answer:** $1,800", "number", "1800"),
-    ("We get 3 + 4 = 7, so the final answer is $\\boxed{7}$. Check: 7 - 4 = 3.", "number", "7"),
-    ("Answer: 12 (after 3 steps)", "number", "12"),
-    ("The correct answer is (B) 05/01/2021.", "choice", "B"),
-    ("Alice ends with the pink ball.\n\nAnswer: (C)", "choice", "C"),
-    ("Yes. The coin was flipped twice, so it is still heads up.\nThe answer is yes.", "yesno", "yes"),
-    ("Let me see: Ka flips it, so no, the coin is not heads up.", "yesno", "no"),
-    ('The last letters are "n" and "a", so the answer is "na".', "text", "na"),
-    # an answer phrase with nothing usable after it falls back to the text's last candidate
-    ("3 + 4 = 7 apples. The answer is the number of apples.", "number", "7"),
-    ("I cannot tell.", "number", None),
-])
+@pytest.mark.parametrize(
+    "text, answer_type, expected",
+    [
+        # SmolLM2-135M-Instruct's own answers to MultiArith in the prompted baseline
+        (
+            " If 4 cupcakes and 29 cookies ...\nSo Wendy sold 112 - 4 = 108 pastries.\n#### 108\nThe answer is: 108",
+            "number",
+            "108",
+        ),
+        (
+            " Now, we add these two totals together: 17 + 36 = 44 points.\n\n"
+            "Therefore, Carol had 44 points at the end of the game.",
+            "number",
+            "44",
+        ),
+        ("So, the answer is 10.\n\nThe answer is 10.", "number", "10"),
+        ("The total is $1,800.00 in all.\n\n**Final Answer:** $1,800", "number", "1800"),
+        ("We get 3 + 4 = 7, so the final answer is $\\boxed{7}$. Check: 7 - 4 = 3.", "number", "7"),
+        ("Answer: 12 (after 3 steps)", "number", "12"),
+        ("The correct answer is (B) 05/01/2021.", "choice", "B"),
+        ("Alice ends with the pink ball.\n\nAnswer: (C)", "choice", "C"),
+        ("Yes. The coin was flipped twice, so it is still heads up.\nThe answer is yes.", "yesno", "yes"),
+        ("Let me see: Ka flips it, so no, the coin is not heads up.", "yesno", "no"),
+        ('The last letters are "n" and "a", so the answer is "na".', "text", "na"),
+        # an answer phrase with nothing usable after it falls back to the text's last candidate
+        ("3 + 4 = 7 apples. The answer is the number of apples.", "number", "7"),
+        ("I cannot tell.", "number", None),
+    ],
+)
 def test_chat_answers_are_read_leniently(text: str, answer_type: str, expected: str | None) -> None:
     assert extract_chat_answer(text, answer_type) == expected
 

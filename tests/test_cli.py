@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from test_history import build_history
+
 from tutorloop.loop.cli import main
 
 
@@ -40,8 +40,11 @@ CASES = [
     (["sql", "{run}", "DELETE FROM metrics"], 2, "refused: DELETE changes the history"),
     (["sql", "{run}", "SELECT 1", "--format", "xml"], 2, "sql: argument --format: invalid choice: 'xml'"),
     (["sql", "{run}", "-f", "{tmp}/missing.sql"], 2, "-f {tmp}/missing.sql: cannot read (No such file"),
-    (["sql", "{run}", "SELECT 1", "--format", "csv", "--out", "{tmp}/no/such/dir.csv"], 1,
-     "--out {tmp}/no/such/dir.csv: cannot write"),
+    (
+        ["sql", "{run}", "SELECT 1", "--format", "csv", "--out", "{tmp}/no/such/dir.csv"],
+        1,
+        "--out {tmp}/no/such/dir.csv: cannot write",
+    ),
     (["sql", "{run}", "SELECT 1", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["compare", "{run}", "--format", "yaml"], 2, "compare: argument --format: invalid choice: 'yaml'"),
     ([], 2, "the following arguments are required: COMMAND"),
@@ -52,8 +55,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("argv,code,expected", CASES, ids=[" ".join(c[0])[:60] or "no command" for c in CASES])
-def test_bad_input_is_one_line(history: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str],
-                               code: int, expected: str) -> None:
+def test_bad_input_is_one_line(
+    history: Path, tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], code: int, expected: str
+) -> None:
     (tmp_path / "garbage.duckdb").write_text("not a database\n")
     (tmp_path / "config.yaml").write_text("run:\n  name: x\n")
     fill = {"run": str(history), "tmp": str(tmp_path)}

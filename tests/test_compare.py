@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from shared_run import cli, shared_quick_run
 from test_history import build_history
+
 from tutorloop.loop.fork import fork_run
 from tutorloop.store.history import RunHistory
 from tutorloop.store.query import fetch_rows
@@ -37,13 +37,20 @@ def branch(parent: Path, target: Path, *overrides: str, seed: int | None = None)
 
 def set_right(run_dir: Path, round_: int, right: set[int]) -> None:
     """Round `round_`'s explain-mode test outcomes: right exactly on the questions at these sorted positions."""
-    ids = [r["example_id"] for r in fetch_rows(run_dir, "SELECT example_id FROM examples WHERE split = 'test' "
-                                                        "ORDER BY example_id")]
+    ids = [
+        r["example_id"]
+        for r in fetch_rows(run_dir, "SELECT example_id FROM examples WHERE split = 'test' ORDER BY example_id")
+    ]
     history = RunHistory(run_dir)
-    history.writer.sql("UPDATE attempts SET correct = list_contains(?, example_id) WHERE phase = 'eval' "
-                       "AND split = 'test' AND mode = 'explain' AND round = ?", [[ids[i] for i in right], round_])
-    history.writer.sql("UPDATE metrics SET value = ? WHERE round = ? AND split = 'test' AND name IN "
-                       "('accuracy', 'accuracy_explain')", [len(right) / len(ids), round_])
+    history.writer.sql(
+        "UPDATE attempts SET correct = list_contains(?, example_id) WHERE phase = 'eval' "
+        "AND split = 'test' AND mode = 'explain' AND round = ?",
+        [[ids[i] for i in right], round_],
+    )
+    history.writer.sql(
+        "UPDATE metrics SET value = ? WHERE round = ? AND split = 'test' AND name IN ('accuracy', 'accuracy_explain')",
+        [len(right) / len(ids), round_],
+    )
 
 
 def compare_json(*args: str) -> list[dict]:
@@ -54,7 +61,7 @@ def compare_json(*args: str) -> list[dict]:
 
 def mcnemar_by_hand(b: int, c: int) -> float:
     n, k = b + c, min(b, c)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         set_right(made[f"r{s}"], 2, {0, 10} if s == 1 else {10})
     made["a"] = branch(base, root / "a", "training.reflection=none")
     made["b"] = branch(base, root / "b", "training.alpha=0.3")
-    set_right(made["a"], 2, set(range(12)))        # 12 right
-    set_right(made["b"], 2, set(range(1, 21)))     # 0 lost, 12-20 gained: 9 wrong->right, 1 right->wrong
+    set_right(made["a"], 2, set(range(12)))  # 12 right
+    set_right(made["b"], 2, set(range(1, 21)))  # 0 lost, 12-20 gained: 9 wrong->right, 1 right->wrong
     made["synthetic"] = build_history(root / "synthetic")
     return made
 
@@ -119,7 +126,10 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     top = arms[(tailored, "2")]
     assert (top["runs"], top["seeds"]) == ("t0, t1, t2", "0, 1, 2")
     assert (top["mean accuracy"], top["95% interval (seeds)"], top["per seed"]) == (
-        "41.7%", "[41.7%, 41.7%]", "41.7%, 41.7%, 41.7%")
+        "41.7%",
+        "[41.7%, 41.7%]",
+        "41.7%, 41.7%, 41.7%",
+    )
     low = arms[(random, "2")]
     values = [1 / 24, 2 / 24, 1 / 24]
     mean = sum(values) / 3
@@ -133,11 +143,12 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     assert (two["arm A"], two["arm B"], two["seeds A / B"]) == (tailored, random, "3 / 3")
     assert (two["mean A"], two["mean B"], two["difference"]) == ("41.7%", "5.6%", "-36.1 pts")
     assert (two["questions better in B"], two["questions better in A"]) == ("1", "10")
-    assert mcnemar_by_hand(1, 10) == pytest.approx(2 * 12 / 2 ** 11)
-    assert two["p (sign test)"] == f"{2 * 12 / 2 ** 11:.3g}" == "0.0117"
+    assert mcnemar_by_hand(1, 10) == pytest.approx(2 * 12 / 2**11)
+    assert two["p (sign test)"] == f"{2 * 12 / 2**11:.3g}" == "0.0117"
     # per seed: seeds 0 and 2 are 1 against 10, seed 1 is 1 against 9
-    assert two["per seed (B - A, McNemar p)"] == ("seed 0: -37.5 pts, p=0.0117; seed 1: -33.3 pts, p=0.0215; "
-                                                  "seed 2: -37.5 pts, p=0.0117")
+    assert two["per seed (B - A, McNemar p)"] == (
+        "seed 0: -37.5 pts, p=0.0117; seed 1: -33.3 pts, p=0.0215; seed 2: -37.5 pts, p=0.0117"
+    )
     # over seeds: accuracy differences -9/24, -8/24, -9/24; t with 2 degrees of freedom, whose two-sided
     # p is 1 - |t| / sqrt(2 + t^2)
     diffs = [-9 / 24, -8 / 24, -9 / 24]
@@ -146,8 +157,7 @@ def test_seed_arms_found_from_the_stored_configs(runs: dict[str, Path]) -> None:
     seed_p = 1 - abs(t) / math.sqrt(2 + t * t)
     assert two["p (seeds, paired t)"] == f"{seed_p:.3g}" == "0.00148"
     assert two["verdict"] == "significant at 0.05 (p=0.0117): A does better; over seeds also significant (p=0.00148)"
-    assert tests["1"]["verdict"] == ("not significant (p=1): the difference is within noise; "
-                                     "over seeds not (p=1)")
+    assert tests["1"]["verdict"] == ("not significant (p=1): the difference is within noise; over seeds not (p=1)")
 
     text = cli("compare", *seeded, timeout=300).stdout
     assert "Arms of seeds" in text and "Paired tests between arms" in text and "found from the stored configs" in text
@@ -161,9 +171,20 @@ def test_seeds_significant_in_opposite_directions_are_named(runs: dict[str, Path
     two = {r["round"]: r for r in compare_json("--group", x, "--group", y, "--table", "arm-tests")}["2"]
     assert two["per seed (B - A, McNemar p)"] == "seed 0: -37.5 pts, p=0.0117; seed 1: +33.3 pts, p=0.0215"
     assert two["verdict"].endswith("; seeds disagree: A significantly better on seed 0, B on seed 1")
-    assert "seeds disagree" not in {r["round"]: r for r in compare_json(
-        "--group", f"t={runs['t0']},{runs['t1']}", "--group", f"r={runs['r0']},{runs['r1']}",
-        "--table", "arm-tests")}["2"]["verdict"]
+    assert (
+        "seeds disagree"
+        not in {
+            r["round"]: r
+            for r in compare_json(
+                "--group",
+                f"t={runs['t0']},{runs['t1']}",
+                "--group",
+                f"r={runs['r0']},{runs['r1']}",
+                "--table",
+                "arm-tests",
+            )
+        }["2"]["verdict"]
+    )
 
 
 def test_named_groups_say_where_an_arm_mixes_configs(runs: dict[str, Path]) -> None:
@@ -180,22 +201,38 @@ def test_named_groups_say_where_an_arm_mixes_configs(runs: dict[str, Path]) -> N
 
 def test_runs_on_other_test_questions_are_not_paired(runs: dict[str, Path]) -> None:
     rows = compare_json(str(runs["a"]), str(runs["synthetic"]), "--table", "pairs")
-    assert rows == [{"round": "-", "run A": "a", "run B": "synthetic", "questions": "-", "accuracy A": "-",
-                     "accuracy B": "-", "difference": "-", "95% interval": "-", "wrong -> right": "-",
-                     "right -> wrong": "-", "p (McNemar)": "-",
-                     "verdict": "not paired: other test questions (24 vs 4, 0 shared)"}]
-    arms = compare_json("--group", f"one={runs['t0']},{runs['t1']}", "--group", f"other={runs['synthetic']}",
-                        "--table", "arm-tests")
+    assert rows == [
+        {
+            "round": "-",
+            "run A": "a",
+            "run B": "synthetic",
+            "questions": "-",
+            "accuracy A": "-",
+            "accuracy B": "-",
+            "difference": "-",
+            "95% interval": "-",
+            "wrong -> right": "-",
+            "right -> wrong": "-",
+            "p (McNemar)": "-",
+            "verdict": "not paired: other test questions (24 vs 4, 0 shared)",
+        }
+    ]
+    arms = compare_json(
+        "--group", f"one={runs['t0']},{runs['t1']}", "--group", f"other={runs['synthetic']}", "--table", "arm-tests"
+    )
     assert [r["verdict"] for r in arms] == ["not paired: other test questions (24 vs 4, 0 shared)"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--group", "nameonly"], "compare: --group 'nameonly': expected NAME=RUN_DIR,RUN_DIR,..."),
-    (["--group", "x={a}", "--group", "x={b}"], "compare: --group 'x' is given twice"),
-    (["--group", "x={a}", "--group", "y={a},{b}"], "compare: a run is in more than one --group"),
-    ([], "compare: give run directories, or arms as --group NAME=RUN_DIR,RUN_DIR"),
-    (["{a}", "--table", "nope"], "compare: argument --table: invalid choice: 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--group", "nameonly"], "compare: --group 'nameonly': expected NAME=RUN_DIR,RUN_DIR,..."),
+        (["--group", "x={a}", "--group", "x={b}"], "compare: --group 'x' is given twice"),
+        (["--group", "x={a}", "--group", "y={a},{b}"], "compare: a run is in more than one --group"),
+        ([], "compare: give run directories, or arms as --group NAME=RUN_DIR,RUN_DIR"),
+        (["{a}", "--table", "nope"], "compare: argument --table: invalid choice: 'nope'"),
+    ],
+)
 def test_bad_groups_are_one_line(runs: dict[str, Path], args: list[str], message: str) -> None:
     out = cli("compare", *[a.format(a=runs["a"], b=runs["b"]) for a in args], timeout=300)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr

@@ -48,7 +48,7 @@ def test_console_to_log_moves_warnings_and_library_logging(tmp_path) -> None:
     ray_logger = logging.getLogger("ray")
     before = (ray_logger.handlers[:], ray_logger.propagate)
     with console_to_log(log_file):
-        warnings.warn("a deprecation for the log", FutureWarning)
+        warnings.warn("a deprecation for the log", FutureWarning, stacklevel=1)
         ray_logger.warning("a ray banner")
         logging.getLogger("some.library").warning("a library warning")
     text = log_file.read_text()
@@ -71,13 +71,20 @@ def test_a_local_run_prints_only_its_own_lines(tmp_path) -> None:
     """Real Ray: the token-auth banner, an actor's prints, warnings and progress bars stay off the
     terminal; the actor's output and the driver's warnings are in the log file."""
     log_file = tmp_path / "run.log"
-    done = subprocess.run([sys.executable, "-c", RAY_PROBE, str(log_file)], capture_output=True, text=True,
-                          timeout=600, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", RAY_PROBE, str(log_file)], capture_output=True, text=True, timeout=600, check=True
+    )
     console = done.stdout + done.stderr
     assert [line for line in console.splitlines() if line.strip()] == [
-        line for line in done.stdout.splitlines() if line.startswith("driver summary line")], console
+        line for line in done.stdout.splitlines() if line.startswith("driver summary line")
+    ], console
     text = log_file.read_text()
-    for line in ("actor init print", "actor init warning", "actor stderr line", "driver warning",
-                 "Token authentication"):
+    for line in (
+        "actor init print",
+        "actor init warning",
+        "actor stderr line",
+        "driver warning",
+        "Token authentication",
+    ):
         assert line in text, text
     assert "Loading weights" not in text  # progress bars are off in the actors

@@ -4,32 +4,68 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection, TrainingSection
 import pytest
 
-from tutorloop.loop.curriculum import (build_contrast_pairs, build_samples, category_balanced_selection,
-                                       find_mistakes, order_mistakes, random_selection, replay_samples,
-                                       teaching_targets)
+from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection, TrainingSection
 from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.student_prompt import ANSWER_TRIGGER, student_target
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.curriculum import (
+    build_contrast_pairs,
+    build_samples,
+    category_balanced_selection,
+    find_mistakes,
+    order_mistakes,
+    random_selection,
+    replay_samples,
+    teaching_targets,
+)
 
 
 def attempt(example_id: str, index: int, correct: bool, output: str = " wrong\nTherefore, the answer is 1.") -> dict:
-    return {"example_id": example_id, "sample_index": index, "mode": "explain", "output": output,
-            "extracted": "1", "correct": correct}
+    return {
+        "example_id": example_id,
+        "sample_index": index,
+        "mode": "explain",
+        "output": output,
+        "extracted": "1",
+        "correct": correct,
+    }
 
 
-def rationale(example_id: str, accepted: bool = True, teacher: str = "t", strategy: str = "cote",
-              text: str = "Add 4: 3 + 4 = 7.", task: str = "explain") -> dict:
-    return {"round": 1, "teacher": teacher, "strategy": strategy, "example_id": example_id, "sample_index": 0,
-            "rationale": text, "extracted": "7", "accepted": accepted, "reject_reason": None, "feedback": None,
-            "request_hash": "h", "task": task}
+def rationale(
+    example_id: str,
+    accepted: bool = True,
+    teacher: str = "t",
+    strategy: str = "cote",
+    text: str = "Add 4: 3 + 4 = 7.",
+    task: str = "explain",
+) -> dict:
+    return {
+        "round": 1,
+        "teacher": teacher,
+        "strategy": strategy,
+        "example_id": example_id,
+        "sample_index": 0,
+        "rationale": text,
+        "extracted": "7",
+        "accepted": accepted,
+        "reject_reason": None,
+        "feedback": None,
+        "request_hash": "h",
+        "task": task,
+    }
 
 
 def test_find_and_order_mistakes() -> None:
-    attempts = [attempt("a", 0, True), attempt("a", 1, False), attempt("b", 0, False), attempt("b", 1, False),
-                attempt("c", 0, True), attempt("c", 1, True)]
+    attempts = [
+        attempt("a", 0, True),
+        attempt("a", 1, False),
+        attempt("b", 0, False),
+        attempt("b", 1, False),
+        attempt("c", 0, True),
+        attempt("c", 1, True),
+    ]
     mistakes = find_mistakes(attempts)
     assert set(mistakes) == {"a", "b"}
     assert mistakes["a"][0]["correct"] is False  # wrong samples first: they go into the teacher prompt
@@ -51,8 +87,15 @@ def test_teaching_targets_per_kind_of_round() -> None:
     pool = generate_problems(10, 0, 1, 2, 9)
     examples = {e.id: e for e in pool}
     ids = sorted(examples)
-    mistakes = find_mistakes([attempt(ids[0], 0, False), attempt(ids[1], 0, True), attempt(ids[1], 1, False),
-                              attempt(ids[2], 0, False), attempt(ids[2], 1, False)])
+    mistakes = find_mistakes(
+        [
+            attempt(ids[0], 0, False),
+            attempt(ids[1], 0, True),
+            attempt(ids[1], 1, False),
+            attempt(ids[2], 0, False),
+            attempt(ids[2], 1, False),
+        ]
+    )
     teacher = TeacherSection(teachers=[TeacherEndpoint(backend="program")], strategies=["cote"])
     training = TrainingSection(max_mistakes=2)
     # Round 0: the whole pool, as configured.
@@ -67,8 +110,9 @@ def test_teaching_targets_per_kind_of_round() -> None:
     replay = TeacherSection(teachers=[TeacherEndpoint(backend="replay")], strategies=["zero_shot_cot"])
     assert teaching_targets(pool, examples, mistakes, training, replay, seed=0).strategies == ["zero_shot_cot"]
     # The ablation without tailoring: as many questions, drawn at random from the pool, taught as in round 0.
-    drawn = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=2, selection="random"),
-                             teacher, seed=5)
+    drawn = teaching_targets(
+        pool, examples, mistakes, TrainingSection(max_mistakes=2, selection="random"), teacher, seed=5
+    )
     assert [e.id for e in drawn.examples] == random_selection(pool, 2, 5)
     assert (drawn.strategies, drawn.mistakes) == (["cote"], None)
     # Gold answers alone need no teacher.
@@ -78,10 +122,15 @@ def test_teaching_targets_per_kind_of_round() -> None:
 def test_build_samples_multitask_and_weights() -> None:
     examples = {e.id: e for e in generate_problems(3, 0, 1, 1, 9)}
     ids = sorted(examples)
-    rationales = [rationale(ids[0]), rationale(ids[0], teacher="u", task="u"), rationale(ids[1], accepted=False),
-                  rationale(ids[2], strategy="rp")]
-    samples = build_samples(0, examples, rationales, ["answer", "explain", "rationalize"], {"t": 1.0, "u": 0.5},
-                            taught=ids)
+    rationales = [
+        rationale(ids[0]),
+        rationale(ids[0], teacher="u", task="u"),
+        rationale(ids[1], accepted=False),
+        rationale(ids[2], strategy="rp"),
+    ]
+    samples = build_samples(
+        examples, rationales, ["answer", "explain", "rationalize"], {"t": 1.0, "u": 0.5}, taught=ids
+    )
     by_task = {}
     for s in samples:
         by_task.setdefault(s["task"], []).append(s)
@@ -101,9 +150,11 @@ def wrong(example_id: str, index: int, text: str, extracted: str | None = "1") -
 def test_contrast_pairs_use_the_students_own_wrong_rationale() -> None:
     examples = {e.id: e for e in generate_problems(2, 0, 1, 1, 9)}
     a, b = sorted(examples)
-    mistakes = {a: [wrong(a, 0, " my wrong work, so 1"), attempt(a, 1, True, " right work")],
-                b: [wrong(b, 0, " bad, so 1")]}
-    built = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {})
+    mistakes = {
+        a: [wrong(a, 0, " my wrong work, so 1"), attempt(a, 1, True, " right work")],
+        b: [wrong(b, 0, " bad, so 1")],
+    }
+    built = build_contrast_pairs(examples, [rationale(a), rationale(b)], mistakes, {})
     assert len(built.pairs) == 2 and built.without_positive == 0
     pa = next(p for p in built.pairs if p["example_id"] == a)
     assert pa["negative"] == " my wrong work, so 1" and pa["positive"] == " right work"
@@ -129,10 +180,15 @@ def test_a_contrast_positive_is_never_the_anchor_nor_empty() -> None:
         # a second, different teacher sample: a valid positive
         d: [wrong(d, 0, " no, 1")],
     }
-    rationales = [rationale(a, text=anchor_text), rationale(b, text=anchor_text), rationale(b, text=anchor_text),
-                  rationale(c, text=anchor_text), rationale(d, text=anchor_text),
-                  rationale(d, teacher="u", text="Four more than 3 is 7.")]
-    built = build_contrast_pairs(1, examples, rationales, mistakes, {c: [anchor_text, "3 and 4 make 7."]})
+    rationales = [
+        rationale(a, text=anchor_text),
+        rationale(b, text=anchor_text),
+        rationale(b, text=anchor_text),
+        rationale(c, text=anchor_text),
+        rationale(d, text=anchor_text),
+        rationale(d, teacher="u", text="Four more than 3 is 7."),
+    ]
+    built = build_contrast_pairs(examples, rationales, mistakes, {c: [anchor_text, "3 and 4 make 7."]})
     assert sorted(p["example_id"] for p in built.pairs) == [c, d]
     assert built.without_positive == 2
     assert "contrast pairs: 2; 2 questions had no distinct correct rationale" in built.note()
@@ -145,26 +201,34 @@ def test_contrast_negatives_state_a_wrong_answer_one_pair_each_capped() -> None:
     examples = {e.id: e for e in generate_problems(2, 0, 1, 1, 9)}
     a, b = sorted(examples)
     cut_off = wrong(a, 0, " First we take 3 and then we", extracted=None)  # ran out of tokens: no answer
-    mistakes = {a: [cut_off, attempt(a, 1, True, " right work")],
-                b: [wrong(b, i, text) for i, text in
-                    enumerate([" one, so 1", " One,  so 1", " two, so 2", " three, so 3", " four, so 4",
-                               " five, so 5"])]
-                + [attempt(b, 6, True, " right one"), attempt(b, 7, True, " right two")]}
-    built = build_contrast_pairs(1, examples, [rationale(a), rationale(b)], mistakes, {}, max_per_question=3)
+    mistakes = {
+        a: [cut_off, attempt(a, 1, True, " right work")],
+        b: [
+            wrong(b, i, text)
+            for i, text in enumerate(
+                [" one, so 1", " One,  so 1", " two, so 2", " three, so 3", " four, so 4", " five, so 5"]
+            )
+        ]
+        + [attempt(b, 6, True, " right one"), attempt(b, 7, True, " right two")],
+    }
+    built = build_contrast_pairs(examples, [rationale(a), rationale(b)], mistakes, {}, max_per_question=3)
     assert built.without_negative == 1 and all(p["example_id"] == b for p in built.pairs)
     # " One,  so 1" repeats " one, so 1": one pair per unique wrong rationale, capped at 3
     assert [p["negative"] for p in built.pairs] == [" one, so 1", " two, so 2", " three, so 3"]
     # the positives in turn: the student's correct samples, then the gold rationale
     gold = student_target("explain", examples[b].answer, examples[b].rationale)
     assert [p["positive"] for p in built.pairs] == [" right one", " right two", gold]
-    uncapped = build_contrast_pairs(1, examples, [rationale(b)], mistakes, {}, max_per_question=10)
+    uncapped = build_contrast_pairs(examples, [rationale(b)], mistakes, {}, max_per_question=10)
     assert len(uncapped.pairs) == 5
 
 
 def test_hardest_mistakes_have_the_most_wrong_samples() -> None:
     k = 4
-    rows = [attempt(q, i, i >= wrong_count) for q, wrong_count in (("q1", 1), ("q2", 4), ("q3", 2), ("q4", 0))
-            for i in range(k)]
+    rows = [
+        attempt(q, i, i >= wrong_count)
+        for q, wrong_count in (("q1", 1), ("q2", 4), ("q3", 2), ("q4", 0))
+        for i in range(k)
+    ]
     mistakes = find_mistakes(rows)
     assert set(mistakes) == {"q1", "q2", "q3"}  # any wrong sample of the k makes a mistake
     assert order_mistakes(mistakes, "hardest", None, 0) == ["q2", "q3", "q1"]
@@ -207,16 +271,19 @@ def test_balanced_mistakes_take_each_gold_answer_in_turn() -> None:
 
 
 def test_teaching_targets_balance_gold_answers_when_asked() -> None:
-    pool = [replace(e, answer="yes" if n < 6 else "no", answer_type="yesno")
-            for n, e in enumerate(generate_problems(10, 0, 1, 1, 9))]
+    pool = [
+        replace(e, answer="yes" if n < 6 else "no", answer_type="yesno")
+        for n, e in enumerate(generate_problems(10, 0, 1, 1, 9))
+    ]
     examples = {e.id: e for e in pool}
     rows = [attempt(e.id, i, e.answer == "no" and i == 1) for e in pool for i in range(2)]
     mistakes = find_mistakes(rows)
     teacher = TeacherSection(teachers=[TeacherEndpoint(backend="program")], strategies=["cote"])
     plain = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=4), teacher, seed=0)
     assert [e.answer for e in plain.examples] == ["yes"] * 4
-    balanced = teaching_targets(pool, examples, mistakes, TrainingSection(max_mistakes=4, mistake_balance="answer"),
-                                teacher, seed=0)
+    balanced = teaching_targets(
+        pool, examples, mistakes, TrainingSection(max_mistakes=4, mistake_balance="answer"), teacher, seed=0
+    )
     assert sorted(e.answer for e in balanced.examples) == ["no", "no", "yes", "yes"]
     assert set(balanced.mistakes) == {e.id for e in balanced.examples}
 
@@ -254,8 +321,9 @@ def test_teaching_targets_balance_categories_at_the_random_arms_budget() -> None
     strategy = {job.example.id: job.strategy for job in jobs}
     assert {strategy[i] for i in targets.mistakes} == {"tailored"}
     assert {s for i, s in strategy.items() if i not in targets.mistakes} == {"cote"} and len(strategy) == 10
-    random_arm = teaching_targets(pool, examples, mistakes, training.model_copy(update={"selection": "random"}),
-                                  teacher, seed=0)
+    random_arm = teaching_targets(
+        pool, examples, mistakes, training.model_copy(update={"selection": "random"}), teacher, seed=0
+    )
     assert len(random_arm.examples) == 10  # the same teacher budget
     plain = [replace(e, meta={}) for e in pool]
     with pytest.raises(ConfigError, match="training.mistake_balance: category needs a category"):
@@ -263,13 +331,16 @@ def test_teaching_targets_balance_categories_at_the_random_arms_budget() -> None
 
 
 def test_replay_mixes_share_of_earlier_samples() -> None:
-    earlier = [{"round": 0, "example_id": str(i), "task": "explain", "source": "t", "input": "q", "target": "a",
-                "weight": 1.0} for i in range(40)]
-    mixed = replay_samples(2, earlier, new_count=10, fraction=0.5, seed=0)
+    earlier = [
+        {"round": 0, "example_id": str(i), "task": "explain", "source": "t", "input": "q", "target": "a", "weight": 1.0}
+        for i in range(40)
+    ]
+    mixed = replay_samples(earlier, new_count=10, fraction=0.5, seed=0)
     assert len(mixed) == 10
-    assert all(s["round"] == 2 and s["source"] == "replay:round-0" for s in mixed)
-    assert replay_samples(2, earlier, 10, 0.5, 0) == mixed
-    assert replay_samples(2, [], 10, 0.5, 0) == []
+    # The store gives a replay the round that trains on it; its source names the round it came from.
+    assert all("round" not in s and s["source"] == "replay:round-0" for s in mixed)
+    assert replay_samples(earlier, 10, 0.5, 0) == mixed
+    assert replay_samples([], 10, 0.5, 0) == []
 
 
 def test_targets_hold_no_blank_line_where_the_exam_stops() -> None:
@@ -277,10 +348,14 @@ def test_targets_hold_no_blank_line_where_the_exam_stops() -> None:
     from tutorloop.loop.core.config import GenerationSection
 
     # text-davinci-002 writes paragraphs: 97% of its tracking_shuffled_objects rationales have blank lines.
-    rationale = "First, Alice and Bob swap balls.  \n\nThen, Bob and Claire swap balls.\n \n\nSo Alice has the blue ball."
+    rationale = (
+        "First, Alice and Bob swap balls.  \n\nThen, Bob and Claire swap balls.\n \n\nSo Alice has the blue ball."
+    )
     target = student_target("explain", "C", rationale)
-    assert target == (" First, Alice and Bob swap balls.\nThen, Bob and Claire swap balls.\n"
-                      f"So Alice has the blue ball.\n{ANSWER_TRIGGER} C.")
+    assert target == (
+        " First, Alice and Bob swap balls.\nThen, Bob and Claire swap balls.\n"
+        f"So Alice has the blue ball.\n{ANSWER_TRIGGER} C."
+    )
     # A student that reproduces the target exactly keeps its answer under the exam's stop strings.
     cut = min((target.find(stop) for stop in GenerationSection().stop if stop in target), default=len(target))
     assert extract_answer(target[:cut], "choice") == "C"

@@ -11,12 +11,27 @@ import pytest
 
 from tutorloop.loop.core.config import DataSection
 from tutorloop.loop.core.datasets import (
-    RECORDED_TEACHER_DIR, TASKS, DataError, answer_type_of, drop_test_duplicates, get_task, load_examples,
-    load_recorded_teacher, normalize_question, resolve_data_dir,
+    RECORDED_TEACHER_DIR,
+    TASKS,
+    DataError,
+    answer_type_of,
+    drop_test_duplicates,
+    get_task,
+    load_examples,
+    load_recorded_teacher,
+    normalize_question,
+    resolve_data_dir,
 )
 
-RECORDED_TASKS = ["addsub", "coin_flip", "date_understanding", "last_letter_concatenation", "multiarith",
-                  "strategy_qa", "tracking_shuffled_objects"]
+RECORDED_TASKS = [
+    "addsub",
+    "coin_flip",
+    "date_understanding",
+    "last_letter_concatenation",
+    "multiarith",
+    "strategy_qa",
+    "tracking_shuffled_objects",
+]
 DATA = resolve_data_dir("data")
 
 
@@ -55,8 +70,9 @@ def test_gsm8k_counts_and_fields(gsm8k: dict) -> None:
     assert len(gsm8k["train"]) == 7473 and len(gsm8k["test"]) == 1319
     first = gsm8k["train"][0]
     assert first.id == "gsm8k/train/0" and first.answer == "72"
-    assert first.rationale == ("Natalia sold 48/2 = 24 clips in May.\n"
-                               "Natalia sold 48+24 = 72 clips altogether in April and May.")
+    assert first.rationale == (
+        "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips altogether in April and May."
+    )
     assert not any("<<" in ex.rationale or "####" in ex.rationale for ex in gsm8k["train"])
     assert not any("," in ex.answer for ex in gsm8k["train"])  # "1,080" -> "1080"
     assert any(ex.answer == "1080" for ex in gsm8k["train"])
@@ -112,14 +128,25 @@ def _write_lines(path: Path, lines: list[str]) -> Path:
 
 
 def test_jsonl_loader_custom_fields(tmp_path: Path) -> None:
-    train = _write_lines(tmp_path / "mine_train.jsonl", [
-        json.dumps({"q": "What is 2 + 2?", "a": "4", "why": "2 + 2 = 4."}),
-        "",  # blank lines are skipped
-        json.dumps({"q": "What is 1,000 + 200?", "a": "1000 + 200 = 1200\n#### 1,200", "why": "Add."}),
-    ])
-    test = _write_lines(tmp_path / "mine_test.jsonl", [json.dumps({"q": "What is 3 - 1?", "a": 2.0, "why": "3 - 1 = 2."})])
-    cfg = DataSection(task="jsonl", train_path=str(train), test_path=str(test), question_field="q",
-                      answer_field="a", rationale_field="why")
+    train = _write_lines(
+        tmp_path / "mine_train.jsonl",
+        [
+            json.dumps({"q": "What is 2 + 2?", "a": "4", "why": "2 + 2 = 4."}),
+            "",  # blank lines are skipped
+            json.dumps({"q": "What is 1,000 + 200?", "a": "1000 + 200 = 1200\n#### 1,200", "why": "Add."}),
+        ],
+    )
+    test = _write_lines(
+        tmp_path / "mine_test.jsonl", [json.dumps({"q": "What is 3 - 1?", "a": 2.0, "why": "3 - 1 = 2."})]
+    )
+    cfg = DataSection(
+        task="jsonl",
+        train_path=str(train),
+        test_path=str(test),
+        question_field="q",
+        answer_field="a",
+        rationale_field="why",
+    )
     examples = load_examples(cfg, "train")
     assert [(ex.id, ex.question, ex.answer, ex.rationale) for ex in examples] == [
         ("jsonl/train/0", "What is 2 + 2?", "4", "2 + 2 = 4."),
@@ -141,14 +168,19 @@ def test_jsonl_paths_relative_to_data_dir(tmp_path: Path) -> None:
         load_examples(DataSection(task="jsonl", train_path="t.jsonl"), "test")
 
 
-@pytest.mark.parametrize("lines,message", [
-    (['{"question": "a", "answer": "1"}', '{"question": "b", "answer": "2"}', '{"question": "c", "answer": '],
-     r"bad\.jsonl: line 3: bad JSON"),
-    (['{"question": "a", "answer": "1"}', '{"answer": "2"}'], r"bad\.jsonl: line 2: missing field 'question'"),
-    (['{"question": "a"}'], r"bad\.jsonl: line 1: missing field 'answer'"),
-    (['["question", "a"]'], r"bad\.jsonl: line 1: expected a JSON object"),
-    (['{"question": "a", "answer": "seven"}'], r"bad\.jsonl: line 1: field 'answer' holds no number answer"),
-])
+@pytest.mark.parametrize(
+    "lines,message",
+    [
+        (
+            ['{"question": "a", "answer": "1"}', '{"question": "b", "answer": "2"}', '{"question": "c", "answer": '],
+            r"bad\.jsonl: line 3: bad JSON",
+        ),
+        (['{"question": "a", "answer": "1"}', '{"answer": "2"}'], r"bad\.jsonl: line 2: missing field 'question'"),
+        (['{"question": "a"}'], r"bad\.jsonl: line 1: missing field 'answer'"),
+        (['["question", "a"]'], r"bad\.jsonl: line 1: expected a JSON object"),
+        (['{"question": "a", "answer": "seven"}'], r"bad\.jsonl: line 1: field 'answer' holds no number answer"),
+    ],
+)
 def test_malformed_jsonl(tmp_path: Path, lines: list[str], message: str) -> None:
     path = _write_lines(tmp_path / "bad.jsonl", lines)
     cfg = DataSection(task="jsonl", train_path=str(path), test_path=str(path))
@@ -161,8 +193,10 @@ def test_unreadable_jsonl_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "folder.jsonl").mkdir()
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"question": "caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
-    for path, message in ((tmp_path / "folder.jsonl", r"folder\.jsonl: cannot read \(Is a directory\)"),
-                          (latin, r"latin\.jsonl: not UTF-8 text")):
+    for path, message in (
+        (tmp_path / "folder.jsonl", r"folder\.jsonl: cannot read \(Is a directory\)"),
+        (latin, r"latin\.jsonl: not UTF-8 text"),
+    ):
         with pytest.raises(DataError, match=message) as info:
             load_examples(DataSection(task="jsonl", train_path=str(path), test_path=str(path)), "train")
         assert "\n" not in str(info.value)
@@ -178,10 +212,13 @@ def test_jsonl_lines_split_only_at_newlines(tmp_path: Path) -> None:
 
 def test_malformed_gsm8k(tmp_path: Path) -> None:
     (tmp_path / "gsm8k").mkdir()
-    _write_lines(tmp_path / "gsm8k" / "train.jsonl", [
-        json.dumps({"question": "q", "answer": "1 + 1 = 2\n#### 2"}),
-        json.dumps({"question": "q2", "answer": "no final answer"}),
-    ])
+    _write_lines(
+        tmp_path / "gsm8k" / "train.jsonl",
+        [
+            json.dumps({"question": "q", "answer": "1 + 1 = 2\n#### 2"}),
+            json.dumps({"question": "q2", "answer": "no final answer"}),
+        ],
+    )
     with pytest.raises(DataError, match=r"train\.jsonl: line 2: field 'answer' has no '#### <answer>'"):
         load_examples(DataSection(task="gsm8k", data_dir=str(tmp_path)), "train")
     with pytest.raises(DataError, match=r"test\.jsonl: file not found"):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from tiny_student import RANDOM_GPT2, problems, samples_for, student_cfg, training_cfg
+
 from tutorloop.actors.models import load_tokenizer, student_source
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.core.config import StudentSection, config_from_dict
@@ -42,10 +42,13 @@ def test_no_target_within_the_positions_is_one_config_error() -> None:
         trainer.train(samples_for(problems(4)), [])
 
 
-@pytest.mark.parametrize("tiny,expected", [
-    ({"n_head": 3}, "key 'student.tiny.n_head': .*must divide student.tiny.n_embd 64 \\(got 3\\)"),
-    ({"arch": "llama", "n_embd": 24, "n_head": 8}, "key 'student.tiny.n_head': .*even width for llama"),
-])
+@pytest.mark.parametrize(
+    "tiny,expected",
+    [
+        ({"n_head": 3}, "key 'student.tiny.n_head': .*must divide student.tiny.n_embd 64 \\(got 3\\)"),
+        ({"arch": "llama", "n_embd": 24, "n_head": 8}, "key 'student.tiny.n_head': .*even width for llama"),
+    ],
+)
 def test_tiny_heads_that_cannot_split_the_width_are_refused(tiny: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected) as caught:
         config_from_dict({"student": {"tiny": tiny}}, "c.yaml")
@@ -61,8 +64,21 @@ def run_cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`tutorloop run` on an empty config with `overrides`, in a fresh process (its own local Ray)."""
     (tmp_path / "empty.yaml").write_text("")
     args = [a for key in ("run.rounds=0", "run.name=defaults", *overrides) for a in ("--set", key)]
-    return subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", "run", str(tmp_path / "empty.yaml"), *args,
-                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=400)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tutorloop.loop.cli",
+            "run",
+            str(tmp_path / "empty.yaml"),
+            *args,
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
 
 def test_empty_config_runs_round_zero(tmp_path: Path) -> None:

@@ -6,22 +6,42 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_engine_plan import config, new_run
+
 from tutorloop.loop.cli import main
 from tutorloop.loop.dry_run import plan_run, read_stored
 from tutorloop.store.query import HISTORY_FILE, fetch_rows
 
 REPO = Path(__file__).resolve().parents[1]
-PRICED = ["data.task=multiarith", "data.pool_size=20", "data.test_size=10", "run.rounds=2",
-          "teacher.teachers.0.backend=replay", "teacher.teachers.0.name=paid",
-          "teacher.teachers.0.price.input_per_mtok=2.0", "teacher.teachers.0.price.output_per_mtok=10.0",
-          "teacher.strategies=[zero_shot_cot]", "teacher.max_tokens=100", "training.max_mistakes=5"]
+PRICED = [
+    "data.task=multiarith",
+    "data.pool_size=20",
+    "data.test_size=10",
+    "run.rounds=2",
+    "teacher.teachers.0.backend=replay",
+    "teacher.teachers.0.name=paid",
+    "teacher.teachers.0.price.input_per_mtok=2.0",
+    "teacher.teachers.0.price.output_per_mtok=10.0",
+    "teacher.strategies=[zero_shot_cot]",
+    "teacher.max_tokens=100",
+    "training.max_mistakes=5",
+]
 
 
 def dry(capsys: pytest.CaptureFixture, run_dir: Path, *overrides: str) -> str:
-    assert main(["run", str(REPO / "configs" / "quick.yaml"), "--dry-run", "--run-dir", str(run_dir),
-                 *[f"--set={o}" for o in overrides]]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(REPO / "configs" / "quick.yaml"),
+                "--dry-run",
+                "--run-dir",
+                str(run_dir),
+                *[f"--set={o}" for o in overrides],
+            ]
+        )
+        == 0
+    )
     return capsys.readouterr().out
 
 
@@ -46,16 +66,23 @@ def test_the_plan_and_worst_case_cost_of_a_priced_teacher(tmp_path: Path, capsys
     assert "(new)" in out and "(4 rows)" in out
 
 
-def test_an_existing_run_shows_what_is_stored_and_stays_untouched(tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_an_existing_run_shows_what_is_stored_and_stays_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     cfg = config()
     engine, _ = new_run(cfg, tmp_path)
     assert engine.run() == 0
     run_dir = engine.run_dir
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
     history = (run_dir / HISTORY_FILE).read_bytes()
-    out = dry(capsys, run_dir, "run.report=false", "run.rounds=2", "data.synthetic.train_size=12",
-              "data.synthetic.test_size=6")
+    out = dry(
+        capsys,
+        run_dir,
+        "run.report=false",
+        "run.rounds=2",
+        "data.synthetic.train_size=12",
+        "data.synthetic.test_size=6",
+    )
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
     assert (run_dir / HISTORY_FILE).read_bytes() == history
     stored = read_stored(run_dir)
@@ -72,8 +99,17 @@ def test_an_existing_run_shows_what_is_stored_and_stays_untouched(tmp_path: Path
 def test_a_bad_recording_stops_the_dry_run_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     recording = tmp_path / "paid.jsonl"
     recording.write_text(json.dumps({"question": "q", "rationale": "r"}) + "\n{oops\n")
-    code = main(["run", str(REPO / "configs" / "quick.yaml"), "--dry-run", "--run-dir", str(tmp_path / "r"),
-                 *[f"--set={o}" for o in PRICED], f"--set=teacher.teachers.0.recording={recording}"])
+    code = main(
+        [
+            "run",
+            str(REPO / "configs" / "quick.yaml"),
+            "--dry-run",
+            "--run-dir",
+            str(tmp_path / "r"),
+            *[f"--set={o}" for o in PRICED],
+            f"--set=teacher.teachers.0.recording={recording}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1
     assert f"{recording}: line 2: bad JSON" in err

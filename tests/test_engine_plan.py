@@ -23,8 +23,8 @@ from tutorloop.actors.student import ExamChunk
 from tutorloop.actors.teacher import LocalTeacherPool
 from tutorloop.loop.core.config import Config, TeacherSection, load_config
 from tutorloop.loop.core.datasets import Example
-from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.core.errors import ConfigError, RunError
+from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.round_plan import ROUND_PLAN, round_kind
 from tutorloop.loop.run_dir import create_run
 from tutorloop.store.query import fetch_rows
@@ -52,8 +52,13 @@ class FakeWorkers:
     `interrupt(call)` decides, per logged call, whether a Ctrl-C arrives during it (after the exam's
     first chunk, or after the training's first step)."""
 
-    def __init__(self, cfg: Config, tmp: Path, knows_all_after_training: bool = False,
-                 interrupt: Callable[[tuple], bool] = lambda call: False) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        tmp: Path,
+        knows_all_after_training: bool = False,
+        interrupt: Callable[[tuple], bool] = lambda call: False,
+    ) -> None:
         self.cfg, self.tmp = cfg, tmp
         self.knows_all = knows_all_after_training
         self.interrupt = interrupt
@@ -64,19 +69,29 @@ class FakeWorkers:
         self.teacher_pool_cfg: TeacherSection | None = None
         self.teacher_sections: list[TeacherSection] = []  # the teachers each teach phase was given
         self.progress_seen: list[dict] = []
+        self.state_dirs: list[Path] = []  # the folder each training was given for its state
 
     def start(self) -> None:
         self.calls.append(("start",))
 
-    def exam(self, examples: list[Example], mode: str, num_samples: int, greedy: bool, seed: int,
-             adapter: bytes | None, on_wait: Callable[[], None] | None = None) -> Iterator[ExamChunk]:
+    def exam(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int,
+        greedy: bool,
+        seed: int,
+        adapter: bytes | None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[ExamChunk]:
         call = ("exam", mode, num_samples, tuple(e.id for e in examples))
         self.calls.append(call)
         known = learned(adapter)
         for index in range(0, len(examples), CHUNK):
-            part = examples[index:index + CHUNK]
-            records = [self._attempt(e, k, mode, self._right(e, adapter, known))
-                       for e in part for k in range(num_samples)]
+            part = examples[index : index + CHUNK]
+            records = [
+                self._attempt(e, k, mode, self._right(e, adapter, known)) for e in part for k in range(num_samples)
+            ]
             if on_wait is not None:
                 on_wait()
             if index == 0 and self.interrupt(call):
@@ -93,15 +108,32 @@ class FakeWorkers:
     @staticmethod
     def _attempt(example: Example, k: int, mode: str, right: bool) -> dict:
         answer = example.answer if right else "99"
-        return {"example_id": example.id, "sample_index": k, "mode": mode,
-                "output": f" I think so.\nTherefore, the answer is {answer}.", "extracted": answer,
-                "correct": right, "prompt_tokens": 10, "output_tokens": 5}
+        return {
+            "example_id": example.id,
+            "sample_index": k,
+            "mode": mode,
+            "output": f" I think so.\nTherefore, the answer is {answer}.",
+            "extracted": answer,
+            "correct": right,
+            "prompt_tokens": 10,
+            "output_tokens": 5,
+        }
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
-              seed: int | None = None) -> dict:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None,
+        checkpoint_dir: str,
+        on_progress: Callable[[int, int, dict | None], None],
+        poll: Callable[[], None],
+        seed: int | None = None,
+    ) -> dict:
         call = ("train", len(samples), len(pairs))
         self.calls.append(call)
+        self.state_dirs.append(Path(checkpoint_dir))
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        (Path(checkpoint_dir) / "latest").write_text("step-000001")  # as the real trainer leaves it
         folder = self.tmp / f"adapter-{len(self.calls)}"
         folder.mkdir(exist_ok=True)
         ids = learned(init_adapter) | {s["example_id"] for s in samples}
@@ -109,11 +141,26 @@ class FakeWorkers:
         total = -(-len(samples) // 4)
         steps = []
         for step in range(1, total + 1):
-            steps.append({"step": step, "epoch": 1.0, "lr": 1e-3, "loss": 1.0 / step, "task_losses": {},
-                          "contrast_loss": None, "tokens": 40, "pad_fraction": 0.0, "elapsed_s": 0.1 * step})
+            steps.append(
+                {
+                    "step": step,
+                    "epoch": 1.0,
+                    "lr": 1e-3,
+                    "loss": 1.0 / step,
+                    "task_losses": {},
+                    "contrast_loss": None,
+                    "tokens": 40,
+                    "pad_fraction": 0.0,
+                    "elapsed_s": 0.1 * step,
+                }
+            )
             on_progress(total, step, steps[-1])
-            self.progress_seen.append(fetch_rows(self.engine.run_dir, "SELECT progress, total FROM phases "
-                                                 "WHERE status = 'running' AND name = 'train'")[0])
+            self.progress_seen.append(
+                fetch_rows(
+                    self.engine.run_dir,
+                    "SELECT progress, total FROM phases WHERE status = 'running' AND name = 'train'",
+                )[0]
+            )
             if step == 1 and self.interrupt(call):
                 self.engine.stopping.requested = True
             poll()
@@ -155,8 +202,9 @@ def snapshot(run_dir: Path) -> dict:
     return {
         "rounds": fetch_rows(run_dir, "SELECT round, kind, status FROM rounds ORDER BY round"),
         "metrics": fetch_rows(run_dir, "SELECT round, split, name, value FROM metrics ORDER BY ALL"),
-        "attempts": fetch_rows(run_dir, "SELECT round, phase, example_id, mode, sample_index, correct "
-                                        "FROM attempts ORDER BY ALL"),
+        "attempts": fetch_rows(
+            run_dir, "SELECT round, phase, example_id, mode, sample_index, correct FROM attempts ORDER BY ALL"
+        ),
         "samples": fetch_rows(run_dir, "SELECT round, example_id, task, source FROM samples ORDER BY ALL"),
         "steps": fetch_rows(run_dir, "SELECT round, step, loss FROM train_steps ORDER BY ALL"),
     }
@@ -172,17 +220,33 @@ def test_each_kind_of_round_runs_its_plan(tmp_path: Path) -> None:
     kinds = [c[0] if c[0] != "exam" else f"exam/{c[2]}" for c in workers.calls]
     # baseline: eval (2 modes + the prompted one); core: teach, train, eval; tailored: pool exam (2 samples),
     # teach, train, eval
-    assert kinds == ["start", "exam/1", "exam/1", "exam/1", "teacher", "train", "exam/1", "exam/1",
-                     "exam/2", "teacher", "train", "exam/1", "exam/1"]
+    assert kinds == [
+        "start",
+        "exam/1",
+        "exam/1",
+        "exam/1",
+        "teacher",
+        "train",
+        "exam/1",
+        "exam/1",
+        "exam/2",
+        "teacher",
+        "train",
+        "exam/1",
+        "exam/1",
+    ]
     pool_exam = next(c for c in workers.calls if c[0] == "exam" and c[2] == 2)
     assert len(pool_exam[3]) == 12
     run = fetch_rows(engine.run_dir, "SELECT status, message FROM runs")[0]
     assert run == {"status": "finished", "message": "finished"}
     # Round 1 taught exactly its mistakes (the fake student's odd-numbered questions).
-    mistakes = {r["example_id"] for r in fetch_rows(
-        engine.run_dir, "SELECT example_id FROM attempts WHERE round = 1 AND phase = 'exam' AND NOT correct")}
-    taught = {r["example_id"] for r in fetch_rows(
-        engine.run_dir, "SELECT example_id FROM rationales WHERE round = 1")}
+    mistakes = {
+        r["example_id"]
+        for r in fetch_rows(
+            engine.run_dir, "SELECT example_id FROM attempts WHERE round = 1 AND phase = 'exam' AND NOT correct"
+        )
+    }
+    taught = {r["example_id"] for r in fetch_rows(engine.run_dir, "SELECT example_id FROM rationales WHERE round = 1")}
     assert taught == mistakes
 
 
@@ -191,8 +255,9 @@ def test_training_progress_reaches_the_history_while_training(tmp_path: Path) ->
     assert engine.run() == 0
     steps = fetch_rows(engine.run_dir, "SELECT round, count(*) AS n FROM train_steps GROUP BY round ORDER BY round")
     # Each step was in the history as the running phase's progress while the trainer still worked.
-    assert workers.progress_seen == [{"progress": step, "total": s["n"]}
-                                     for s in steps for step in range(1, s["n"] + 1)]
+    assert workers.progress_seen == [
+        {"progress": step, "total": s["n"]} for s in steps for step in range(1, s["n"] + 1)
+    ]
     train = fetch_rows(engine.run_dir, "SELECT round, progress, total FROM phases WHERE name = 'train' ORDER BY round")
     assert [(t["round"], t["progress"], t["total"]) for t in train] == [(s["round"], s["n"], s["n"]) for s in steps]
 
@@ -205,8 +270,9 @@ def test_a_stop_inside_an_exam_resumes_where_it_stopped(tmp_path: Path) -> None:
     engine, first = new_run(cfg, tmp_path, "stopped", interrupt=pool_exam)
     assert engine.run() == 130
     assert fetch_rows(engine.run_dir, "SELECT status FROM runs")[0]["status"] == "stopped"
-    assert fetch_rows(engine.run_dir, "SELECT status, progress FROM phases WHERE round = 1 AND name = 'exam'") == \
-        [{"status": "stopped", "progress": CHUNK}]
+    assert fetch_rows(engine.run_dir, "SELECT status, progress FROM phases WHERE round = 1 AND name = 'exam'") == [
+        {"status": "stopped", "progress": CHUNK}
+    ]
     resumed, second = engine_for(cfg, engine.run_dir, tmp_path / "stopped-work")
     assert resumed.run() == 0
     exams = [c for c in second.calls if c[0] == "exam"]
@@ -231,14 +297,21 @@ def test_a_stop_inside_training_skips_the_done_teach_phase_on_resume(tmp_path: P
     assert reference.run() == 0
     engine, _ = new_run(cfg, tmp_path, "stopped", interrupt=lambda call: call[0] == "train")
     assert engine.run() == 130
-    phases = {p["name"]: p["status"] for p in fetch_rows(engine.run_dir, "SELECT name, status FROM phases "
-                                                                          "WHERE round = 0")}
+    phases = {
+        p["name"]: p["status"] for p in fetch_rows(engine.run_dir, "SELECT name, status FROM phases WHERE round = 0")
+    }
     assert phases == {"teach": "done", "train": "stopped"}
+    # The trainer state as older code named its folder: the resumed training continues from there.
+    old_state = engine.run_dir / "checkpoints" / "round-0"
+    old_state.parent.mkdir()
+    (engine.run_dir / "trainer_state" / "round-0").rename(old_state)
     resumed, second = engine_for(cfg, engine.run_dir, tmp_path / "stopped-work")
     assert resumed.run() == 0
     # Round 0's teacher is not asked again; its training runs again from its stored samples.
     assert [c[0] for c in second.calls if c[0] in ("teacher", "train")] == ["train", "teacher", "train"]
     assert snapshot(resumed.run_dir) == snapshot(reference.run_dir)
+    assert second.state_dirs == [old_state, engine.run_dir / "trainer_state" / "round-1"]
+    assert not old_state.exists() and not list((engine.run_dir / "trainer_state").iterdir())  # removed once stored
 
 
 def test_a_round_without_mistakes_keeps_the_previous_adapter(tmp_path: Path) -> None:
@@ -259,8 +332,10 @@ def test_round_0_without_samples_fails_in_one_line(tmp_path: Path) -> None:
         engine.run()
     assert "train" not in [c[0] for c in workers.calls]
     assert fetch_rows(engine.run_dir, "SELECT status FROM runs")[0]["status"] == "failed"
-    assert fetch_rows(engine.run_dir, "SELECT name, status FROM phases WHERE round = 0 ORDER BY name") == \
-        [{"name": "teach", "status": "done"}, {"name": "train", "status": "failed"}]
+    assert fetch_rows(engine.run_dir, "SELECT name, status FROM phases WHERE round = 0 ORDER BY name") == [
+        {"name": "teach", "status": "done"},
+        {"name": "train", "status": "failed"},
+    ]
 
 
 def test_answer_only_training_asks_no_teacher(tmp_path: Path) -> None:
@@ -273,15 +348,24 @@ def test_answer_only_training_asks_no_teacher(tmp_path: Path) -> None:
 
 # ----- teachers per kind of round -----------------------------------------------------------------
 def two_teachers(base_url: str, replay_rounds: str, api_rounds: str) -> list[str]:
-    teachers = (f"[{{name: davinci, backend: replay, rounds: {replay_rounds}}}, {{name: api, backend: openai, "
-                f"model: program, base_url: '{base_url}', rounds: {api_rounds}}}]")
-    return ["data.task=multiarith", "data.pool_size=8", "data.test_size=4", f"teacher.teachers={teachers}",
-            "teacher.strategies=[zero_shot_cot]", "teacher.retry_backoff_s=0.02"]
+    teachers = (
+        f"[{{name: davinci, backend: replay, rounds: {replay_rounds}}}, {{name: api, backend: openai, "
+        f"model: program, base_url: '{base_url}', rounds: {api_rounds}}}]"
+    )
+    return [
+        "data.task=multiarith",
+        "data.pool_size=8",
+        "data.test_size=4",
+        f"teacher.teachers={teachers}",
+        "teacher.strategies=[zero_shot_cot]",
+        "teacher.retry_backoff_s=0.02",
+    ]
 
 
 @pytest.mark.parametrize("replay_rounds, api_rounds", [("core", "tailored"), ("all", "all")])
-def test_replay_for_round_0_and_an_api_teacher_for_tailored_rounds(tmp_path: Path, teacher_server,
-                                                                   replay_rounds: str, api_rounds: str) -> None:
+def test_replay_for_round_0_and_an_api_teacher_for_tailored_rounds(
+    tmp_path: Path, teacher_server, replay_rounds: str, api_rounds: str
+) -> None:
     engine, workers = new_run(config(*two_teachers(teacher_server.base_url, replay_rounds, api_rounds)), tmp_path)
     assert engine.run() == 0
     taught = fetch_rows(engine.run_dir, "SELECT DISTINCT round, teacher, strategy FROM rationales")
@@ -290,12 +374,15 @@ def test_replay_for_round_0_and_an_api_teacher_for_tailored_rounds(tmp_path: Pat
     assert by_round[0] == core
     # The API teacher tailors; a replay teacher kept for tailored rounds re-explains the same mistakes.
     assert by_round[1] == {("api", "tailored")} | ({("davinci", "zero_shot_cot")} if replay_rounds == "all" else set())
-    sent_to_api = fetch_rows(engine.run_dir, "SELECT count(*) AS n FROM teacher_calls WHERE teacher = 'api' "
-                                             "AND strategy = 'tailored' AND round = 1")[0]["n"]
+    sent_to_api = fetch_rows(
+        engine.run_dir,
+        "SELECT count(*) AS n FROM teacher_calls WHERE teacher = 'api' AND strategy = 'tailored' AND round = 1",
+    )[0]["n"]
     assert sent_to_api > 0 and teacher_server.calls >= sent_to_api
-    assert [sorted(t.name for t in s.teachers) for s in workers.teacher_sections] == \
-        [sorted(n for n, r in (("davinci", replay_rounds), ("api", api_rounds)) if r in ("all", kind))
-         for kind in ("core", "tailored")]
+    assert [sorted(t.name for t in s.teachers) for s in workers.teacher_sections] == [
+        sorted(n for n, r in (("davinci", replay_rounds), ("api", api_rounds)) if r in ("all", kind))
+        for kind in ("core", "tailored")
+    ]
     assert fetch_rows(engine.run_dir, "SELECT status FROM runs")[0]["status"] == "finished"
 
 
@@ -308,8 +395,10 @@ def test_every_kind_of_round_needs_a_teacher() -> None:
 def test_a_tagged_teacher_also_trains_the_prompt_eval_uses(tmp_path: Path) -> None:
     engine, _ = new_run(config("teacher.teachers.0.task_tag=prog"), tmp_path)
     assert engine.run() == 0
-    tasks = fetch_rows(engine.run_dir, "SELECT round, task, count(*) AS n FROM samples WHERE source = 'program' "
-                                       "GROUP BY ALL ORDER BY ALL")
+    tasks = fetch_rows(
+        engine.run_dir,
+        "SELECT round, task, count(*) AS n FROM samples WHERE source = 'program' GROUP BY ALL ORDER BY ALL",
+    )
     for round_ in (0, 1):
         counts = {t["task"]: t["n"] for t in tasks if t["round"] == round_}
         # Each accepted rationale trains its teacher's prefix and the plain [explain] one, which eval asks with.
@@ -319,8 +408,10 @@ def test_a_tagged_teacher_also_trains_the_prompt_eval_uses(tmp_path: Path) -> No
 def test_served_teachers_count_in_the_cpus_a_run_needs() -> None:
     from tutorloop.loop.cluster import needed_cpus
 
-    served = ("teacher.teachers=[{name: r, backend: replay, rounds: core}, {name: s, backend: openai, "
-              "model: m, rounds: tailored, serve: {model: smollm2-135m-instruct, num_cpus: 1.5}}]")
+    served = (
+        "teacher.teachers=[{name: r, backend: replay, rounds: core}, {name: s, backend: openai, "
+        "model: m, rounds: tailored, serve: {model: smollm2-135m-instruct, num_cpus: 1.5}}]"
+    )
     assert needed_cpus(config(served)) == needed_cpus(config()) + 1.5
 
 
@@ -337,19 +428,27 @@ class FakeServers:
         names = tuple(t.name for t in section.teachers)
         self.log.append(("start", names))
         try:
-            yield section.model_copy(update={"teachers": [
-                t.model_copy(update={"base_url": self.base_url, "serve": None}) for t in section.teachers]})
+            yield section.model_copy(
+                update={
+                    "teachers": [
+                        t.model_copy(update={"base_url": self.base_url, "serve": None}) for t in section.teachers
+                    ]
+                }
+            )
         finally:
             self.log.append(("stop", names))
 
 
-SERVED = ("teacher.teachers=[{name: davinci, backend: replay, rounds: core}, {name: live, backend: openai, "
-          "model: program, rounds: tailored, serve: {model: smollm2-135m-instruct}}]")
+SERVED = (
+    "teacher.teachers=[{name: davinci, backend: replay, rounds: core}, {name: live, backend: openai, "
+    "model: program, rounds: tailored, serve: {model: smollm2-135m-instruct}}]"
+)
 MULTIARITH = ["data.task=multiarith", "data.pool_size=8", "data.test_size=4", "teacher.strategies=[zero_shot_cot]"]
 
 
 def test_served_teachers_start_with_the_first_round_they_teach_and_stop_with_the_run(
-        tmp_path: Path, teacher_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, teacher_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import tutorloop.actors.serving as serving
 
     servers = FakeServers(teacher_server.base_url)

@@ -6,15 +6,14 @@ import re
 
 import pytest
 import torch
-
 from tiny_student import PRETRAINED_TINY, RANDOM_GPT2, RANDOM_LLAMA, problems, student_cfg
+
 from tutorloop.actors.exam import PROMPTED_STOP, DecodeSettings, Examiner, cut_at_stop, decode_batch, exam_format
 from tutorloop.loop.core.answers import answers_match, extract_answer, extract_chat_answer
 from tutorloop.loop.core.calculator import calculator_result
 from tutorloop.loop.core.student_prompt import STEP_BY_STEP, student_prompt
 
-RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens",
-               "output_tokens"}
+RECORD_KEYS = {"example_id", "sample_index", "mode", "output", "extracted", "correct", "prompt_tokens", "output_tokens"}
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +35,15 @@ def test_batched_greedy_equals_one_at_a_time_token_for_token(tiny: dict) -> None
     assert batched == singles
     # The decoding loop itself agrees with transformers' own generate, one question at a time.
     for prompt, ours in zip(prompts[:6], singles):
-        out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             max_new_tokens=40, do_sample=False, stop_strings=settings.stop, tokenizer=tok)
-        theirs = [t for t in out[0, len(prompt):].tolist() if t != tok.eos_token_id]
+        out = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=40,
+            do_sample=False,
+            stop_strings=settings.stop,
+            tokenizer=tok,
+        )
+        theirs = [t for t in out[0, len(prompt) :].tolist() if t != tok.eos_token_id]
         assert theirs == ours
     # And the records of a batched exam equal those of a batch-size-1 exam. Questions of an exam are
     # sorted by prompt length, so a row that ends early lets in a prompt wider than the running cache.
@@ -89,8 +94,12 @@ def test_calculator_writes_exact_results_after_each_equation(pretrained: Examine
     plain = pretrained.run(examples, "explain")
     wrong = [eq for eq in _equations(plain) if calculator_result(f"{eq[0]} {eq[1]} {eq[2]} =") != f" {eq[3]}"]
     assert wrong, "the tiny student should get some of its own arithmetic wrong"
-    with_calculator = Examiner(student_cfg(PRETRAINED_TINY, generation={
-        "max_new_tokens": 40, "batch_size": 8, "temperature": 1.0, "calculator": True}), "number")
+    with_calculator = Examiner(
+        student_cfg(
+            PRETRAINED_TINY, generation={"max_new_tokens": 40, "batch_size": 8, "temperature": 1.0, "calculator": True}
+        ),
+        "number",
+    )
     records = with_calculator.run(examples, "explain")
     equations = _equations(records)
     assert len(equations) >= len(_equations(plain)) // 2
@@ -116,8 +125,10 @@ def test_sampling_is_reproducible_and_independent_of_batching(pretrained: Examin
 
 
 def test_top_p_and_stop_strings() -> None:
-    examiner = Examiner(student_cfg(RANDOM_LLAMA, generation={"max_new_tokens": 30, "top_p": 1e-6,
-                                                               "temperature": 1.0, "stop": ["e"]}), "number")
+    examiner = Examiner(
+        student_cfg(RANDOM_LLAMA, generation={"max_new_tokens": 30, "top_p": 1e-6, "temperature": 1.0, "stop": ["e"]}),
+        "number",
+    )
     examples = problems(4)
     # top_p near 0 keeps only the most likely token: sampling equals greedy decoding.
     sampled = examiner.run(examples, "answer", greedy=False, seed=3)
@@ -167,8 +178,9 @@ def test_prompted_mode_asks_in_the_students_own_chat_template(pretrained: Examin
     tokenizer = load_tokenizer(student_source(StudentSection(model="smollm2-135m-instruct")))
     question = "Tom has 3 apples and buys 4 more. How many apples does he have?"
     form = exam_format(tokenizer, [question], "prompted", stop=["\n\n"])
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                         add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     assert tokenizer.decode(form.prompts[0]) == chat + STEP_BY_STEP
     assert chat.endswith("<|im_start|>assistant\n") and f"<|im_start|>user\n{question}<|im_end|>" in chat
     assert form.prompts[0].count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # no doubled specials

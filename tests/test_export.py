@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shared_run import cli, shared_quick_run
+
 from tutorloop.actors.models import load_student, student_source
 from tutorloop.loop.core.config import config_from_dict
 from tutorloop.loop.core.student_prompt import student_prompt
@@ -36,12 +36,15 @@ def greedy(model, tokenizer, prompt: str = PROMPT) -> tuple[str, torch.Tensor]:
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         logits = model(**ids).logits[0, -1]
-    return tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True), logits
+    return tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True), logits
 
 
 def best_round(run_dir: Path) -> tuple[int, float]:
-    rows = fetch_rows(run_dir, "SELECT round, value FROM metrics WHERE split = 'test' AND name = 'accuracy' "
-                               "AND round >= 0 ORDER BY value DESC, round DESC LIMIT 1")
+    rows = fetch_rows(
+        run_dir,
+        "SELECT round, value FROM metrics WHERE split = 'test' AND name = 'accuracy' "
+        "AND round >= 0 ORDER BY value DESC, round DESC LIMIT 1",
+    )
     return rows[0]["round"], rows[0]["value"]
 
 
@@ -59,7 +62,9 @@ def test_peft_export_of_the_best_round_reloads_and_generates(run_dir: Path, tmp_
     assert "library_name: peft" in card and f"holds round {expected_round}" in card
     assert "program: synthetic-arithmetic via the program backend" in card and "**Task**: synthetic" in card
     assert "tiny from-scratch llama" in card and "baseline (untrained)" in card
-    for row in fetch_rows(run_dir, "SELECT round, value FROM metrics WHERE split = 'test' AND name = 'accuracy_explain'"):
+    for row in fetch_rows(
+        run_dir, "SELECT round, value FROM metrics WHERE split = 'test' AND name = 'accuracy_explain'"
+    ):
         assert f"{row['value']:.1%}" in card
 
     # plain transformers + peft, no tutorloop code: the base folder and the exported adapter
@@ -69,7 +74,9 @@ def test_peft_export_of_the_best_round_reloads_and_generates(run_dir: Path, tmp_
     text, logits = greedy(model, tokenizer)
     assert text.strip()
     # the same adapter as the run's own student loads it
-    reference, ref_tokenizer = load_student(student_cfg(run_dir), adapter=str(run_dir / "adapters" / f"round-{expected_round}"))
+    reference, ref_tokenizer = load_student(
+        student_cfg(run_dir), adapter=str(run_dir / "adapters" / f"round-{expected_round}")
+    )
     ref_text, ref_logits = greedy(reference, ref_tokenizer)
     assert text == ref_text
     assert torch.allclose(logits, ref_logits, atol=1e-5)

@@ -14,8 +14,11 @@ from tutorloop.loop.core.errors import DataError
 datasets = pytest.importorskip("datasets")
 
 ROWS = {
-    "train": {"q": ["What is 2 + 3?", "What is 10 - 4?", "What is 1,000 + 1?"],
-              "gold": ["5", "6", "So 1000 + 1 = 1001. #### 1,001"], "why": ["2 + 3 = 5.", "10 - 4 = 6.", "add"]},
+    "train": {
+        "q": ["What is 2 + 3?", "What is 10 - 4?", "What is 1,000 + 1?"],
+        "gold": ["5", "6", "So 1000 + 1 = 1001. #### 1,001"],
+        "why": ["2 + 3 = 5.", "10 - 4 = 6.", "add"],
+    },
     "test": {"q": ["What is 7 + 1?", "What is 9 - 9?"], "gold": [8, 0], "why": ["7 + 1 = 8.", "9 - 9 = 0."]},
 }
 FIELDS = {"question_field": "q", "answer_field": "gold"}
@@ -40,8 +43,10 @@ def write(kind: str, folder: Path) -> Path:
             table.to_json(str(folder / f"{split}.jsonl"))
         else:  # arrow: an Arrow IPC stream per split
             arrow = table.data.table
-            with pa.OSFile(str(folder / f"{split}.arrow"), "wb") as sink, \
-                    pa.ipc.new_stream(sink, arrow.schema) as writer:
+            with (
+                pa.OSFile(str(folder / f"{split}.arrow"), "wb") as sink,
+                pa.ipc.new_stream(sink, arrow.schema) as writer,
+            ):
                 writer.write_table(arrow)
     return folder
 
@@ -56,20 +61,27 @@ def test_each_local_layout_loads_both_splits(tmp_path: Path, kind: str) -> None:
     train = load_examples(cfg(folder, rationale_field="why"), "train")
     test = load_examples(cfg(folder), "test")
     assert [(e.id, e.question, e.answer) for e in train] == [
-        ("hf/train/0", "What is 2 + 3?", "5"), ("hf/train/1", "What is 10 - 4?", "6"),
-        ("hf/train/2", "What is 1,000 + 1?", "1001")]  # an answer with its working gives its final answer
+        ("hf/train/0", "What is 2 + 3?", "5"),
+        ("hf/train/1", "What is 10 - 4?", "6"),
+        ("hf/train/2", "What is 1,000 + 1?", "1001"),
+    ]  # an answer with its working gives its final answer
     assert [e.rationale for e in train] == ["2 + 3 = 5.", "10 - 4 = 6.", "add"]
     assert [(e.split, e.answer, e.rationale, e.meta) for e in test] == [
-        ("test", "8", None, {"split": "test", "row": 0}), ("test", "0", None, {"split": "test", "row": 1})]
+        ("test", "8", None, {"split": "test", "row": 0}),
+        ("test", "0", None, {"split": "test", "row": 1}),
+    ]
 
 
 def test_named_splits_pool_size_and_answer_type(tmp_path: Path) -> None:
     folder = tmp_path / "yesno"
-    datasets.DatasetDict({
-        "dev": datasets.Dataset.from_dict({"q": [f"Is {n} even?" for n in range(10)],
-                                           "gold": ["Yes" if n % 2 == 0 else "No" for n in range(10)]}),
-        "heldout": datasets.Dataset.from_dict({"q": ["Is 11 even?"], "gold": ["no"]}),
-    }).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "dev": datasets.Dataset.from_dict(
+                {"q": [f"Is {n} even?" for n in range(10)], "gold": ["Yes" if n % 2 == 0 else "No" for n in range(10)]}
+            ),
+            "heldout": datasets.Dataset.from_dict({"q": ["Is 11 even?"], "gold": ["no"]}),
+        }
+    ).save_to_disk(str(folder))
     data = cfg(folder, train_split="dev", test_split="heldout", answer_type="yesno", pool_size=4)
     pool = load_examples(data, "train")
     assert len(pool) == 4 and len({e.id for e in pool}) == 4
@@ -78,13 +90,21 @@ def test_named_splits_pool_size_and_answer_type(tmp_path: Path) -> None:
     assert answer_type_of(data) == "yesno"
 
 
-@pytest.mark.parametrize("keys, message", [
-    ({"train_split": "validation"}, "data.train_split: 'validation' is not a split of {path} (splits: train, test)"),
-    ({"question_field": "question"}, "data.question_field: 'question' is not a column of {path} split 'train' "
-                                     "(columns: q, gold, why)"),
-    ({"rationale_field": "notes"}, "data.rationale_field: 'notes' is not a column"),
-    ({"answer_type": "yesno"}, "{path} split 'train' row 0: field 'gold' holds no yesno answer ('5')"),
-])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        (
+            {"train_split": "validation"},
+            "data.train_split: 'validation' is not a split of {path} (splits: train, test)",
+        ),
+        (
+            {"question_field": "question"},
+            "data.question_field: 'question' is not a column of {path} split 'train' (columns: q, gold, why)",
+        ),
+        ({"rationale_field": "notes"}, "data.rationale_field: 'notes' is not a column"),
+        ({"answer_type": "yesno"}, "{path} split 'train' row 0: field 'gold' holds no yesno answer ('5')"),
+    ],
+)
 def test_a_bad_split_field_or_answer_is_one_line_naming_it(tmp_path: Path, keys: dict, message: str) -> None:
     folder = write("parquet", tmp_path / "set")
     with pytest.raises(DataError) as error:
@@ -113,7 +133,11 @@ def test_a_bad_path_or_no_dataset_is_one_line(tmp_path: Path) -> None:
 
 def test_an_empty_cell_names_its_row(tmp_path: Path) -> None:
     folder = tmp_path / "holes"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"q": ["a", None], "gold": ["1", "2"]}),
-                          "test": datasets.Dataset.from_dict({"q": ["b"], "gold": ["3"]})}).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"q": ["a", None], "gold": ["1", "2"]}),
+            "test": datasets.Dataset.from_dict({"q": ["b"], "gold": ["3"]}),
+        }
+    ).save_to_disk(str(folder))
     with pytest.raises(DataError, match=r"split 'train' row 1: field 'q' is empty$"):
         load_examples(cfg(folder), "train")

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-
 from tiny_student import RANDOM_GPT2, RANDOM_LLAMA, pairs_for, problems, samples_for, student_cfg, training_cfg
+
 from tutorloop.actors.models import adapter_from_bytes, load_student
 from tutorloop.actors.training import LoraTrainer, warmup_then_decay
 from tutorloop.loop.core.student_prompt import student_prompt, student_target
@@ -58,8 +58,15 @@ def test_a_steps_loss_is_the_per_task_formula(answers: int) -> None:
     samples = samples_for(examples[:answers], ("answer",))
     for i, ex in enumerate(examples):
         task = "explain" if i % 2 else "gpt4"  # a teacher's own tag is an explanation task
-        samples.append({"example_id": ex.id, "task": task, "input": student_prompt(ex.question, task),
-                        "target": student_target(task, ex.answer, ex.rationale), "weight": 1.0 + i % 2})
+        samples.append(
+            {
+                "example_id": ex.id,
+                "task": task,
+                "input": student_prompt(ex.question, task),
+                "target": student_target(task, ex.answer, ex.rationale),
+                "weight": 1.0 + i % 2,
+            }
+        )
     pairs = pairs_for(examples[:3])
     trainer = LoraTrainer(cfg, training_cfg(alpha=0.3, batch_size=2, grad_accum=8, reflection="triplet"))
     result = trainer.train(samples, pairs)
@@ -68,8 +75,9 @@ def test_a_steps_loss_is_the_per_task_formula(answers: int) -> None:
     base, _ = load_student(cfg)
     assert result.steps[0]["loss"] == pytest.approx(_hand_loss(base, trainer, samples, pairs, 0.3), abs=1e-4)
     # The recorded task losses stay the raw per-task token means.
-    nll, n = map(sum, zip(*(_token_nll(base, trainer, s["input"], s["target"]) for s in samples
-                            if s["task"] == "gpt4")))
+    nll, n = map(
+        sum, zip(*(_token_nll(base, trainer, s["input"], s["target"]) for s in samples if s["task"] == "gpt4"))
+    )
     assert result.steps[0]["task_losses"]["gpt4"] == pytest.approx(nll / n, abs=1e-4)
 
 
@@ -99,9 +107,15 @@ def _realistic_mix() -> list[dict]:
     examples = problems(72, max_steps=3)
     samples = samples_for(examples)
     for ex in examples[::3]:
-        samples.append({"example_id": ex.id, "task": "explain", "input": student_prompt(ex.question, "explain"),
-                        "target": student_target("explain", ex.answer, f"Let me count. {ex.rationale}"),
-                        "weight": 0.5})
+        samples.append(
+            {
+                "example_id": ex.id,
+                "task": "explain",
+                "input": student_prompt(ex.question, "explain"),
+                "target": student_target("explain", ex.answer, f"Let me count. {ex.rationale}"),
+                "weight": 0.5,
+            }
+        )
     return samples
 
 
@@ -113,8 +127,9 @@ def test_every_step_holds_both_tasks_with_little_padding(grad_accum: int) -> Non
     assert all(set(s["task_losses"]) == {"answer", "explain"} for s in result.steps)
     assert result.pad_fraction < 0.15, result.pad_fraction
     # Each sample once per epoch; about batch_size * grad_accum samples per step, as before.
-    assert sum(s["tokens"] for s in result.steps) == sum(len(trainer.encode(s["input"], s["target"]).ids)
-                                                         for s in samples)
+    assert sum(s["tokens"] for s in result.steps) == sum(
+        len(trainer.encode(s["input"], s["target"]).ids) for s in samples
+    )
     assert len(result.steps) == math.ceil((math.ceil(72 / 8) + math.ceil(96 / 8)) / grad_accum)
     # A short training warms up too (warmup_steps_min 2), from its first step on.
     lrs = [s["lr"] for s in result.steps]
@@ -128,8 +143,9 @@ def test_warmup_then_decay() -> None:
 
 def _pair_logprobs(model, trainer: LoraTrainer, pairs: list[dict]) -> torch.Tensor:
     """[pairs, 3] log-likelihoods of anchor, positive and negative, each sequence alone."""
-    return torch.tensor([[-_token_nll(model, trainer, p["input"], p[r])[0] for r in ("anchor", "positive", "negative")]
-                         for p in pairs])
+    return torch.tensor(
+        [[-_token_nll(model, trainer, p["input"], p[r])[0] for r in ("anchor", "positive", "negative")] for p in pairs]
+    )
 
 
 def test_dpo_reference_is_the_starting_adapter(tmp_path) -> None:
@@ -154,8 +170,9 @@ def test_dpo_reference_is_the_starting_adapter(tmp_path) -> None:
     resumed = trainer.train([], pairs, init_adapter=start, checkpoint_dir=str(tmp_path / "ck"))
     assert resumed.steps[0]["contrast_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert resumed.steps[-1]["contrast_loss"] < math.log(2)
-    saved = torch.load(tmp_path / "ck" / (tmp_path / "ck" / "latest").read_text() / "trainer_state.pt",
-                       weights_only=False)
+    saved = torch.load(
+        tmp_path / "ck" / (tmp_path / "ck" / "latest").read_text() / "trainer_state.pt", weights_only=False
+    )
     assert saved["step"] == len(resumed.steps) > 2  # the reference survived a resume from step 2
     with_start, _ = load_student(cfg, adapter=start)
     expected = _pair_logprobs(with_start, trainer, pairs)

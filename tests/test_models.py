@@ -11,11 +11,16 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny_student import RANDOM_GPT2, RANDOM_LLAMA, student_cfg
+
 from tutorloop.actors import models
-from tutorloop.actors.models import (adapter_from_bytes, adapter_to_bytes, check_student_model, load_student,
-                                     resolve_model_source)
+from tutorloop.actors.models import (
+    adapter_from_bytes,
+    adapter_to_bytes,
+    check_student_model,
+    load_student,
+    resolve_model_source,
+)
 from tutorloop.actors.tiny_model import build_tiny_model, tiny_model_dir
 from tutorloop.loop.core.config import StudentSection, TinyModelSection
 from tutorloop.loop.core.errors import ConfigError
@@ -70,7 +75,9 @@ def test_local_folder_loads_like_a_hub_id(tmp_path) -> None:
     assert model16.dtype == torch.bfloat16
     # A hub id (not a path) is passed through untouched.
     assert resolve_model_source(StudentSection(model="HuggingFaceTB/SmolLM2-135M-Instruct")) == (
-        "HuggingFaceTB/SmolLM2-135M-Instruct", None)
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        None,
+    )
 
 
 def test_bad_model_paths_fail_with_the_field_name(tmp_path) -> None:
@@ -131,10 +138,16 @@ def test_gguf_file_is_converted_once_and_matches_the_default_folder(monkeypatch,
 def test_check_student_model_names_the_path_and_what_was_expected(tmp_path, monkeypatch) -> None:
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
-    cases = {str(tmp_path / "nonexistent" / "model"): "does not exist", "./nope": "does not exist",
-             "../nope-either": "does not exist", "~/tutorloop-no-such-model": "does not exist",
-             "models/org/name": "does not exist", str(tmp_path / "empty"): "has no config.json",
-             "empty": "has no config.json", str(tmp_path / "missing.gguf"): "GGUF file"}
+    cases = {
+        str(tmp_path / "nonexistent" / "model"): "does not exist",
+        "./nope": "does not exist",
+        "../nope-either": "does not exist",
+        "~/tutorloop-no-such-model": "does not exist",
+        "models/org/name": "does not exist",
+        str(tmp_path / "empty"): "has no config.json",
+        "empty": "has no config.json",
+        str(tmp_path / "missing.gguf"): "GGUF file",
+    }
     for model, expected in cases.items():
         with pytest.raises(ConfigError, match="student.model") as caught:
             check_student_model(StudentSection(model=model))
@@ -170,8 +183,14 @@ def test_a_hub_id_missing_from_the_cache_fails_in_one_line(tmp_path) -> None:
     """Offline with an empty hub cache (a new machine without internet): both the driver's check and a
     load report one ConfigError line naming student.model instead of huggingface_hub's traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run([sys.executable, "-c", HUB_PROBE, "HuggingFaceTB/no-such-model-here"], env=env,
-                          capture_output=True, text=True, timeout=300, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE, "HuggingFaceTB/no-such-model-here"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for name in ("check", "load"):
         kind, message = out[name]

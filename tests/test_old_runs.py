@@ -7,7 +7,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from shared_run import cli
 
 OLD_RUN = Path(__file__).parent / "data" / "run_schema_v3"
@@ -67,6 +66,5 @@ def test_an_old_run_resumes_without_asking_the_teacher_again(old_run: Path) -> N
     assert _count(old_run, "SELECT cache_hits FROM round_summary WHERE round = 1") == round_1_calls
     assert _count(old_run, "SELECT count(*) FROM rationales WHERE round = 1") > 0
     assert _count(old_run, "SELECT count(*) FROM rounds WHERE status = 'done'") == 3
-    assert _count(old_run, "SELECT count(*) FROM metrics WHERE round = 1 AND split = 'test' "
-                           "AND name = 'accuracy'") == 1
+    assert _count(old_run, "SELECT count(*) FROM metrics WHERE round = 1 AND split = 'test' AND name = 'accuracy'") == 1
     assert (old_run / "adapters" / "round-1" / "adapter_model.safetensors").exists()

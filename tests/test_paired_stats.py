@@ -7,17 +7,29 @@ import statistics
 
 import pytest
 
-from tutorloop.loop.paired_stats import (bootstrap_difference, compare_paired, discordant, mcnemar_exact,
-                                         seed_interval, seed_paired_t, seed_shares, student_t_two_sided, verdict)
+from tutorloop.loop.paired_stats import (
+    bootstrap_difference,
+    compare_paired,
+    discordant,
+    mcnemar_exact,
+    seed_interval,
+    seed_paired_t,
+    seed_shares,
+    student_t_two_sided,
+    verdict,
+)
 
 
-@pytest.mark.parametrize("b, c, expected", [
-    (0, 0, 1.0),                   # no discordant question: no evidence either way
-    (0, 5, 2 / 32),                # 2 * (1/2)^5
-    (1, 9, 2 * (1 + 10) / 1024),   # 2 * (C(10,0) + C(10,1)) / 2^10
-    (12, 2, 2 * (1 + 14 + 91) / 2 ** 14),
-    (5, 5, 1.0),                   # a tie is capped at 1
-])
+@pytest.mark.parametrize(
+    "b, c, expected",
+    [
+        (0, 0, 1.0),  # no discordant question: no evidence either way
+        (0, 5, 2 / 32),  # 2 * (1/2)^5
+        (1, 9, 2 * (1 + 10) / 1024),  # 2 * (C(10,0) + C(10,1)) / 2^10
+        (12, 2, 2 * (1 + 14 + 91) / 2**14),
+        (5, 5, 1.0),  # a tie is capped at 1
+    ],
+)
 def test_mcnemar_exact_matches_the_binomial_by_hand(b: int, c: int, expected: float) -> None:
     assert mcnemar_exact(b, c) == pytest.approx(expected, abs=1e-12)
     assert mcnemar_exact(c, b) == pytest.approx(expected, abs=1e-12)  # two-sided: symmetric
@@ -54,7 +66,7 @@ def test_strong_paired_effect_is_significant() -> None:
     b = {f"q{i}": i < 30 for i in range(100)}
     result = compare_paired(a, b)
     assert (result.wrong_to_right, result.right_to_wrong) == (20, 0)
-    assert result.p_value == pytest.approx(2 / 2 ** 20)
+    assert result.p_value == pytest.approx(2 / 2**20)
     assert result.significant and result.ci_low > 0
 
 
@@ -78,12 +90,16 @@ def test_seed_interval_past_thirty_seeds_keeps_students_t() -> None:
 
 def test_seed_shares_and_the_sign_test_between_arms() -> None:
     # Three seeds per arm on q1..q4 (q5 missing in one run: left out).
-    arm_a = [{"q1": True, "q2": True, "q3": False, "q4": False, "q5": True},
-             {"q1": True, "q2": False, "q3": False, "q4": False},
-             {"q1": True, "q2": True, "q3": False, "q4": True}]
-    arm_b = [{"q1": True, "q2": False, "q3": True, "q4": True},
-             {"q1": True, "q2": False, "q3": True, "q4": False},
-             {"q1": False, "q2": False, "q3": True, "q4": True}]
+    arm_a = [
+        {"q1": True, "q2": True, "q3": False, "q4": False, "q5": True},
+        {"q1": True, "q2": False, "q3": False, "q4": False},
+        {"q1": True, "q2": True, "q3": False, "q4": True},
+    ]
+    arm_b = [
+        {"q1": True, "q2": False, "q3": True, "q4": True},
+        {"q1": True, "q2": False, "q3": True, "q4": False},
+        {"q1": False, "q2": False, "q3": True, "q4": True},
+    ]
     shares_a, shares_b = seed_shares(arm_a), seed_shares(arm_b)
     assert shares_a == pytest.approx({"q1": 1.0, "q2": 2 / 3, "q3": 0.0, "q4": 1 / 3})
     assert shares_b == pytest.approx({"q1": 2 / 3, "q2": 0.0, "q3": 1.0, "q4": 2 / 3})
@@ -104,14 +120,20 @@ def test_verdict_in_plain_words() -> None:
     assert verdict(0.05).startswith("not significant")  # the threshold itself is not below 0.05
 
 
-@pytest.mark.parametrize("t, df, expected", [
-    (1.0, 1, 0.5),                                           # Cauchy: 1 - 2 atan(1) / pi
-    (3.0, 1, 1 - 2 * math.atan(3.0) / math.pi),
-    (2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474 ** 2)),       # df 2: 1 - |t| / sqrt(2 + t^2)
-    (-2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474 ** 2)),
-    (0.0, 7, 1.0),
-    (4.303, 2, 0.05), (2.776, 4, 0.05), (2.228, 10, 0.05), (2.042, 30, 0.05),  # the 97.5% quantile table
-])
+@pytest.mark.parametrize(
+    "t, df, expected",
+    [
+        (1.0, 1, 0.5),  # Cauchy: 1 - 2 atan(1) / pi
+        (3.0, 1, 1 - 2 * math.atan(3.0) / math.pi),
+        (2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474**2)),  # df 2: 1 - |t| / sqrt(2 + t^2)
+        (-2.474, 2, 1 - 2.474 / math.sqrt(2 + 2.474**2)),
+        (0.0, 7, 1.0),
+        (4.303, 2, 0.05),
+        (2.776, 4, 0.05),
+        (2.228, 10, 0.05),
+        (2.042, 30, 0.05),  # the 97.5% quantile table
+    ],
+)
 def test_student_t_two_sided_p_by_hand(t: float, df: int, expected: float) -> None:
     assert student_t_two_sided(t, df) == pytest.approx(expected, abs=2e-4)
 
@@ -120,6 +142,6 @@ def test_seed_paired_t() -> None:
     # differences +1.0, +6.5, +7.5 points: mean 5, sd 3.5, t = 5 / (3.5 / sqrt(3)) with 2 degrees of freedom
     t = 5 / (3.5 / math.sqrt(3))
     assert seed_paired_t([0.010, 0.065, 0.075]) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
-    assert seed_paired_t([0.05]) is None                 # one seed: no test
-    assert seed_paired_t([0.0, 0.0, 0.0]) == 1.0         # the same outcome every seed
-    assert seed_paired_t([0.02, 0.02]) == 0.0            # the same nonzero difference every seed
+    assert seed_paired_t([0.05]) is None  # one seed: no test
+    assert seed_paired_t([0.0, 0.0, 0.0]) == 1.0  # the same outcome every seed
+    assert seed_paired_t([0.02, 0.02]) == 0.0  # the same nonzero difference every seed

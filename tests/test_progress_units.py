@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from test_engine_plan import FakeWorkers, config
+
 from tutorloop.loop.core.config import Config, TeacherSection
 from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.run_dir import create_run
@@ -45,8 +46,15 @@ class WatchingWorkers(FakeWorkers):
     """FakeWorkers whose teacher pool is watched, whose trainer takes `train_s` seconds before its steps,
     and which record the round's phase rows (progress, total) as the engine stores them."""
 
-    def __init__(self, cfg: Config, tmp: Path, round_: int = 0, stop_in_ask: int | None = None,
-                 train_s: float = 0.0, **fakes: Any) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        tmp: Path,
+        round_: int = 0,
+        stop_in_ask: int | None = None,
+        train_s: float = 0.0,
+        **fakes: Any,
+    ) -> None:
         super().__init__(cfg, tmp, **fakes)
         self.round, self.stop_in_ask, self.train_s = round_, stop_in_ask, train_s
         self.asks = 0
@@ -61,9 +69,16 @@ class WatchingWorkers(FakeWorkers):
     def teacher(self, teacher_cfg: TeacherSection) -> WatchedTeacher:
         return WatchedTeacher(super().teacher(teacher_cfg), self)
 
-    def train(self, samples: list[dict], pairs: list[dict], init_adapter: bytes | None, checkpoint_dir: str,
-              on_progress: Callable[[int, int, dict | None], None], poll: Callable[[], None],
-              seed: int | None = None) -> dict:
+    def train(
+        self,
+        samples: list[dict],
+        pairs: list[dict],
+        init_adapter: bytes | None,
+        checkpoint_dir: str,
+        on_progress: Callable[[int, int, dict | None], None],
+        poll: Callable[[], None],
+        seed: int | None = None,
+    ) -> dict:
         self.watch("train")  # as the phase began, before the trainer knows its plan
         time.sleep(self.train_s)
 

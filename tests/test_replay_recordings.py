@@ -16,10 +16,16 @@ from tutorloop.loop.core.errors import ConfigError, DataError
 from tutorloop.loop.teaching import TeachingSession, plan_jobs
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = [Example(f"hf/train/{i}", "hf", "train", q, a) for i, (q, a) in
-            enumerate([("Tom has 3 apples and buys 4 more. How many apples?", "7"),
-                       ("A box holds 10 pens; 6 are taken. How many are left?", "4"),
-                       ("What is 5 times 2?", "10")])]
+EXAMPLES = [
+    Example(f"hf/train/{i}", "hf", "train", q, a)
+    for i, (q, a) in enumerate(
+        [
+            ("Tom has 3 apples and buys 4 more. How many apples?", "7"),
+            ("A box holds 10 pens; 6 are taken. How many are left?", "4"),
+            ("What is 5 times 2?", "10"),
+        ]
+    )
+]
 
 
 def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
@@ -29,26 +35,36 @@ def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
 
 def teach(recording: Path, examples: list[Example], diverse: int = 1) -> list[dict]:
     """The rationale records of a round-0 teaching session with a replay teacher on `recording`."""
-    cfg = TeacherSection.model_validate({"teachers": [{"name": "mine", "backend": "replay",
-                                                       "recording": str(recording)}],
-                                         "diverse_samples": diverse})
+    cfg = TeacherSection.model_validate(
+        {"teachers": [{"name": "mine", "backend": "replay", "recording": str(recording)}], "diverse_samples": diverse}
+    )
     stored: dict[str, dict] = {}
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, plan_jobs(examples, cfg, 0), lambda hashes: {}, pool,
-                                  lambda records: stored.update({r["request_hash"]: r for r in records}),
-                                  progress=False).run()
+        outcome = TeachingSession(
+            cfg,
+            plan_jobs(examples, cfg, 0),
+            lambda hashes: {},
+            pool,
+            lambda records: stored.update({r["request_hash"]: r for r in records}),
+            progress=False,
+        ).run()
     assert outcome.cost_usd == 0
     return outcome.rationales
 
 
 def test_a_jsonl_of_question_and_rationale_is_replayed_for_any_dataset(tmp_path: Path) -> None:
-    recording = write_jsonl(tmp_path / "paid.jsonl", [
-        {"question": EXAMPLES[0].question, "rationale": "3 + 4 = 7.", "answer": "7."},
-        # no answer field: the rationale states its answer; extra whitespace in the question is ignored
-        {"question": "A box holds 10 pens;  6 are taken. How many are left? ",
-         "rationale": "10 - 6 = 4, so the answer is 4."},
-        {"question": EXAMPLES[0].question, "rationale": "3 + 4 = 8.", "answer": "8"},  # sample 1, wrong
-    ])
+    recording = write_jsonl(
+        tmp_path / "paid.jsonl",
+        [
+            {"question": EXAMPLES[0].question, "rationale": "3 + 4 = 7.", "answer": "7."},
+            # no answer field: the rationale states its answer; extra whitespace in the question is ignored
+            {
+                "question": "A box holds 10 pens;  6 are taken. How many are left? ",
+                "rationale": "10 - 6 = 4, so the answer is 4.",
+            },
+            {"question": EXAMPLES[0].question, "rationale": "3 + 4 = 8.", "answer": "8"},  # sample 1, wrong
+        ],
+    )
     by_id = {(r["example_id"], r["sample_index"]): r for r in teach(recording, EXAMPLES, diverse=2)}
     assert by_id[("hf/train/0", 0)]["accepted"] and by_id[("hf/train/0", 0)]["rationale"] == "3 + 4 = 7."
     assert by_id[("hf/train/0", 1)]["reject_reason"] == "wrong_answer"
@@ -62,22 +78,28 @@ def test_a_file_in_the_recorded_format_is_replayed_under_another_dataset(tmp_pat
     kept = dict(list(shipped["data"].items())[:3])
     recording = tmp_path / "my_teacher.json"
     recording.write_text(json.dumps({"metadata": {"by": "me"}, "data": kept}))
-    assert load_recording(recording) == {k: v for k, v in load_recorded_teacher(REPO / "data", "multiarith").items()
-                                         if k in load_recording(recording)}
-    examples = [Example(f"mine/train/{i}", "mine", "train", c[0]["question"].strip(), str(c[0]["answer"]))
-                for i, c in enumerate(kept.values())]
+    assert load_recording(recording) == {
+        k: v for k, v in load_recorded_teacher(REPO / "data", "multiarith").items() if k in load_recording(recording)
+    }
+    examples = [
+        Example(f"mine/train/{i}", "mine", "train", c[0]["question"].strip(), str(c[0]["answer"]))
+        for i, c in enumerate(kept.values())
+    ]
     rationales = teach(recording, examples)
     assert [r["reject_reason"] != "miss" for r in rationales] == [True] * 3
     first = kept[next(iter(kept))][0]
     assert rationales[0]["rationale"] and rationales[0]["rationale"] in first["reasoning_completion"]
 
 
-@pytest.mark.parametrize("rows, message", [
-    (['{"question": "q", "rationale": "r"}', "{not json"], r"paid.jsonl: line 2: bad JSON"),
-    ([{"question": "q"}], r"paid.jsonl: line 1: missing field 'rationale'$"),
-    ([{"question": "q", "rationale": "   "}], r"paid.jsonl: line 1: field 'rationale' is empty$"),
-    (["[1, 2]"], r"paid.jsonl: line 1: expected a JSON object$"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (['{"question": "q", "rationale": "r"}', "{not json"], r"paid.jsonl: line 2: bad JSON"),
+        ([{"question": "q"}], r"paid.jsonl: line 1: missing field 'rationale'$"),
+        ([{"question": "q", "rationale": "   "}], r"paid.jsonl: line 1: field 'rationale' is empty$"),
+        (["[1, 2]"], r"paid.jsonl: line 1: expected a JSON object$"),
+    ],
+)
 def test_a_bad_line_is_one_line_naming_file_and_line(tmp_path: Path, rows: list, message: str) -> None:
     recording = write_jsonl(tmp_path / "paid.jsonl", rows)
     with pytest.raises(DataError, match=message):

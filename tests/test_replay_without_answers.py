@@ -21,17 +21,31 @@ from tutorloop.store.query import fetch_rows
 REPO = Path(__file__).resolve().parents[1]
 # Word problems whose rationales name other numbers before their final one, as worked solutions do.
 PROBLEMS = [
-    ("Tom has 3 apples and buys 4 more. How many apples does he have?", "7",
-     "Tom starts with 3 apples. He buys 4 more, so he has 3 + 4 = 7 apples."),
-    ("A box holds 10 pens and 6 are taken out. How many pens are left?", "4",
-     "There were 10 pens and 6 were taken, which leaves 10 - 6 = 4 pens."),
-    ("Each of 5 bags holds 2 oranges. How many oranges are there?", "10",
-     "There are 5 bags with 2 oranges each: 5 * 2 = 10 oranges."),
-    ("Sam reads 12 pages a day for 3 days. How many pages does he read?", "36",
-     "12 pages a day for 3 days is 12 * 3 = 36 pages."),
+    (
+        "Tom has 3 apples and buys 4 more. How many apples does he have?",
+        "7",
+        "Tom starts with 3 apples. He buys 4 more, so he has 3 + 4 = 7 apples.",
+    ),
+    (
+        "A box holds 10 pens and 6 are taken out. How many pens are left?",
+        "4",
+        "There were 10 pens and 6 were taken, which leaves 10 - 6 = 4 pens.",
+    ),
+    (
+        "Each of 5 bags holds 2 oranges. How many oranges are there?",
+        "10",
+        "There are 5 bags with 2 oranges each: 5 * 2 = 10 oranges.",
+    ),
+    (
+        "Sam reads 12 pages a day for 3 days. How many pages does he read?",
+        "36",
+        "12 pages a day for 3 days is 12 * 3 = 36 pages.",
+    ),
 ]
-TEST_PROBLEMS = [("Ann has 8 cards and gives away 5. How many are left?", "3"),
-                 ("A shelf has 2 rows of 9 books. How many books?", "18")]
+TEST_PROBLEMS = [
+    ("Ann has 8 cards and gives away 5. How many are left?", "3"),
+    ("A shelf has 2 rows of 9 books. How many books?", "18"),
+]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -41,13 +55,19 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def teach(recording: Path, examples: list[Example]) -> tuple[list[dict], dict[str, dict]]:
     """The rationale records and stored calls of a round-0 teaching session replaying `recording`."""
-    cfg = TeacherSection.model_validate({"teachers": [{"name": "mine", "backend": "replay",
-                                                       "recording": str(recording)}]})
+    cfg = TeacherSection.model_validate(
+        {"teachers": [{"name": "mine", "backend": "replay", "recording": str(recording)}]}
+    )
     stored: dict[str, dict] = {}
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, plan_jobs(examples, cfg, 0), lambda hashes: {}, pool,
-                                  lambda records: stored.update({r["request_hash"]: r for r in records}),
-                                  progress=False).run()
+        outcome = TeachingSession(
+            cfg,
+            plan_jobs(examples, cfg, 0),
+            lambda hashes: {},
+            pool,
+            lambda records: stored.update({r["request_hash"]: r for r in records}),
+            progress=False,
+        ).run()
     return outcome.rationales, stored
 
 
@@ -68,8 +88,14 @@ def test_a_rationale_without_a_recorded_answer_is_graded_by_its_own_final_answer
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "tutorloop.loop.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -81,13 +107,17 @@ def test_a_round_0_without_an_accepted_rationale_leaves_its_rejections_in_teache
     train = write_jsonl(tmp_path / "train.jsonl", [{"question": q, "answer": a} for q, a, _ in PROBLEMS])
     test = write_jsonl(tmp_path / "test.jsonl", [{"question": q, "answer": a} for q, a in TEST_PROBLEMS])
     # Every rationale ends on a wrong number (one more than gold).
-    recording = write_jsonl(tmp_path / "wrong.jsonl", [
-        {"question": q, "rationale": f"{r.rsplit(' = ', 1)[0]} = {int(a) + 1}."} for q, a, r in PROBLEMS])
+    recording = write_jsonl(
+        tmp_path / "wrong.jsonl",
+        [{"question": q, "rationale": f"{r.rsplit(' = ', 1)[0]} = {int(a) + 1}."} for q, a, r in PROBLEMS],
+    )
     cfg = yaml.safe_load((REPO / "configs" / "quick.yaml").read_text())
     cfg["run"].update(baseline=False, rounds=0, report=False)
     cfg["data"] = {"task": "jsonl", "train_path": str(train), "test_path": str(test)}
-    cfg["teacher"] = {"teachers": [{"name": "paid", "backend": "replay", "recording": str(recording)}],
-                      "strategies": ["zero_shot_cot"]}
+    cfg["teacher"] = {
+        "teachers": [{"name": "paid", "backend": "replay", "recording": str(recording)}],
+        "strategies": ["zero_shot_cot"],
+    }
     config = tmp_path / "replay.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run_dir = tmp_path / "run"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from shared_run import cli, shared_quick_run
 from test_history import build_history
+
 from tutorloop.loop.formatting import percent
 from tutorloop.loop.report_charts import DPI, FIGURES
 from tutorloop.store.query import fetch_rows
@@ -65,46 +65,64 @@ def test_report_numbers_match_the_history(reported: Path) -> None:
     rounds = fetch_rows(reported, "SELECT * FROM round_summary ORDER BY round")
     assert [r["round"] for r in rounds] == [-1, 0, 1, 2]
     markdown = (reported / "report.md").read_text()
-    for title in ("Accuracy per round", "Mistakes and transitions", "Teacher cost against accuracy",
-                  "Training loss", "Time per phase", "Examples of tailored feedback"):
+    for title in (
+        "Accuracy per round",
+        "Mistakes and transitions",
+        "Teacher cost against accuracy",
+        "Training loss",
+        "Time per phase",
+        "Examples of tailored feedback",
+    ):
         assert f"## {title}" in markdown
-    rows = {line.split("|")[1].strip().split()[0]: [c.strip() for c in line.split("|")[1:-1]]
-            for line in markdown.splitlines() if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)}
+    rows = {
+        line.split("|")[1].strip().split()[0]: [c.strip() for c in line.split("|")[1:-1]]
+        for line in markdown.splitlines()
+        if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)
+    }
     for r in rounds:
         row = rows[str(r["round"])]
         assert row[2] == percent(r["test_accuracy_explain"]) and row[3] == percent(r["test_accuracy_answer"])
         assert row[4] == percent(r["pool_accuracy"])
     transitions = fetch_rows(reported, "SELECT * FROM transitions WHERE mode = 'explain' ORDER BY from_round")
     for t in transitions:
-        assert (f"| {t['from_round']} → {t['to_round']} | explain | {t['wrong_to_right']} | {t['right_to_wrong']} | "
-                f"{t['stayed_right']} | {t['stayed_wrong']} |") in markdown
+        assert (
+            f"| {t['from_round']} → {t['to_round']} | explain | {t['wrong_to_right']} | {t['right_to_wrong']} | "
+            f"{t['stayed_right']} | {t['stayed_wrong']} |"
+        ) in markdown
     for name in FIGURES:
         png = (reported / "report" / f"{name}.png").read_bytes()
         assert f"(report/{name}.png)" in markdown
         assert_real_image(png, (round(FIGURES[name][0] * DPI), round(FIGURES[name][1] * DPI)))
-    assert f"baseline {percent(rounds[0]['test_accuracy'])} → last round {percent(rounds[-1]['test_accuracy'])}" in markdown
+    assert (
+        f"baseline {percent(rounds[0]['test_accuracy'])} → last round {percent(rounds[-1]['test_accuracy'])}"
+        in markdown
+    )
 
 
 def test_report_rounds_table_tests_each_round_against_round_0_and_the_previous(reported: Path) -> None:
     markdown = (reported / "report.md").read_text()
     assert "| vs round 0 | vs previous round |" in markdown
-    cells = {line.split("|")[1].strip().split()[0]: [c.strip() for c in line.split("|")[-3:-1]]
-             for line in markdown.splitlines() if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)}
+    cells = {
+        line.split("|")[1].strip().split()[0]: [c.strip() for c in line.split("|")[-3:-1]]
+        for line in markdown.splitlines()
+        if re.match(r"\| -?\d( \w+)? \| (baseline|core|tailored) \|", line)
+    }
     flags = {}
-    for row in fetch_rows(reported, "SELECT round, example_id, correct FROM question_history "
-                                    "WHERE phase = 'eval' AND mode = 'explain'"):
+    for row in fetch_rows(
+        reported, "SELECT round, example_id, correct FROM question_history WHERE phase = 'eval' AND mode = 'explain'"
+    ):
         flags.setdefault(row["round"], {})[row["example_id"]] = row["correct"]
 
     def by_hand(earlier: int, later: int) -> tuple[str, str]:
         gained = sum(1 for q, ok in flags[later].items() if ok and not flags[earlier][q])
         lost = sum(1 for q, ok in flags[later].items() if not ok and flags[earlier][q])
         n, k = gained + lost, min(gained, lost)
-        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
         return f"{100 * (gained - lost) / len(flags[later]):+.1f} pts", f"p={p:.3g}"
 
     assert cells["-1"] == ["-", "-"]
     assert cells["0"][0] == "-"
-    for (round_, column, earlier) in ((0, 1, -1), (1, 0, 0), (1, 1, 0), (2, 0, 0), (2, 1, 1)):
+    for round_, column, earlier in ((0, 1, -1), (1, 0, 0), (1, 1, 0), (2, 0, 0), (2, 1, 1)):
         difference, p = by_hand(earlier, round_)
         cell = cells[str(round_)][column]
         assert cell.startswith(difference + ", 95% interval [") and f"({p})" in cell
@@ -116,14 +134,21 @@ def test_report_shows_tailored_feedback_with_the_answer_after_training(reported:
     shown = re.findall(r"<h3>Round (\d+), question (\S+) \(teacher", page)
     assert shown
     for round_, example in shown:
-        row = fetch_rows(reported, "SELECT r.feedback, r.rationale, e.question FROM rationales r JOIN examples e "
-                                   "USING (example_id) WHERE r.round = ? AND r.example_id = ? AND r.accepted "
-                                   "AND r.strategy = 'tailored'", [int(round_), html.unescape(example)])[0]
+        row = fetch_rows(
+            reported,
+            "SELECT r.feedback, r.rationale, e.question FROM rationales r JOIN examples e "
+            "USING (example_id) WHERE r.round = ? AND r.example_id = ? AND r.accepted "
+            "AND r.strategy = 'tailored'",
+            [int(round_), html.unescape(example)],
+        )[0]
         for text in (row["feedback"], row["rationale"], row["question"]):
             assert html.escape(text.strip()) in page
-        wrong = fetch_rows(reported, "SELECT output FROM attempts WHERE phase = 'exam' AND round = ? AND "
-                                     "example_id = ? AND NOT correct ORDER BY sample_index LIMIT 1",
-                           [int(round_), html.unescape(example)])[0]
+        wrong = fetch_rows(
+            reported,
+            "SELECT output FROM attempts WHERE phase = 'exam' AND round = ? AND "
+            "example_id = ? AND NOT correct ORDER BY sample_index LIMIT 1",
+            [int(round_), html.unescape(example)],
+        )[0]
         assert html.escape(wrong["output"].strip() or "(empty output)") in page
     # rounds 1 and 2 are tailored, so round 1's corrections were examined again in round 2
     assert "round 2 exam:" in page and "samples right" in page
@@ -157,18 +182,34 @@ def test_report_of_a_missing_run_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (Debian package `chromium`; "
-                                                   "`make test-all` installs it when run as root)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs /usr/bin/chromium (Debian package `chromium`; `make test-all` installs it when run as root)",
+)
 def test_report_renders_in_headless_chromium(reported: Path) -> None:
     profile = Path(tempfile.mkdtemp(prefix="tutorloop-chromium-"))
     shot = profile.parent / f"{profile.name}.png"
     try:
         result = subprocess.run(
-            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,2000",
-             (reported / "report.html").resolve().as_uri()],
-            capture_output=True, text=True, timeout=120)
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1200,2000",
+                (reported / "report.html").resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
         image = Image.open(shot).convert("RGB")
         assert image.size == (1200, 2000)

@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from teacher_server import TeacherServer
+
 from tutorloop.store.journal import TeacherJournal
 from tutorloop.store.query import fetch_rows
 
@@ -29,20 +29,43 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (round, phase) to kill in; None phase = between rounds (right after the round is marked done).
 CONCURRENCY = 4
-KILL_POINTS = [(-1, "eval"), (0, "teach"), (0, "train"), (0, None), (1, "exam"), (1, "teach"), (1, "train"),
-               (2, "eval")]
+KILL_POINTS = [
+    (-1, "eval"),
+    (0, "teach"),
+    (0, "train"),
+    (0, None),
+    (1, "exam"),
+    (1, "teach"),
+    (1, "train"),
+    (2, "eval"),
+]
 
 
 def overrides(server: TeacherServer) -> list[str]:
-    return ["--set", "teacher.teachers.0.backend=openai", "--set", f"teacher.teachers.0.base_url={server.base_url}",
-            "--set", "teacher.teachers.0.model=program", "--set", "training.checkpoint_every=3",
-            "--set", f"teacher.concurrency={CONCURRENCY}"]
+    return [
+        "--set",
+        "teacher.teachers.0.backend=openai",
+        "--set",
+        f"teacher.teachers.0.base_url={server.base_url}",
+        "--set",
+        "teacher.teachers.0.model=program",
+        "--set",
+        "training.checkpoint_every=3",
+        "--set",
+        f"teacher.concurrency={CONCURRENCY}",
+    ]
 
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OPENAI_API_KEY": "EMPTY", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tutorloop.loop.cli", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tutorloop.loop.cli", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def descendants(pid: int) -> set[int]:
@@ -78,11 +101,17 @@ def reached(run_dir: Path, round_: int, phase: str | None) -> bool:
         return False
     try:
         if phase is None:
-            rows = fetch_rows(history, "SELECT 1 FROM rounds WHERE round = ? AND status = 'done'", [round_],
-                              timeout_s=0.5)
+            rows = fetch_rows(
+                history, "SELECT 1 FROM rounds WHERE round = ? AND status = 'done'", [round_], timeout_s=0.5
+            )
         else:
-            rows = fetch_rows(history, "SELECT 1 FROM phases WHERE round = ? AND name = ? AND status = 'running' "
-                                       "AND (progress > 0 OR name = 'train')", [round_, phase], timeout_s=0.5)
+            rows = fetch_rows(
+                history,
+                "SELECT 1 FROM phases WHERE round = ? AND name = ? AND status = 'running' "
+                "AND (progress > 0 OR name = 'train')",
+                [round_, phase],
+                timeout_s=0.5,
+            )
     except Exception:  # the writer holds the file (StoreError), or it is being created
         return False
     return bool(rows)
@@ -91,13 +120,17 @@ def reached(run_dir: Path, round_: int, phase: str | None) -> bool:
 def snapshot(run_dir: Path) -> dict:
     return {
         "rounds": fetch_rows(run_dir, "SELECT round, kind, status FROM rounds ORDER BY round"),
-        "metrics": fetch_rows(run_dir, "SELECT round, split, name, round(value, 6) AS value FROM metrics "
-                                       "WHERE name NOT LIKE '%cache_hits%' AND name NOT LIKE 'teacher_calls' "
-                                       "ORDER BY round, split, name"),
+        "metrics": fetch_rows(
+            run_dir,
+            "SELECT round, split, name, round(value, 6) AS value FROM metrics "
+            "WHERE name NOT LIKE '%cache_hits%' AND name NOT LIKE 'teacher_calls' "
+            "ORDER BY round, split, name",
+        ),
         "hashes": {r["request_hash"] for r in fetch_rows(run_dir, "SELECT request_hash FROM teacher_calls")},
         "attempts": fetch_rows(run_dir, "SELECT count(*) AS n FROM attempts")[0]["n"],
-        "rationales": fetch_rows(run_dir, "SELECT round, example_id, accepted FROM rationales "
-                                          "ORDER BY round, example_id, sample_index"),
+        "rationales": fetch_rows(
+            run_dir, "SELECT round, example_id, accepted FROM rationales ORDER BY round, example_id, sample_index"
+        ),
     }
 
 
@@ -148,12 +181,16 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
         got = snapshot(killed)
         sent_prompts = Counter(entry["prompt"] for entry in server.requests)
     assert not TeacherJournal(killed).path.exists()  # removed once its teaching phase was committed
-    prompts = {r["request_hash"]: prompt_of(r["request"])
-               for r in fetch_rows(killed, "SELECT request_hash, request FROM teacher_calls")}
+    prompts = {
+        r["request_hash"]: prompt_of(r["request"])
+        for r in fetch_rows(killed, "SELECT request_hash, request FROM teacher_calls")
+    }
     resendable = Counter(prompts[h] for h in in_flight)
     sent_again = sent_prompts - reference_prompts
-    print(f"kills: {kills} ({teach_kills} while teaching); in flight at the kills: {len(in_flight)}; "
-          f"requests sent again: {sum(sent_again.values())}")
+    print(
+        f"kills: {kills} ({teach_kills} while teaching); in flight at the kills: {len(in_flight)}; "
+        f"requests sent again: {sum(sent_again.values())}"
+    )
     # Every request went out at least once, and only a request in flight at a kill went out again.
     assert not reference_prompts - sent_prompts
     assert not sent_again - resendable, sent_again - resendable

@@ -66,8 +66,9 @@ def client(server: LlamaCppServer):
 def test_models_chat_and_completions(server: LlamaCppServer, client) -> None:
     assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
     assert [m.id for m in client.models.list().data] == [MODEL]
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is 2+3?"}],
-                                          max_tokens=24, temperature=0)
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=24, temperature=0
+    )
     assert chat.choices[0].message.content.strip() and chat.model == MODEL
     assert chat.usage.prompt_tokens > 0 and 0 < chat.usage.completion_tokens <= 24
     done = client.completions.create(model=MODEL, prompt=COUNT_PROMPT, max_tokens=4, temperature=0)
@@ -79,8 +80,13 @@ def test_stop_strings_cut_the_text(client) -> None:
     assert ", 6" in full  # greedy SmolLM2 counts on
     cut = client.completions.create(model=MODEL, prompt=COUNT_PROMPT, max_tokens=24, temperature=0, stop=[", 6"])
     assert cut.choices[0].text == full[: full.index(", 6")] and cut.choices[0].finish_reason == "stop"
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 9."}],
-                                          max_tokens=40, temperature=0, stop=["5"])
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from 1 to 9."}],
+        max_tokens=40,
+        temperature=0,
+        stop=["5"],
+    )
     assert "5" not in chat.choices[0].message.content and chat.choices[0].finish_reason == "stop"
 
 
@@ -98,25 +104,36 @@ def test_n_up_to_parallel_slots(client) -> None:
 
 def request(api: str, text: str, index: int = 0, **params) -> TeacherRequest:
     body = {"messages": [{"role": "user", "content": text}]} if api == "chat" else {"prompt": text}
-    return TeacherRequest(teacher="local", backend="openai", model=MODEL, api=api, sample_index=index,
-                          params={"max_tokens": 48, "temperature": 0, **params}, **body)
+    return TeacherRequest(
+        teacher="local",
+        backend="openai",
+        model=MODEL,
+        api=api,
+        sample_index=index,
+        params={"max_tokens": 48, "temperature": 0, **params},
+        **body,
+    )
 
 
 def backend_for(server: LlamaCppServer, concurrency: int = 4) -> OpenAIBackend:
     endpoint = TeacherEndpoint(name="local", backend="openai", model=MODEL, base_url=server.base_url)
-    return OpenAIBackend(endpoint, TeacherSection(teachers=[endpoint], concurrency=concurrency, timeout_s=300,
-                                                  max_retries=0))
+    return OpenAIBackend(
+        endpoint, TeacherSection(teachers=[endpoint], concurrency=concurrency, timeout_s=300, max_retries=0)
+    )
 
 
 def test_openai_backend_against_llama_cpp(server: LlamaCppServer) -> None:
     async def main() -> list[dict]:
         backend = backend_for(server)
         try:
-            singles = [await backend.complete(request("chat", "What is 4+4?", stop=["\n", "."])),
-                       await backend.complete(request("completions", COUNT_PROMPT, stop=[", 6"]))]
+            singles = [
+                await backend.complete(request("chat", "What is 4+4?", stop=["\n", "."])),
+                await backend.complete(request("completions", COUNT_PROMPT, stop=[", 6"])),
+            ]
             # Four at once on two slots: llama.cpp decodes two together and queues the rest.
-            many = await asyncio.gather(*(backend.complete(request("chat", f"What is {i}+1?", stop=["\n", "."]))
-                                          for i in range(4)))
+            many = await asyncio.gather(
+                *(backend.complete(request("chat", f"What is {i}+1?", stop=["\n", "."])) for i in range(4))
+            )
             return singles + list(many)
         finally:
             await backend.aclose()
@@ -165,10 +182,17 @@ def test_ray_actor_serves_and_stops(tmp_path: Path) -> None:
                 pass
         assert "\n" not in str(info.value) and "serve-broken.log" in str(info.value)
 
-        cfg = TeacherSection(teachers=[
-            {"name": "local", "backend": "openai", "model": MODEL,
-             "serve": {"model": MODEL, "ctx": 1024, "parallel": 1, "num_cpus": 0.5, "llama_cpp": {"threads": 1}}},
-            {"name": "replay", "backend": "replay"}])
+        cfg = TeacherSection(
+            teachers=[
+                {
+                    "name": "local",
+                    "backend": "openai",
+                    "model": MODEL,
+                    "serve": {"model": MODEL, "ctx": 1024, "parallel": 1, "num_cpus": 0.5, "llama_cpp": {"threads": 1}},
+                },
+                {"name": "replay", "backend": "replay"},
+            ]
+        )
         with served_teachers(cfg, log_dir=str(tmp_path)) as live:
             local, replay = live.teachers
             # The server listens on its node's address: 127.0.0.1 under the CLI's loopback Ray.
@@ -177,7 +201,8 @@ def test_ray_actor_serves_and_stops(tmp_path: Path) -> None:
             from openai import OpenAI
 
             reply = OpenAI(base_url=local.base_url, api_key="EMPTY", max_retries=0).chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
+                model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8
+            )
             assert reply.choices[0].message.content and reply.model == MODEL
         assert port_closed(local.base_url)
         # llama.cpp's own console output went to the log file, not to the terminal.
@@ -188,6 +213,7 @@ def test_ray_actor_serves_and_stops(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- scripts/prepare_local_teacher.py
+
 
 def load_prepare_script():
     spec = importlib.util.spec_from_file_location("prepare_local_teacher", REPO / "scripts/prepare_local_teacher.py")
@@ -239,7 +265,7 @@ def test_prepare_stamp_skips_only_an_unchanged_file(tmp_path: Path, monkeypatch:
 def test_config_aliases_are_the_ones_served() -> None:
     from tutorloop.actors.models import DEFAULT_STUDENT_ALIAS
     from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS
-    from tutorloop.loop.core.config import SERVE_MODEL_ALIASES
+    from tutorloop.loop.core.serve_config import SERVE_MODEL_ALIASES
 
     assert set(SERVE_MODEL_ALIASES) == {LOCAL_TEACHER_ALIAS, DEFAULT_STUDENT_ALIAS}
     assert resolve_gguf(DEFAULT_STUDENT_ALIAS) == find_default_gguf()

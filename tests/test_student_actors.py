@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from tiny_student import PRETRAINED_TINY, problems, samples_for, student_cfg, training_cfg
+
 from tutorloop.actors.exam import Examiner
 from tutorloop.loop.core.config import RaySection
 
@@ -28,8 +28,10 @@ def test_actors_train_and_exam_through_ray(local_ray, tmp_path) -> None:
     ray = local_ray
     options = student_actor_options(RaySection(), "student")
     assert options == {"num_gpus": 0, "num_cpus": 1}  # no GPU in this cluster
-    assert student_actor_options(RaySection(trainer_gpus=2, trainer_cpus=0.5), "trainer") == {"num_gpus": 2,
-                                                                                              "num_cpus": 0.5}
+    assert student_actor_options(RaySection(trainer_gpus=2, trainer_cpus=0.5), "trainer") == {
+        "num_gpus": 2,
+        "num_cpus": 0.5,
+    }
     cfg, tcfg = student_cfg(PRETRAINED_TINY), training_cfg(epochs=1)
     train, test = problems(48), problems(12, split="test")
     student = StudentActor.options(**options).remote(cfg, "number")
@@ -53,7 +55,6 @@ def test_student_group_shards_and_trainer_streams_its_steps(local_ray, tmp_path)
     from tutorloop.actors.student import EXAM_CHUNK_BATCHES, StudentGroup
     from tutorloop.actors.trainer import RemoteTrainer
 
-    ray = local_ray
     cfg = student_cfg(PRETRAINED_TINY, generation={"max_new_tokens": 24, "batch_size": 2, "temperature": 1.0})
     ray_cfg = RaySection(num_students=2, student_cpus=0.5, trainer_cpus=0.5)
     group = StudentGroup(cfg, "number", 0, 0, ray_cfg)
@@ -67,14 +68,21 @@ def test_student_group_shards_and_trainer_streams_its_steps(local_ray, tmp_path)
         # exactly what one plain Examiner answers.
         size = 2 * EXAM_CHUNK_BATCHES
         assert sorted(c.index for c in chunks) == list(range(-(-len(test) // size))) and len(chunks) > 2
-        assert all(c.examples == test[c.index * size:(c.index + 1) * size] for c in chunks)
-        assert [r for c in sorted(chunks, key=lambda c: c.index) for r in c.records] == \
-            Examiner(cfg, "number").run(test, "explain")
+        assert all(c.examples == test[c.index * size : (c.index + 1) * size] for c in chunks)
+        assert [r for c in sorted(chunks, key=lambda c: c.index) for r in c.records] == Examiner(cfg, "number").run(
+            test, "explain"
+        )
         assert waits  # the driver was told before it really waited
 
         progress: list[tuple[int, int]] = []
-        result = trainer.train(samples_for(problems(48)), [], None, str(tmp_path / "ck"),
-                               lambda total, done, last: progress.append((total, done)), poll=lambda: None)
+        result = trainer.train(
+            samples_for(problems(48)),
+            [],
+            None,
+            str(tmp_path / "ck"),
+            lambda total, done, last: progress.append((total, done)),
+            poll=lambda: None,
+        )
         total = len(result["steps"])
         # Steps reached the driver while the training ran, not only with its result, and the last report
         # is the whole training.

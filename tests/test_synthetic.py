@@ -6,13 +6,17 @@ import pytest
 
 from tutorloop.loop.core.answers import answers_match, extract_answer
 from tutorloop.loop.core.config import DataSection, SyntheticSection
-from tutorloop.loop.core.student_prompt import student_target
-from tutorloop.loop.core.synthetic import (
-    apply_op, generate_problems, parse_rationale_steps, rationale_lines, reworded_problems, solve_steps,
-    step_sentence,
-)
 from tutorloop.loop.core.datasets import load_examples
 from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.core.student_prompt import student_target
+from tutorloop.loop.core.synthetic import (
+    apply_op,
+    generate_problems,
+    parse_rationale_steps,
+    reworded_problems,
+    solve_steps,
+    step_sentence,
+)
 
 
 def _key(ex) -> tuple:
@@ -22,7 +26,9 @@ def _key(ex) -> tuple:
 def test_deterministic_given_seed() -> None:
     a = generate_problems(100, seed=3, min_steps=1, max_steps=3, max_value=20)
     b = generate_problems(100, seed=3, min_steps=1, max_steps=3, max_value=20)
-    assert [(x.question, x.answer, x.rationale, x.meta) for x in a] == [(x.question, x.answer, x.rationale, x.meta) for x in b]
+    assert [(x.question, x.answer, x.rationale, x.meta) for x in a] == [
+        (x.question, x.answer, x.rationale, x.meta) for x in b
+    ]
     c = generate_problems(100, seed=4, min_steps=1, max_steps=3, max_value=20)
     assert [x.question for x in a] != [x.question for x in c]
 
@@ -51,9 +57,9 @@ def test_rationale_round_trips_through_parser() -> None:
     for ex in generate_problems(200, seed=7, min_steps=1, max_steps=5, max_value=50, allow_mul=True):
         parsed = parse_rationale_steps(ex.rationale)
         assert parsed == [(s["a"], s["op"], s["b"], s["result"]) for s in ex.meta["steps"]]
-        assert rationale_lines(ex) == solve_steps(ex.meta["steps"])
-        assert " ".join(rationale_lines(ex)) == ex.rationale
-        assert len(rationale_lines(ex)) == len(ex.meta["steps"])  # one sentence per step
+        gold_lines = solve_steps(ex.meta["steps"])
+        assert " ".join(gold_lines) == ex.rationale
+        assert len(gold_lines) == len(ex.meta["steps"])  # one sentence per step
         # the student's training target grades as right with the shared extractor
         target = student_target("explain", ex.answer, ex.rationale)
         assert answers_match(extract_answer(target, "number"), ex.answer, "number")
@@ -68,7 +74,13 @@ def test_solve_steps_recomputes_wrong_results() -> None:
 
 def test_parse_student_rationales() -> None:
     text = "Add 4: 3 + 4 = 8. Take away 2: 8 - 2 = 6. Then 6 x 2 = 12 and 12 × 1 = 12, so 5 -3 = 2."
-    assert parse_rationale_steps(text) == [(3, "+", 4, 8), (8, "-", 2, 6), (6, "*", 2, 12), (12, "*", 1, 12), (5, "-", 3, 2)]
+    assert parse_rationale_steps(text) == [
+        (3, "+", 4, 8),
+        (8, "-", 2, 6),
+        (6, "*", 2, 12),
+        (12, "*", 1, 12),
+        (5, "-", 3, 2),
+    ]
     assert parse_rationale_steps("I think it is 7.") == []
     assert parse_rationale_steps("2 - 5 = -3") == [(2, "-", 5, -3)]
 
@@ -89,19 +101,25 @@ def test_train_and_test_never_overlap() -> None:
 
 
 def test_reworded_test_asks_the_pools_chains_in_new_words() -> None:
-    cfg = DataSection(task="synthetic", synthetic=SyntheticSection(
-        train_size=128, test_size=200, min_steps=1, max_steps=1, test_problems="reworded"))
+    cfg = DataSection(
+        task="synthetic",
+        synthetic=SyntheticSection(train_size=128, test_size=200, min_steps=1, max_steps=1, test_problems="reworded"),
+    )
     pool, test = load_examples(cfg, "train"), load_examples(cfg, "test")
     assert len(test) == 200 and {x.id for x in test} == {f"synthetic/test/{i}" for i in range(200)}
     # the pool is the one the chain-split test would train on: only the test changes
-    assert [x.question for x in pool] == [x.question for x in load_examples(
-        DataSection(task="synthetic", synthetic=SyntheticSection(train_size=128, min_steps=1, max_steps=1)), "train")]
+    assert [x.question for x in pool] == [
+        x.question
+        for x in load_examples(
+            DataSection(task="synthetic", synthetic=SyntheticSection(train_size=128, min_steps=1, max_steps=1)), "train"
+        )
+    ]
     pool_chains = {_key(x) for x in pool}
     assert {_key(x) for x in test} <= pool_chains
     assert len({_key(x) for x in test}) > len(pool_chains) // 2  # not a handful of chains asked over and over
     assert not {x.question for x in test} & {x.question for x in pool}
     for ex in test:
-        assert ex.split == "test" and ex.rationale == " ".join(rationale_lines(ex))
+        assert ex.split == "test" and ex.rationale == " ".join(solve_steps(ex.meta["steps"]))
         assert answers_match(extract_answer(ex.rationale, "number"), ex.answer, "number")
     assert [x.question for x in reworded_problems(pool, 200, seed=0)] == [x.question for x in test]
     assert [x.question for x in reworded_problems(pool, 200, seed=1)] != [x.question for x in test]

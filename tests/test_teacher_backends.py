@@ -8,10 +8,16 @@ import logging
 import time
 
 import pytest
-
 from teacher_server import TeacherServer
+
 from tutorloop.actors.teacher import (
-    CALL_COLUMNS, LocalTeacherPool, TeacherRequest, TokenBucket, estimate_tokens, program, redact,
+    CALL_COLUMNS,
+    LocalTeacherPool,
+    TeacherRequest,
+    TokenBucket,
+    estimate_tokens,
+    program,
+    redact,
     retry_after_seconds,
 )
 from tutorloop.loop.core.config import TeacherSection
@@ -22,9 +28,22 @@ QUESTIONS = [e.question for e in generate_problems(6, seed=3, min_steps=1, max_s
 
 
 def openai_cfg(server: TeacherServer, api: str = "chat", **overrides: object) -> TeacherSection:
-    data = {"teachers": [{"name": "t", "backend": "openai", "model": "program", "base_url": server.base_url,
-                          "api": api, "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0}}],
-            "retry_backoff_s": 0.02, "retry_backoff_max_s": 5.0, "timeout_s": 1.0, "max_retries": 3}
+    data = {
+        "teachers": [
+            {
+                "name": "t",
+                "backend": "openai",
+                "model": "program",
+                "base_url": server.base_url,
+                "api": api,
+                "price": {"input_per_mtok": 2.0, "output_per_mtok": 8.0},
+            }
+        ],
+        "retry_backoff_s": 0.02,
+        "retry_backoff_max_s": 5.0,
+        "timeout_s": 1.0,
+        "max_retries": 3,
+    }
     data.update(overrides)
     return TeacherSection.model_validate(data)
 
@@ -32,10 +51,18 @@ def openai_cfg(server: TeacherServer, api: str = "chat", **overrides: object) ->
 def request_for(question: str, api: str = "chat", backend: str = "openai", suffix: str = "") -> TeacherRequest:
     text = f"Q: {question}\nA: Let's think step by step.{suffix}"
     chat = api == "chat"
-    return TeacherRequest(teacher="t", backend=backend, model="program", api=api,
-                          messages=[{"role": "user", "content": text}] if chat else None,
-                          prompt=None if chat else text, params={"temperature": 0.0, "max_tokens": 64},
-                          strategy="zero_shot_cot", example_id=question[:20], stage="reason")
+    return TeacherRequest(
+        teacher="t",
+        backend=backend,
+        model="program",
+        api=api,
+        messages=[{"role": "user", "content": text}] if chat else None,
+        prompt=None if chat else text,
+        params={"temperature": 0.0, "max_tokens": 64},
+        strategy="zero_shot_cot",
+        example_id=question[:20],
+        stage="reason",
+    )
 
 
 def run_all(cfg: TeacherSection, requests: list[TeacherRequest]) -> dict[str, dict]:
@@ -149,15 +176,20 @@ def test_usage_tokens_and_cost(teacher_server: TeacherServer) -> None:
 
 
 def test_completions_api_and_program_backend_agree(teacher_server: TeacherServer) -> None:
-    requests = [request_for(QUESTIONS[0], api="completions"), request_for(QUESTIONS[1], api="completions",
-                                                                         suffix=" x. Therefore, the answer is")]
+    requests = [
+        request_for(QUESTIONS[0], api="completions"),
+        request_for(QUESTIONS[1], api="completions", suffix=" x. Therefore, the answer is"),
+    ]
     records = run_all(openai_cfg(teacher_server, api="completions"), requests)
     assert all(r["body"].get("prompt") for r in teacher_server.requests)
     assert all(r["path"].endswith("/v1/completions") for r in teacher_server.requests)
-    local_cfg = TeacherSection.model_validate({"teachers": [{"name": "t", "backend": "program", "model": "program",
-                                                             "api": "completions"}]})
-    local_requests = [request_for(QUESTIONS[0], "completions", "program"),
-                      request_for(QUESTIONS[1], "completions", "program", " x. Therefore, the answer is")]
+    local_cfg = TeacherSection.model_validate(
+        {"teachers": [{"name": "t", "backend": "program", "model": "program", "api": "completions"}]}
+    )
+    local_requests = [
+        request_for(QUESTIONS[0], "completions", "program"),
+        request_for(QUESTIONS[1], "completions", "program", " x. Therefore, the answer is"),
+    ]
     local = run_all(local_cfg, local_requests)
     for remote_request, local_request in zip(requests, local_requests):
         assert records[remote_request.request_hash]["response"] == local[local_request.request_hash]["response"]
@@ -199,13 +231,22 @@ def test_token_bucket_waits_for_refill() -> None:
 def test_retry_after_header_forms() -> None:
     assert retry_after_seconds({"retry-after": "2"}) == 2.0
     assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    assert 25 < retry_after_seconds({"retry-after": time.strftime("%a, %d %b %Y %H:%M:%S GMT",
-                                                                  time.gmtime(time.time() + 30))}) <= 30
+    assert (
+        25
+        < retry_after_seconds(
+            {"retry-after": time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))}
+        )
+        <= 30
+    )
     assert retry_after_seconds({}) is None
 
 
-def test_planted_key_never_leaks(teacher_server: TeacherServer, monkeypatch: pytest.MonkeyPatch,
-                                 caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture) -> None:
+def test_planted_key_never_leaks(
+    teacher_server: TeacherServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", PLANTED_KEY)
     caplog.set_level(logging.DEBUG)
     requests = [request_for(q) for q in QUESTIONS[:3]]
@@ -256,7 +297,9 @@ def test_package_import_leaves_ray_and_openai_unloaded() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, tutorloop.actors.teacher as t; loaded = [m for m in ('ray', 'openai') if m in sys.modules]; "
-            "t.RayTeacherPool; print(loaded, 'ray' in sys.modules)")
+    code = (
+        "import sys, tutorloop.actors.teacher as t; loaded = [m for m in ('ray', 'openai') if m in sys.modules]; "
+        "t.RayTeacherPool; print(loaded, 'ray' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["[]", "True"]

@@ -19,8 +19,8 @@ from tutorloop.loop.core.datasets import Example, load_examples
 from tutorloop.loop.fork import fork_run
 from tutorloop.loop.run_dir import create_run, stored_config
 from tutorloop.loop.strategies import PromptBuilder, load_templates
-from tutorloop.loop.teaching import TeachingJob, TeachingOutcome, TeachingSession, _JobRun, plan_jobs
-from tutorloop.store.history import RunHistory
+from tutorloop.loop.teaching import JobRun, TeachingJob, TeachingOutcome, TeachingSession, plan_jobs
+from tutorloop.store.history import RunHistory, in_round
 from tutorloop.store.query import fetch_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +36,13 @@ def write_recording(path: Path, rows: list[tuple[str, str, str]]) -> str:
 def replay_section(recordings: dict[str, str]) -> TeacherSection:
     """Replay teachers by name, each on its own recording, all with the default model."""
     return TeacherSection.model_validate(
-        {"teachers": [{"name": name, "backend": "replay", "recording": path} for name, path in recordings.items()]})
+        {"teachers": [{"name": name, "backend": "replay", "recording": path} for name, path in recordings.items()]}
+    )
 
 
-def teach(cfg: TeacherSection, examples: list[Example], lookup=lambda hashes: {},
-          persist=lambda records: None) -> TeachingOutcome:
+def teach(
+    cfg: TeacherSection, examples: list[Example], lookup=lambda hashes: {}, persist=lambda records: None
+) -> TeachingOutcome:
     with LocalTeacherPool(cfg) as pool:
         return TeachingSession(cfg, plan_jobs(examples, cfg, 0), lookup, pool, persist, progress=False).run()
 
@@ -49,14 +51,16 @@ def first_hash(endpoint: TeacherEndpoint) -> str:
     """The key of the first request a zero-shot CoT job of `endpoint` sends, exactly as a run builds it."""
     cfg = TeacherSection(teachers=[endpoint])
     job = TeachingJob(QUESTION, endpoint, "zero_shot_cot", 0, 0)
-    return _JobRun(job, PromptBuilder(load_templates(None)), cfg, AnswerSources(cfg)).first_request().request_hash
+    return JobRun(job, PromptBuilder(load_templates(None)), cfg, AnswerSources(cfg)).first_request().request_hash
 
 
 def test_two_replay_teachers_with_their_own_recordings_get_their_own_answers(tmp_path: Path) -> None:
-    cfg = replay_section({
-        "alice": write_recording(tmp_path / "alice.jsonl", [(QUESTION.question, "3 + 4 = 7.", "7")]),
-        "bob": write_recording(tmp_path / "bob.jsonl", [(QUESTION.question, "Four more than three is 7.", "7")]),
-    })
+    cfg = replay_section(
+        {
+            "alice": write_recording(tmp_path / "alice.jsonl", [(QUESTION.question, "3 + 4 = 7.", "7")]),
+            "bob": write_recording(tmp_path / "bob.jsonl", [(QUESTION.question, "Four more than three is 7.", "7")]),
+        }
+    )
     outcome = teach(cfg, [QUESTION])
     by_teacher = {r["teacher"]: r["rationale"] for r in outcome.rationales}
     assert by_teacher == {"alice": "3 + 4 = 7.", "bob": "Four more than three is 7."}
@@ -67,8 +71,9 @@ def test_two_replay_teachers_with_their_own_recordings_get_their_own_answers(tmp
 def run_config(recording: str) -> Config:
     data = load_config(REPO / "configs/quick.yaml").to_dict()
     data["data"]["synthetic"].update({"train_size": 8, "test_size": 4})
-    data["teacher"].update({"teachers": [{"name": "mine", "backend": "replay", "recording": recording}],
-                            "strategies": ["zero_shot_cot"]})
+    data["teacher"].update(
+        {"teachers": [{"name": "mine", "backend": "replay", "recording": recording}], "strategies": ["zero_shot_cot"]}
+    )
     return config_from_dict(data, "test")
 
 
@@ -81,11 +86,17 @@ def teach_run(run_dir: Path, cfg: Config, examples: list[Example]) -> TeachingOu
 def legacy_hash(row: dict) -> str:
     """The key as tutorloop computed it before it named the answering source."""
     request = json.loads(row["request"])
-    key = {"backend": row["backend"], "model": row["model"], "api": request["api"], "params": request["params"],
-           "sample_index": row["sample_index"]}
+    key = {
+        "backend": row["backend"],
+        "model": row["model"],
+        "api": request["api"],
+        "params": request["params"],
+        "sample_index": row["sample_index"],
+    }
     key["messages" if "messages" in request else "prompt"] = request.get("messages", request.get("prompt"))
-    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                          .encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(key, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    ).hexdigest()
 
 
 def make_legacy(run_dir: Path) -> None:
@@ -93,8 +104,9 @@ def make_legacy(run_dir: Path) -> None:
     history = RunHistory(run_dir)
     for row in fetch_rows(run_dir, "SELECT * FROM teacher_calls"):
         for table in ("teacher_calls", "rationales"):
-            history.writer.sql(f"UPDATE {table} SET request_hash = ? WHERE request_hash = ?",
-                               [legacy_hash(row), row["request_hash"]])
+            history.writer.sql(
+                f"UPDATE {table} SET request_hash = ? WHERE request_hash = ?", [legacy_hash(row), row["request_hash"]]
+            )
 
 
 def parent_run(tmp_path: Path, legacy: bool) -> tuple[Path, list[Example], Path]:
@@ -110,7 +122,7 @@ def parent_run(tmp_path: Path, legacy: bool) -> tuple[Path, list[Example], Path]
     outcome = teach_run(parent, cfg, examples)
     assert outcome.calls_sent == 4 and all(r["rationale"].startswith("Recording A") for r in outcome.rationales)
     history = RunHistory(parent)
-    history.writer.insert("rationales", outcome.rationales)
+    history.writer.insert("rationales", in_round(outcome.rationales, 0))
     history.writer.sql("INSERT INTO rounds (round, kind, status) VALUES (0, 'core', 'done')")
     if legacy:
         make_legacy(parent)
@@ -118,8 +130,7 @@ def parent_run(tmp_path: Path, legacy: bool) -> tuple[Path, list[Example], Path]
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["parent-current", "parent-stored-by-old-code"])
-def test_a_fork_that_changes_the_recording_is_not_answered_from_the_parents_cache(tmp_path: Path,
-                                                                                  legacy: bool) -> None:
+def test_a_fork_that_changes_the_recording_is_not_answered_from_the_parents_cache(tmp_path: Path, legacy: bool) -> None:
     parent, examples, recording_b = parent_run(tmp_path, legacy)
     fork = tmp_path / "fork"
     cfg = fork_run(parent, fork, 0, [f"teacher.teachers.0.recording={recording_b}"])
@@ -144,8 +155,9 @@ def test_a_run_stored_by_the_old_code_resumes_without_sending_again(tmp_path: Pa
     assert all(r["rationale"].startswith("Recording A") for r in outcome.rationales)
     # Nothing lost or doubled, the rationales still point at their answers, and a second pass finds nothing to do.
     assert fetch_rows(parent, "SELECT count(*) AS n, sum(cost_usd) AS usd FROM teacher_calls") == before
-    assert fetch_rows(parent, "SELECT count(*) AS n FROM rationales r JOIN teacher_calls c USING (request_hash)") \
-        == [{"n": 2}]
+    assert fetch_rows(parent, "SELECT count(*) AS n FROM rationales r JOIN teacher_calls c USING (request_hash)") == [
+        {"n": 2}
+    ]
     assert rekey_legacy_calls(RunHistory(parent), cfg.teacher, cfg.data.data_dir) == 0
 
 
@@ -157,9 +169,13 @@ def test_the_engine_resumes_an_old_run_from_its_stored_answers(tmp_path: Path) -
     probe = load_config(REPO / "configs/quick.yaml", ["data.synthetic.train_size=12", "data.synthetic.test_size=6"])
     pool = load_examples(probe.data, "train")
     recording = write_recording(tmp_path / "mine.jsonl", [(e.question, e.rationale, e.answer) for e in pool])
-    overrides = ["data.synthetic.train_size=12", "data.synthetic.test_size=6", "run.report=false",
-                 f"teacher.teachers=[{{name: mine, backend: replay, recording: {recording}}}]",
-                 "teacher.strategies=[zero_shot_cot]"]
+    overrides = [
+        "data.synthetic.train_size=12",
+        "data.synthetic.test_size=6",
+        "run.report=false",
+        f"teacher.teachers=[{{name: mine, backend: replay, recording: {recording}}}]",
+        "teacher.strategies=[zero_shot_cot]",
+    ]
     cfg = load_config(REPO / "configs/quick.yaml", [*overrides, "run.rounds=0"])
     run_dir = tmp_path / "run"
     create_run(cfg, run_dir)
@@ -169,11 +185,16 @@ def test_the_engine_resumes_an_old_run_from_its_stored_answers(tmp_path: Path) -
     assert fetch_rows(run_dir, "SELECT value FROM metrics WHERE round = 0 AND name = 'teacher_calls'")[0]["value"] > 0
     make_legacy(run_dir)
 
-    resumed, _ = engine_for(load_config(REPO / "configs/quick.yaml", [*overrides, "run.rounds=1"]), run_dir,
-                            tmp_path / "work")
+    resumed, _ = engine_for(
+        load_config(REPO / "configs/quick.yaml", [*overrides, "run.rounds=1"]), run_dir, tmp_path / "work"
+    )
     assert resumed.run() == 0
-    round_1 = {r["name"]: r["value"] for r in fetch_rows(
-        run_dir, "SELECT name, value FROM metrics WHERE round = 1 AND name IN ('teacher_calls', 'cache_hits')")}
+    round_1 = {
+        r["name"]: r["value"]
+        for r in fetch_rows(
+            run_dir, "SELECT name, value FROM metrics WHERE round = 1 AND name IN ('teacher_calls', 'cache_hits')"
+        )
+    }
     assert round_1["teacher_calls"] == 0 and round_1["cache_hits"] > 0
 
 
@@ -186,8 +207,12 @@ def test_an_openai_key_follows_the_normalised_address(monkeypatch: pytest.Monkey
     plain = first_hash(openai("https://api.example.com/v1"))
     for spelling in ("https://API.Example.com/v1/", "HTTPS://api.example.com:443/v1", "https://api.example.com/v1//"):
         assert first_hash(openai(spelling)) == plain, spelling
-    for other in ("https://other.example.com/v1", "http://api.example.com/v1", "https://api.example.com:8443/v1",
-                  "https://api.example.com/v2"):
+    for other in (
+        "https://other.example.com/v1",
+        "http://api.example.com/v1",
+        "https://api.example.com:8443/v1",
+        "https://api.example.com/v2",
+    ):
         assert first_hash(openai(other)) != plain, other
     monkeypatch.setenv("OPENAI_BASE_URL", "https://api.example.com/v1/")
     assert first_hash(openai(None)) == plain
@@ -197,8 +222,9 @@ def test_an_openai_key_follows_the_normalised_address(monkeypatch: pytest.Monkey
 
 def test_a_served_teacher_is_keyed_by_its_model_file_not_its_port(tmp_path: Path) -> None:
     def served(model_file: Path) -> TeacherSection:
-        return TeacherSection.model_validate({"teachers": [{"name": "local", "backend": "openai", "model": "qwen",
-                                                            "serve": {"model": str(model_file)}}]})
+        return TeacherSection.model_validate(
+            {"teachers": [{"name": "local", "backend": "openai", "model": "qwen", "serve": {"model": str(model_file)}}]}
+        )
 
     one, other = tmp_path / "one.gguf", tmp_path / "other.gguf"
     one.write_bytes(b"GGUF one")

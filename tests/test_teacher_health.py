@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from teacher_server import TeacherServer
+
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherUnavailable, check_teacher
 from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.synthetic import generate_problems
@@ -40,10 +40,24 @@ def closed_port() -> int:
 
 
 def teacher_cfg(base_url: str, model: str = "program", api: str = "chat", **extra: object) -> TeacherSection:
-    return TeacherSection.model_validate({
-        "teachers": [{"name": "t", "backend": "openai", "model": model, "base_url": base_url, "api": api,
-                      "api_key_env": "TEACHER_KEY"}],
-        "strategies": ["cote"], "retry_backoff_s": 0.02, "timeout_s": 2.0, **extra})
+    return TeacherSection.model_validate(
+        {
+            "teachers": [
+                {
+                    "name": "t",
+                    "backend": "openai",
+                    "model": model,
+                    "base_url": base_url,
+                    "api": api,
+                    "api_key_env": "TEACHER_KEY",
+                }
+            ],
+            "strategies": ["cote"],
+            "retry_backoff_s": 0.02,
+            "timeout_s": 2.0,
+            **extra,
+        }
+    )
 
 
 def preflight_error(cfg: TeacherSection) -> str:
@@ -124,14 +138,16 @@ def test_preflight_without_a_models_route_sends_one_token() -> None:
         assert message.startswith(f"teacher 't' at {server.base_url}: HTTP 404 for model 'nope': unknown model")
 
 
-def test_preflight_names_the_key_variable_never_the_key(monkeypatch: pytest.MonkeyPatch,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_preflight_names_the_key_variable_never_the_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with TeacherServer(api_key="sk-test-RIGHT-00000000000000") as server:
         cfg = teacher_cfg(server.base_url)
         monkeypatch.delenv("TEACHER_KEY", raising=False)
-        assert preflight_error(cfg) == (f"teacher 't' at {server.base_url}: HTTP 401, the server wants an API key "
-                                        f"and $TEACHER_KEY is not set")
+        assert preflight_error(cfg) == (
+            f"teacher 't' at {server.base_url}: HTTP 401, the server wants an API key and $TEACHER_KEY is not set"
+        )
         monkeypatch.setenv("TEACHER_KEY", PLANTED_KEY)
         message = preflight_error(cfg)
         assert message == f"teacher 't' at {server.base_url}: HTTP 401, the server refused the API key in $TEACHER_KEY"
@@ -141,8 +157,9 @@ def test_preflight_names_the_key_variable_never_the_key(monkeypatch: pytest.Monk
 
 
 def test_other_backends_need_no_server() -> None:
-    cfg = TeacherSection.model_validate({"teachers": [{"name": "p", "backend": "program", "model": "p"},
-                                                      {"name": "r", "backend": "replay"}]})
+    cfg = TeacherSection.model_validate(
+        {"teachers": [{"name": "p", "backend": "program", "model": "p"}, {"name": "r", "backend": "replay"}]}
+    )
     for endpoint in cfg.teachers:
         check_teacher(endpoint, cfg)  # no address at all, nothing to reach
 
@@ -165,8 +182,9 @@ def test_session_sends_nothing_to_a_closed_port(tmp_path: Path) -> None:
     cfg = teacher_cfg(f"http://127.0.0.1:{closed_port()}/v1")
     store, journal = Store(), TeacherJournal(tmp_path)
     with LocalTeacherPool(cfg) as pool, pytest.raises(TeacherUnavailable, match=re.escape(REFUSED)):
-        TeachingSession(cfg, plan_jobs(EXAMPLES, cfg, 0), store.lookup, pool, store.persist, progress=False,
-                        journal=journal).run()
+        TeachingSession(
+            cfg, plan_jobs(EXAMPLES, cfg, 0), store.lookup, pool, store.persist, progress=False, journal=journal
+        ).run()
     journal.close()
     assert not store.records and not journal.path.exists()  # not one request went out
 
@@ -192,6 +210,7 @@ def test_a_cached_phase_needs_no_server(teacher_server: TeacherServer) -> None:
 # ----- the circuit breaker -------------------------------------------------------------------------
 def run_until_broken(cfg: TeacherSection, pool, journal: TeacherJournal, after_first, store: Store) -> str:
     """Runs a session whose persist calls `after_first()` after the first stored batch; the error line."""
+
     def persist(records: list[dict]) -> None:
         first = not store.records
         store.persist(records)
@@ -199,15 +218,19 @@ def run_until_broken(cfg: TeacherSection, pool, journal: TeacherJournal, after_f
             after_first()
 
     with pytest.raises(TeacherUnavailable) as caught:
-        TeachingSession(cfg, plan_jobs(EXAMPLES, cfg, 0), store.lookup, pool, persist, progress=False,
-                        journal=journal).run()
+        TeachingSession(
+            cfg, plan_jobs(EXAMPLES, cfg, 0), store.lookup, pool, persist, progress=False, journal=journal
+        ).run()
     return str(caught.value)
 
 
 def broken(message: str, base_url: str) -> str:
     """The cause at the end of a breaker's line, checked to name the address and a count up to the limit."""
-    found = re.fullmatch(rf"teacher 't' at {re.escape(base_url)}: stopped after (\d+) connection failures in a "
-                         r"row: (.+)", message)
+    found = re.fullmatch(
+        rf"teacher 't' at {re.escape(base_url)}: stopped after (\d+) connection failures in a "
+        r"row: (.+)",
+        message,
+    )
     assert found and 1 <= int(found[1]) <= 8, message
     return found[2]
 
@@ -221,8 +244,9 @@ def check_kept(store: Store, journal: TeacherJournal) -> None:
     assert recovered.in_flight and set(recovered.in_flight).isdisjoint(store.records)
 
 
-def test_breaker_stops_a_phase_whose_server_went_away(teacher_server: TeacherServer, tmp_path: Path,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_breaker_stops_a_phase_whose_server_went_away(
+    teacher_server: TeacherServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="tutorloop.teacher")
     base_url = teacher_server.base_url
     cfg = teacher_cfg(base_url, concurrency=2, max_retries=5)
@@ -241,8 +265,10 @@ def test_breaker_stops_on_dropped_connections(teacher_server: TeacherServer, tmp
     store, journal = Store(), TeacherJournal(tmp_path)
     with LocalTeacherPool(cfg) as pool:
         message = run_until_broken(cfg, pool, journal, lambda: teacher_server.script(*["reset"] * 100), store)
-    assert broken(message, teacher_server.base_url) in ("connection reset by the server",
-                                                        "the server closed the connection without an answer")
+    assert broken(message, teacher_server.base_url) in (
+        "connection reset by the server",
+        "the server closed the connection without an answer",
+    )
     check_kept(store, journal)
 
 
@@ -262,8 +288,9 @@ def test_http_errors_do_not_trip_the_breaker(teacher_server: TeacherServer) -> N
     cfg = teacher_cfg(teacher_server.base_url, concurrency=1, max_retries=12, retry_backoff_max_s=0.05)
     store = Store()
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, plan_jobs(EXAMPLES[:2], cfg, 0), store.lookup, pool, store.persist,
-                                  progress=False).run()
+        outcome = TeachingSession(
+            cfg, plan_jobs(EXAMPLES[:2], cfg, 0), store.lookup, pool, store.persist, progress=False
+        ).run()
     assert all(r["accepted"] for r in outcome.rationales)
     assert teacher_server.calls == 2 + 12
 
@@ -275,15 +302,17 @@ def test_one_request_the_server_keeps_dropping_is_a_failure_not_a_break(teacher_
     cfg = teacher_cfg(teacher_server.base_url, concurrency=1, max_retries=5)
     store = Store()
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, plan_jobs(EXAMPLES[:3], cfg, 0), store.lookup, pool, store.persist,
-                                  progress=False).run()
+        outcome = TeachingSession(
+            cfg, plan_jobs(EXAMPLES[:3], cfg, 0), store.lookup, pool, store.persist, progress=False
+        ).run()
     assert [r["reject_reason"] for r in outcome.rationales] == ["failed", None, None]
     failed = store.records[outcome.rationales[0]["request_hash"]]
     assert failed["status"] == "failed" and failed["attempts"] == 6
 
 
-def test_ray_pool_preflight_and_breaker(teacher_server: TeacherServer, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_pool_preflight_and_breaker(
+    teacher_server: TeacherServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ray
 
     from tutorloop.actors.teacher import RayTeacherPool
@@ -297,8 +326,9 @@ def test_ray_pool_preflight_and_breaker(teacher_server: TeacherServer, tmp_path:
         pool = RayTeacherPool(closed, num_actors=2, num_cpus=0.25)
         try:
             with pytest.raises(TeacherUnavailable, match=re.escape(REFUSED)):
-                TeachingSession(closed, plan_jobs(EXAMPLES, closed, 0), Store().lookup, pool, Store().persist,
-                                progress=False).run()
+                TeachingSession(
+                    closed, plan_jobs(EXAMPLES, closed, 0), Store().lookup, pool, Store().persist, progress=False
+                ).run()
         finally:
             pool.close()
         base_url = teacher_server.base_url
@@ -320,10 +350,23 @@ def test_ray_pool_preflight_and_breaker(teacher_server: TeacherServer, tmp_path:
 @pytest.mark.slow
 def test_run_with_a_closed_teacher_port_fails_fast(tmp_path: Path) -> None:
     base_url = f"http://127.0.0.1:{closed_port()}/v1"
-    overrides = ["run.baseline=false", "data.synthetic.train_size=48", "data.synthetic.test_size=24",
-                 "teacher.teachers.0.backend=openai", f"teacher.teachers.0.base_url={base_url}"]
-    command = [sys.executable, "-m", "tutorloop.loop.cli", "run", "configs/quick.yaml",
-               "--run-dir", str(tmp_path / "quick"), *[a for o in overrides for a in ("--set", o)]]
+    overrides = [
+        "run.baseline=false",
+        "data.synthetic.train_size=48",
+        "data.synthetic.test_size=24",
+        "teacher.teachers.0.backend=openai",
+        f"teacher.teachers.0.base_url={base_url}",
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "tutorloop.loop.cli",
+        "run",
+        "configs/quick.yaml",
+        "--run-dir",
+        str(tmp_path / "quick"),
+        *[a for o in overrides for a in ("--set", o)],
+    ]
     started = time.monotonic()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ))
     elapsed = time.monotonic() - started
@@ -333,11 +376,25 @@ def test_run_with_a_closed_teacher_port_fails_fast(tmp_path: Path) -> None:
     lines = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip()]
     errors = [line for line in lines if not PROGRESS_BAR.match(line)]
     expected = f"tutorloop: error: teacher 'program' at {base_url}: {REFUSED}"
-    assert len(errors) == 1 and re.fullmatch(re.escape(expected) + r"(; resume with `tutorloop resume \S+`)?",
-                                             errors[0]), result.stderr
+    assert len(errors) == 1 and re.fullmatch(
+        re.escape(expected) + r"(; resume with `tutorloop resume \S+`)?", errors[0]
+    ), result.stderr
     assert base_url not in result.stdout
     assert elapsed < 90, f"took {elapsed:.1f} s"
-    status = subprocess.run([sys.executable, "-m", "tutorloop.loop.cli", "sql", str(tmp_path / "quick"),
-                             "SELECT status FROM runs", "--format", "csv"], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tutorloop.loop.cli",
+            "sql",
+            str(tmp_path / "quick"),
+            "SELECT status FROM runs",
+            "--format",
+            "csv",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert status.stdout.split() == ["status", "failed"], status.stdout + status.stderr

@@ -7,14 +7,15 @@ import json
 import logging
 
 import pytest
-
 from teacher_server import TeacherServer
+
 from tutorloop.actors.teacher import CALL_COLUMNS, LocalTeacherPool
 from tutorloop.loop.core.config import DataSection, TeacherSection
-from tutorloop.loop.strategies import clean_rationale
-from tutorloop.loop.core.synthetic import generate_problems
 from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
-from tutorloop.loop.teaching import RATIONALE_KEYS, TeachingSession, estimate_cost, plan_jobs
+from tutorloop.loop.core.records import RationaleRecord, columns
+from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.strategies import clean_rationale
+from tutorloop.loop.teaching import TeachingSession, estimate_cost, plan_jobs
 
 EXAMPLES = generate_problems(6, seed=5, min_steps=2, max_steps=3, max_value=9)
 PLANTED_KEY = "sk-test-PLANTED-00112233445566778899aabb"
@@ -38,9 +39,14 @@ class DictCache:
 
 
 def server_cfg(server: TeacherServer, **extra: object) -> TeacherSection:
-    return TeacherSection.model_validate({
-        "teachers": [{"name": "t", "backend": "openai", "model": "program", "base_url": server.base_url}],
-        "retry_backoff_s": 0.02, "timeout_s": 2.0, **extra})
+    return TeacherSection.model_validate(
+        {
+            "teachers": [{"name": "t", "backend": "openai", "model": "program", "base_url": server.base_url}],
+            "retry_backoff_s": 0.02,
+            "timeout_s": 2.0,
+            **extra,
+        }
+    )
 
 
 def run_session(cfg: TeacherSection, jobs: list, cache: DictCache, spent: float = 0.0):
@@ -53,8 +59,9 @@ def by_strategy(outcome) -> dict[tuple[str, str], dict]:
 
 
 def test_strategies_through_server_cache_and_persist_order(teacher_server: TeacherServer) -> None:
-    cfg = server_cfg(teacher_server, strategies=["zero_shot_cot", "cote", "rp", "crop", "few_shot_cot",
-                                                 "teacher_forcing"])
+    cfg = server_cfg(
+        teacher_server, strategies=["zero_shot_cot", "cote", "rp", "crop", "few_shot_cot", "teacher_forcing"]
+    )
     jobs = plan_jobs(EXAMPLES, cfg, 0)
     cache = DictCache()
     seen_by_server: dict[str, int] = {}  # stage-1 hash -> server calls when it was persisted
@@ -67,7 +74,7 @@ def test_strategies_through_server_cache_and_persist_order(teacher_server: Teach
     with LocalTeacherPool(cfg) as pool:
         outcome = TeachingSession(cfg, jobs, cache.lookup, pool, persist, progress=False).run()
     assert len(outcome.rationales) == len(jobs) == 36
-    assert all(tuple(r) == RATIONALE_KEYS for r in outcome.rationales)
+    assert all(tuple(r) == columns(RationaleRecord) for r in outcome.rationales)
     assert all(r["accepted"] and r["reject_reason"] is None for r in outcome.rationales), outcome.rationales
     for example in EXAMPLES:
         for strategy in ("zero_shot_cot", "cote", "rp", "crop", "few_shot_cot", "teacher_forcing"):
@@ -82,8 +89,11 @@ def test_strategies_through_server_cache_and_persist_order(teacher_server: Teach
     stage1 = {r["request_hash"]: r for r in cache.records.values() if r["stage"] == "reason"}
     for index, entry in enumerate(teacher_server.requests):
         if entry["prompt"].endswith("(arabic numerals) is"):
-            parent = [h for h, r in stage1.items() if entry["prompt"].startswith(json.loads(r["request"])
-                                                                                ["messages"][0]["content"])]
+            parent = [
+                h
+                for h, r in stage1.items()
+                if entry["prompt"].startswith(json.loads(r["request"])["messages"][0]["content"])
+            ]
             assert len(parent) == 1 and seen_by_server[parent[0]] <= index
     # the same jobs again: everything from the cache, not one request sent
     again = run_session(cfg, jobs, cache)
@@ -106,8 +116,7 @@ def test_faults_during_a_session_lose_nothing(teacher_server: TeacherServer) -> 
 def test_wrong_answers_are_rejected(teacher_server: TeacherServer) -> None:
     cfg = server_cfg(teacher_server, strategies=["cote"])
     wrong_gold = dataclasses.replace(EXAMPLES[0], answer=str(int(EXAMPLES[0].answer) + 1))
-    not_synthetic = Example(id="x/train/0", dataset="x", split="train", question="Why is the sky blue?",
-                            answer="7")
+    not_synthetic = Example(id="x/train/0", dataset="x", split="train", question="Why is the sky blue?", answer="7")
     outcome = run_session(cfg, plan_jobs([wrong_gold, not_synthetic, EXAMPLES[1]], cfg, 0), DictCache())
     wrong, refused, right = outcome.rationales
     assert not wrong["accepted"] and wrong["reject_reason"] == "wrong_answer"
@@ -156,10 +165,16 @@ def test_budget_stops_sending_and_says_so(teacher_server: TeacherServer) -> None
 
 
 def test_estimate_cost_counts_stages() -> None:
-    cfg = TeacherSection.model_validate({"teachers": [
-        {"name": "a", "backend": "program", "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
-        {"name": "b", "backend": "program", "model": "other"}], "strategies": ["zero_shot_cot", "crop"],
-        "max_tokens": 100})
+    cfg = TeacherSection.model_validate(
+        {
+            "teachers": [
+                {"name": "a", "backend": "program", "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+                {"name": "b", "backend": "program", "model": "other"},
+            ],
+            "strategies": ["zero_shot_cot", "crop"],
+            "max_tokens": 100,
+        }
+    )
     jobs = plan_jobs(EXAMPLES[:2], cfg, 0)
     estimate = estimate_cost(jobs, cfg)
     assert estimate["requests"] == 2 * 2 * 4  # 2 examples, 2 teachers, zs 2 + crop 2
@@ -199,50 +214,89 @@ def test_tailored_feedback_corrects_a_planted_step(teacher_server: TeacherServer
     example = EXAMPLES[0]
     steps = example.meta["steps"]
     planted = dict(steps[1], result=steps[1]["result"] + 3)  # step 2 computed wrongly
-    wrong = (f"Step: {steps[0]['a']} {steps[0]['op']} {steps[0]['b']} = {steps[0]['result']}. "
-             f"Step: {planted['a']} {planted['op']} {planted['b']} = {planted['result']}.\n"
-             f"Therefore, the answer is {planted['result']}.")
+    wrong = (
+        f"Step: {steps[0]['a']} {steps[0]['op']} {steps[0]['b']} = {steps[0]['result']}. "
+        f"Step: {planted['a']} {planted['op']} {planted['b']} = {planted['result']}.\n"
+        f"Therefore, the answer is {planted['result']}."
+    )
     mistakes = {example.id: [{"output": wrong, "extracted": str(planted["result"])}]}
-    expected = f"Step 2 miscalculates: {steps[1]['a']} {steps[1]['op']} {steps[1]['b']} is {steps[1]['result']}, " \
-               f"not {planted['result']}."
+    expected = (
+        f"Step 2 miscalculates: {steps[1]['a']} {steps[1]['op']} {steps[1]['b']} is {steps[1]['result']}, "
+        f"not {planted['result']}."
+    )
     remote = server_cfg(teacher_server, strategies=["tailored"])
-    local = TeacherSection.model_validate({"teachers": [{"name": "t", "backend": "program", "model": "program",
-                                                         "task_tag": "tailor"}]})
+    local = TeacherSection.model_validate(
+        {"teachers": [{"name": "t", "backend": "program", "model": "program", "task_tag": "tailor"}]}
+    )
     for cfg in (remote, local):
-        outcome = run_session(cfg, plan_jobs(EXAMPLES, cfg, 3, ["tailored"], mistakes), DictCache())
+        cache = DictCache()
+        outcome = run_session(cfg, plan_jobs(EXAMPLES, cfg, 3, ["tailored"], mistakes), cache)
         (record,) = outcome.rationales  # only the example with a mistake is taught
         assert record["feedback"] == expected
         assert record["rationale"] == example.rationale and record["extracted"] == example.answer
-        assert record["accepted"] and record["round"] == 3
+        # The store gives the rationale its round; the call it came from names the round itself.
+        assert record["accepted"] and "round" not in record and cache.records[record["request_hash"]]["round"] == 3
         assert record["task"] == ("tailor" if cfg is local else "explain")
     assert teacher_server.calls == 1
 
 
 def test_multi_teacher_tags(teacher_server: TeacherServer) -> None:
-    cfg = TeacherSection.model_validate({"teachers": [
-        {"name": "big", "backend": "openai", "model": "program", "base_url": teacher_server.base_url,
-         "task_tag": "big"},
-        {"name": "prog", "backend": "program", "model": "program"}], "strategies": ["rp"], "retry_backoff_s": 0.02})
+    cfg = TeacherSection.model_validate(
+        {
+            "teachers": [
+                {
+                    "name": "big",
+                    "backend": "openai",
+                    "model": "program",
+                    "base_url": teacher_server.base_url,
+                    "task_tag": "big",
+                },
+                {"name": "prog", "backend": "program", "model": "program"},
+            ],
+            "strategies": ["rp"],
+            "retry_backoff_s": 0.02,
+        }
+    )
     outcome = run_session(cfg, plan_jobs(EXAMPLES[:2], cfg, 0), DictCache())
     assert sorted((r["teacher"], r["task"]) for r in outcome.rationales) == [
-        ("big", "big"), ("big", "big"), ("prog", "explain"), ("prog", "explain")]
+        ("big", "big"),
+        ("big", "big"),
+        ("prog", "explain"),
+        ("prog", "explain"),
+    ]
     assert all(r["accepted"] for r in outcome.rationales)
     assert teacher_server.calls == 2
 
 
-def test_planted_key_stays_out_of_session_output(teacher_server: TeacherServer, monkeypatch: pytest.MonkeyPatch,
-                                                 caplog: pytest.LogCaptureFixture,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_planted_key_stays_out_of_session_output(
+    teacher_server: TeacherServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
     monkeypatch.setenv("TEACHER_KEY", PLANTED_KEY)
     caplog.set_level(logging.DEBUG)
-    cfg = TeacherSection.model_validate({"teachers": [
-        {"name": "t", "backend": "openai", "model": "program", "base_url": teacher_server.base_url,
-         "api_key_env": "TEACHER_KEY"}], "strategies": ["zero_shot_cot"], "retry_backoff_s": 0.02})
+    cfg = TeacherSection.model_validate(
+        {
+            "teachers": [
+                {
+                    "name": "t",
+                    "backend": "openai",
+                    "model": "program",
+                    "base_url": teacher_server.base_url,
+                    "api_key_env": "TEACHER_KEY",
+                }
+            ],
+            "strategies": ["zero_shot_cot"],
+            "retry_backoff_s": 0.02,
+        }
+    )
     teacher_server.rule(EXAMPLES[0].question, "401")
     cache = DictCache()
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, plan_jobs(EXAMPLES[:2], cfg, 0), cache.lookup, pool, cache.persist,
-                                  progress=True).run()
+        outcome = TeachingSession(
+            cfg, plan_jobs(EXAMPLES[:2], cfg, 0), cache.lookup, pool, cache.persist, progress=True
+        ).run()
     assert [r["reject_reason"] for r in outcome.rationales] == ["failed", None]
     assert teacher_server.requests[0]["auth"] == f"Bearer {PLANTED_KEY}"
     out, err = capsys.readouterr()
@@ -263,16 +317,24 @@ def test_ray_pool_runs_requests(teacher_server: TeacherServer, monkeypatch: pyte
     if started_here:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        cfg = TeacherSection.model_validate({"teachers": [
-            {"name": "t", "backend": "openai", "model": "program", "base_url": teacher_server.base_url},
-            {"name": "p", "backend": "program", "model": "p"}], "strategies": ["zero_shot_cot"],
-            "retry_backoff_s": 0.02, "concurrency": 4})
+        cfg = TeacherSection.model_validate(
+            {
+                "teachers": [
+                    {"name": "t", "backend": "openai", "model": "program", "base_url": teacher_server.base_url},
+                    {"name": "p", "backend": "program", "model": "p"},
+                ],
+                "strategies": ["zero_shot_cot"],
+                "retry_backoff_s": 0.02,
+                "concurrency": 4,
+            }
+        )
         teacher_server.script("500", "reset")
         pool = RayTeacherPool(cfg, num_actors=2, num_cpus=0.25)
         try:
             cache = DictCache()
-            outcome = TeachingSession(cfg, plan_jobs(EXAMPLES, cfg, 0), cache.lookup, pool, cache.persist,
-                                      progress=False).run()
+            outcome = TeachingSession(
+                cfg, plan_jobs(EXAMPLES, cfg, 0), cache.lookup, pool, cache.persist, progress=False
+            ).run()
         finally:
             pool.close()
         assert len(outcome.rationales) == 12 and all(r["accepted"] for r in outcome.rationales)
@@ -309,8 +371,9 @@ def test_journal_keeps_answers_that_never_reached_the_store(teacher_server: Teac
     cache = DictCache()
     cache.persist(recovered.answers)
     with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(cfg, jobs, cache.lookup, pool, cache.persist, progress=False,
-                                  journal=TeacherJournal(tmp_path)).run()
+        outcome = TeachingSession(
+            cfg, jobs, cache.lookup, pool, cache.persist, progress=False, journal=TeacherJournal(tmp_path)
+        ).run()
     assert all(r["accepted"] for r in outcome.rationales) and len(outcome.rationales) == 6
     assert outcome.cache_hits == len(recovered.answers)
     assert teacher_server.calls - first_calls == outcome.calls_sent == 6 - len(recovered.answers)

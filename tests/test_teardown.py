@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_engine_plan import config, new_run
 from tiny_student import RANDOM_GPT2
+
 from tutorloop.actors.teacher import TeacherRequest
 from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.teardown import TeardownError
 from tutorloop.loop.engine import LOG_FILE, RoundEngine
 from tutorloop.loop.run_dir import create_run
-from tutorloop.loop.core.teardown import TeardownError
 from tutorloop.loop.workers import RayWorkers
 from tutorloop.store.query import fetch_rows
 
@@ -27,31 +27,52 @@ ray = pytest.importorskip("ray")
 
 # Small Ray actors: the student, the trainer and two teacher actors fit in two CPUs; the untrained tiny
 # student has nothing to build before its actors start.
-RAY_SMALL = ["ray.num_cpus=2", "ray.student_cpus=0.5", "ray.trainer_cpus=0.5", "ray.teacher_cpus=0.25",
-             "teacher.num_actors=2", f"student.tiny={json.dumps(RANDOM_GPT2)}"]
+RAY_SMALL = [
+    "ray.num_cpus=2",
+    "ray.student_cpus=0.5",
+    "ray.trainer_cpus=0.5",
+    "ray.teacher_cpus=0.25",
+    "teacher.num_actors=2",
+    f"student.tiny={json.dumps(RANDOM_GPT2)}",
+]
 
 
 @pytest.fixture
 def local_ray():
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, address="local", _node_ip_address="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
 
 
 def program_teacher() -> TeacherSection:
-    return TeacherSection.model_validate({"teachers": [{"name": "p", "backend": "program", "model": "p"}],
-                                          "strategies": ["zero_shot_cot"], "concurrency": 4, "num_actors": 2})
+    return TeacherSection.model_validate(
+        {
+            "teachers": [{"name": "p", "backend": "program", "model": "p"}],
+            "strategies": ["zero_shot_cot"],
+            "concurrency": 4,
+            "num_actors": 2,
+        }
+    )
 
 
 def requests(count: int) -> list[TeacherRequest]:
-    return [TeacherRequest(teacher="p", backend="program", model="p", api="chat",
-                           messages=[{"role": "user", "content": f"Q: What is {i} + 1?\nA: Let's think step by step."}],
-                           prompt=None, params={"temperature": 0.0, "max_tokens": 64}, strategy="zero_shot_cot",
-                           example_id=f"q{i}", stage="reason")
-            for i in range(count)]
+    return [
+        TeacherRequest(
+            teacher="p",
+            backend="program",
+            model="p",
+            api="chat",
+            messages=[{"role": "user", "content": f"Q: What is {i} + 1?\nA: Let's think step by step."}],
+            prompt=None,
+            params={"temperature": 0.0, "max_tokens": 64},
+            strategy="zero_shot_cot",
+            example_id=f"q{i}",
+            stage="reason",
+        )
+        for i in range(count)
+    ]
 
 
 def started_pool(workers: RayWorkers | None = None):
@@ -120,8 +141,10 @@ def test_a_phase_error_with_a_dead_teacher_actor_reaches_the_user(tmp_path: Path
     with pytest.raises(PhaseFailed, match=r"the training broke \(X\)"):
         engine.run()
     assert not ray.is_initialized()  # the run started Ray, and shut it down although an actor had died
-    assert fetch_rows(run_dir, "SELECT status, message FROM runs")[0] == \
-        {"status": "failed", "message": "the training broke (X)"}
+    assert fetch_rows(run_dir, "SELECT status, message FROM runs")[0] == {
+        "status": "failed",
+        "message": "the training broke (X)",
+    }
     assert "teacher actor" in (run_dir / LOG_FILE).read_text()  # the dead actor, in the run's log
 
 

@@ -11,18 +11,20 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_engine_plan import config, new_run
+
 from tutorloop.loop.core.config import Config
-from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.core.errors import ConfigError
+from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.tracking import STATE_FILE, TENSORBOARD_DIR, Trackers, round_metrics
 from tutorloop.store.query import fetch_rows
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
-STEPS = [{"step": 1, "loss": 2.0, "lr": 1e-3, "task_losses": {"answer": 1.5, "explain": 2.5}, "contrast_loss": None},
-         {"step": 2, "loss": 1.0, "lr": 5e-4, "task_losses": {"answer": 0.5, "explain": 1.5}, "contrast_loss": 0.25}]
+STEPS = [
+    {"step": 1, "loss": 2.0, "lr": 1e-3, "task_losses": {"answer": 1.5, "explain": 2.5}, "contrast_loss": None},
+    {"step": 2, "loss": 1.0, "lr": 5e-4, "task_losses": {"answer": 0.5, "explain": 1.5}, "contrast_loss": 0.25},
+]
 
 
 def tracked(*report_to: str) -> Config:
@@ -33,8 +35,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the run's TensorBoard event files, by tag: (step, value) in step order."""
     reader = event_accumulator.EventAccumulator(str(run_dir / TENSORBOARD_DIR))
     reader.Reload()
-    return {tag: sorted((e.step, round(e.value, 6)) for e in reader.Scalars(tag))
-            for tag in reader.Tags()["scalars"]}
+    return {tag: sorted((e.step, round(e.value, 6)) for e in reader.Scalars(tag)) for tag in reader.Tags()["scalars"]}
 
 
 def test_tensorboard_gets_round_metrics_and_step_losses(tmp_path: Path) -> None:
@@ -67,16 +68,20 @@ def test_a_resumed_run_continues_the_step_count(tmp_path: Path) -> None:
     assert sorted({step for step, _ in scalars(tmp_path)["train/loss"]}) == [1, 2, 3, 4, 5]
 
 
-def test_no_trackers_write_nothing_and_a_missing_package_is_one_line(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_trackers_write_nothing_and_a_missing_package_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     quiet = Trackers(tracked(), tmp_path / "none")
     quiet.log_round(0, {"eval/accuracy_explain": 1.0})
     quiet.log_steps(0, STEPS)
     quiet.close()
     assert not (tmp_path / "none").exists()
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without the package gives
-    with pytest.raises(ConfigError, match=r"^run.report_to: wandb needs the `wandb` package: "
-                                          r"pip install 'tutorloop\[wandb\]'$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^run.report_to: wandb needs the `wandb` package: "
+        r"pip install 'tutorloop\[wandb\]'$",
+    ):
         Trackers(tracked("wandb"), tmp_path)
 
 
@@ -92,8 +97,8 @@ def wandb_records(run_dir: Path) -> list:
         if 32768 - position % 32768 < 7:  # a block's tail too short for a chunk header is padding
             position += 32768 - position % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunk += data[position + 7:position + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunk += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -104,8 +109,11 @@ def wandb_records(run_dir: Path) -> list:
 
 
 def wandb_history(run_dir: Path) -> list[dict[str, float]]:
-    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            for record in wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
+    return [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in wandb_records(run_dir)
+        if record.WhichOneof("record_type") == "history"
+    ]
 
 
 def test_wandb_offline_run_folder_holds_the_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,8 +140,11 @@ def test_wandb_that_cannot_start_is_one_line(tmp_path: Path, monkeypatch: pytest
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
 
     monkeypatch.setattr(wandb, "init", not_logged_in)
-    with pytest.raises(ConfigError, match=r"^run.report_to: wandb could not start \(UsageError: No API key "
-                                          r"configured.*\); log in with `wandb login`, or set WANDB_MODE=offline"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^run.report_to: wandb could not start \(UsageError: No API key "
+        r"configured.*\); log in with `wandb login`, or set WANDB_MODE=offline",
+    ):
         Trackers(tracked("wandb"), tmp_path)
 
 
@@ -167,10 +178,13 @@ def test_an_engine_run_on_an_hf_dataset_reaches_tensorboard(tmp_path: Path, monk
     # The quick config's synthetic problems, saved as a Hugging Face dataset (the program teacher
     # answers them wherever they come from).
     synthetic = config().data
-    columns = lambda split: {"question": [e.question for e in load_examples(synthetic, split)],  # noqa: E731
-                             "answer": [e.answer for e in load_examples(synthetic, split)]}
-    datasets.DatasetDict({split: datasets.Dataset.from_dict(columns(split))
-                          for split in ("train", "test")}).save_to_disk(str(tmp_path / "arith"))
+    columns = lambda split: {  # noqa: E731
+        "question": [e.question for e in load_examples(synthetic, split)],
+        "answer": [e.answer for e in load_examples(synthetic, split)],
+    }
+    datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict(columns(split)) for split in ("train", "test")}
+    ).save_to_disk(str(tmp_path / "arith"))
     cfg = config("data.task=hf", f"data.dataset={tmp_path / 'arith'}", "run.report_to=[tensorboard]")
     monkeypatch.setattr("test_engine_plan.RoundEngine", TrackedEngine)  # new_run builds this engine
     engine, _ = new_run(cfg, tmp_path)
@@ -182,8 +196,9 @@ def test_an_engine_run_on_an_hf_dataset_reaches_tensorboard(tmp_path: Path, monk
     assert [step for step, _ in found["eval/accuracy_answer"]] == [-1, 0, 1]
     assert [step for step, _ in found["teacher/calls"]] == [0, 1]
     assert [step for step, _ in found["pool/mistakes"]] == [1]
-    [pool] = fetch_rows(engine.run_dir, "SELECT value FROM metrics WHERE round = 1 AND split = 'train' "
-                                        "AND name = 'accuracy'")
+    [pool] = fetch_rows(
+        engine.run_dir, "SELECT value FROM metrics WHERE round = 1 AND split = 'train' AND name = 'accuracy'"
+    )
     assert found["pool/accuracy"] == [(1, pytest.approx(pool["value"]))]
     steps = fetch_rows(engine.run_dir, "SELECT count(*) AS n FROM train_steps")[0]["n"]
     assert len(found["train/loss"]) == steps > 0

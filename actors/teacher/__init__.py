@@ -30,9 +30,22 @@ from tutorloop.actors.teacher.replay import ReplayBackend
 from tutorloop.actors.teacher.router import TeacherRouter
 
 __all__ = [
-    "CALL_COLUMNS", "LocalTeacherPool", "OpenAIBackend", "ProgramBackend", "RayTeacherPool",
-    "ReplayBackend", "TeacherRequest", "TeacherRouter", "TeacherUnavailable", "TokenBucket", "call_record",
-    "check_teacher", "estimate_tokens", "parse_completion", "redact", "retry_after_seconds",
+    "CALL_COLUMNS",
+    "LocalTeacherPool",
+    "OpenAIBackend",
+    "ProgramBackend",
+    "RayTeacherPool",  # noqa: F822 (loaded on first use by __getattr__ below)
+    "ReplayBackend",
+    "TeacherRequest",
+    "TeacherRouter",
+    "TeacherUnavailable",
+    "TokenBucket",
+    "call_record",
+    "check_teacher",
+    "estimate_tokens",
+    "parse_completion",
+    "redact",
+    "retry_after_seconds",
 ]
 
 

@@ -13,11 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-CALL_COLUMNS = (
-    "request_hash", "teacher", "backend", "model", "strategy", "example_id", "round", "stage", "sample_index",
-    "request", "response", "finish_reason", "tokens_in", "tokens_out", "cost_usd", "latency_s", "attempts",
-    "status", "error",
-)
+from tutorloop.loop.core.records import TeacherCallRecord, columns
+
+CALL_COLUMNS = columns(TeacherCallRecord)
 # Why a response cannot be used; a record's error starts with its reason ("length: ...").
 PROBLEM_TEXT = {
     "malformed_json": "the response body is not a valid completion JSON",
@@ -72,18 +70,32 @@ class TeacherRequest:
         return body
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], source: str = "") -> TeacherRequest:
+    def from_record(cls, record: TeacherCallRecord, source: str = "") -> TeacherRequest:
         """The request a stored call record answered (its hashed fields; metadata left empty)."""
         body = json.loads(record["request"])
-        return cls(teacher=record["teacher"], backend=record["backend"], model=record["model"], api=body["api"],
-                   messages=body.get("messages"), prompt=body.get("prompt"), params=body["params"],
-                   sample_index=int(record["sample_index"]), source=source)
+        return cls(
+            teacher=record["teacher"],
+            backend=record["backend"],
+            model=record["model"],
+            api=body["api"],
+            messages=body.get("messages"),
+            prompt=body.get("prompt"),
+            params=body["params"],
+            sample_index=int(record["sample_index"]),
+            source=source,
+        )
 
     def _key(self) -> dict[str, Any]:
-        key = {"backend": self.backend, "model": self.model, "api": self.api, "params": self.params,
-               "sample_index": self.sample_index}
+        key = {
+            "backend": self.backend,
+            "model": self.model,
+            "api": self.api,
+            "params": self.params,
+            "sample_index": self.sample_index,
+        }
         key["messages" if self.messages is not None else "prompt"] = (
-            self.messages if self.messages is not None else self.prompt)
+            self.messages if self.messages is not None else self.prompt
+        )
         return key
 
     @property
@@ -112,18 +124,40 @@ class TeacherRequest:
         return int(self.params.get("max_tokens", 0))
 
 
-def call_record(request: TeacherRequest, *, status: str, response: str | None = None,
-                finish_reason: str | None = None, tokens_in: int = 0, tokens_out: int = 0,
-                cost_usd: float = 0.0, latency_s: float = 0.0, attempts: int = 1,
-                error: str | None = None) -> dict[str, Any]:
-    """The teacher_calls row of a finished request (keys exactly CALL_COLUMNS)."""
+def call_record(
+    request: TeacherRequest,
+    *,
+    status: str,
+    response: str | None = None,
+    finish_reason: str | None = None,
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+    cost_usd: float = 0.0,
+    latency_s: float = 0.0,
+    attempts: int = 1,
+    error: str | None = None,
+) -> TeacherCallRecord:
+    """The teacher_calls row of a finished request (keys exactly CALL_COLUMNS); its round is the request's."""
     return {
-        "request_hash": request.request_hash, "teacher": request.teacher, "backend": request.backend,
-        "model": request.model, "strategy": request.strategy, "example_id": request.example_id,
-        "round": request.round, "stage": request.stage, "sample_index": request.sample_index,
-        "request": _canonical(request.payload()), "response": response, "finish_reason": finish_reason,
-        "tokens_in": int(tokens_in), "tokens_out": int(tokens_out), "cost_usd": float(cost_usd),
-        "latency_s": float(latency_s), "attempts": int(attempts), "status": status, "error": error,
+        "request_hash": request.request_hash,
+        "teacher": request.teacher,
+        "backend": request.backend,
+        "model": request.model,
+        "strategy": request.strategy,
+        "example_id": request.example_id,
+        "round": request.round,
+        "stage": request.stage,
+        "sample_index": request.sample_index,
+        "request": _canonical(request.payload()),
+        "response": response,
+        "finish_reason": finish_reason,
+        "tokens_in": int(tokens_in),
+        "tokens_out": int(tokens_out),
+        "cost_usd": float(cost_usd),
+        "latency_s": float(latency_s),
+        "attempts": int(attempts),
+        "status": status,
+        "error": error,
     }
 
 

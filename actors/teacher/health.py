@@ -92,8 +92,7 @@ class CircuitBreaker:
         """One more connection failure; `trip` opens the breaker whatever the count (the server is gone)."""
         self.failures += 1
         if self.reason is None and (trip or self.failures >= self.limit):
-            self.reason = (f"{where(self.endpoint)}: stopped after {self.failures} connection failures "
-                           f"in a row: {cause}")
+            self.reason = f"{where(self.endpoint)}: stopped after {self.failures} connection failures in a row: {cause}"
 
 
 def unreachable_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -27,8 +27,12 @@ class LocalTeacherPool:
         self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-pool", daemon=True)
         self._thread.start()
 
-    def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-            journal: CallJournal | None = None) -> Iterator[list[dict[str, Any]]]:
+    def ask(
+        self,
+        requests: list[TeacherRequest],
+        on_wait: Callable[[], None] | None = None,
+        journal: CallJournal | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         At most `concurrency` requests are out at once. `journal` records each answer the instant

@@ -29,7 +29,10 @@ from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens, redact
 from tutorloop.actors.teacher.health import (
-    UNREACHABLE, CircuitBreaker, client_options, failure_cause,
+    UNREACHABLE,
+    CircuitBreaker,
+    client_options,
+    failure_cause,
 )
 from tutorloop.actors.teacher.limits import TokenBucket, retry_after_seconds
 from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
@@ -125,7 +128,8 @@ class OpenAIBackend:
         params = dict(request.params)
         if request.api == "chat":
             return await client.chat.completions.with_raw_response.create(
-                model=request.model, messages=request.messages, **params)
+                model=request.model, messages=request.messages, **params
+            )
         return await client.completions.with_raw_response.create(model=request.model, prompt=request.prompt, **params)
 
     async def _attempt(self, client: Any, request: TeacherRequest) -> _Attempt:
@@ -138,26 +142,41 @@ class OpenAIBackend:
                 raw = await self._send(client, request)
             except openai.APIStatusError as exc:
                 self.breaker.answered()
-                return _Attempt("failed", exc.status_code in RETRYABLE_STATUS, f"HTTP {exc.status_code}: {exc.message}",
-                                retry_after=retry_after_seconds(exc.response.headers))
+                return _Attempt(
+                    "failed",
+                    exc.status_code in RETRYABLE_STATUS,
+                    f"HTTP {exc.status_code}: {exc.message}",
+                    retry_after=retry_after_seconds(exc.response.headers),
+                )
             except openai.APIConnectionError as exc:  # timeouts included
                 short = failure_cause(exc, self.cfg.timeout_s)
                 self.breaker.failed(short)
                 if isinstance(exc, openai.APITimeoutError):
-                    return _Attempt("failed", True, f"timeout: no response within {self.cfg.timeout_s:g} s",
-                                    cause=short)
+                    return _Attempt(
+                        "failed", True, f"timeout: no response within {self.cfg.timeout_s:g} s", cause=short
+                    )
                 cause = exc.__cause__ or exc.__context__
-                return _Attempt("failed", True,
-                                f"connection error: {type(cause).__name__ if cause else 'unknown'}: {cause or exc}",
-                                cause=short)
+                return _Attempt(
+                    "failed",
+                    True,
+                    f"connection error: {type(cause).__name__ if cause else 'unknown'}: {cause or exc}",
+                    cause=short,
+                )
         self.breaker.answered()
         text, finish, usage, problem = parse_completion(request.api, raw.http_response.text)
         tokens_in = int(usage.get("prompt_tokens") or request.tokens_in_estimate())
         tokens_out = int(usage.get("completion_tokens") or estimate_tokens(text or ""))
         if problem is None:
             return _Attempt("ok", text=text, finish=finish, tokens_in=tokens_in, tokens_out=tokens_out)
-        return _Attempt("unusable", self.cfg.retry_unusable, f"{problem}: {PROBLEM_TEXT[problem]}", text, finish,
-                        tokens_in, tokens_out)
+        return _Attempt(
+            "unusable",
+            self.cfg.retry_unusable,
+            f"{problem}: {PROBLEM_TEXT[problem]}",
+            text,
+            finish,
+            tokens_in,
+            tokens_out,
+        )
 
     async def complete(self, request: TeacherRequest) -> dict[str, Any]:
         client = self._ensure_client()
@@ -166,9 +185,18 @@ class OpenAIBackend:
         cost = 0.0
 
         def record(status: str, attempt: _Attempt, error: str | None) -> dict[str, Any]:
-            return call_record(request, status=status, response=attempt.text, finish_reason=attempt.finish,
-                               tokens_in=tokens_in, tokens_out=tokens_out, cost_usd=cost,
-                               latency_s=time.monotonic() - started, attempts=attempts, error=error)
+            return call_record(
+                request,
+                status=status,
+                response=attempt.text,
+                finish_reason=attempt.finish,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost_usd=cost,
+                latency_s=time.monotonic() - started,
+                attempts=attempts,
+                error=error,
+            )
 
         while True:
             attempts += 1
@@ -184,8 +212,13 @@ class OpenAIBackend:
                 return record(UNREACHABLE, attempt, self.breaker.reason)
             if last:
                 if attempt.status != "ok":
-                    log.warning("teacher %s: request %s gave up after %d attempt(s): %s",
-                                request.teacher, request.request_hash[:12], attempts, error)
+                    log.warning(
+                        "teacher %s: request %s gave up after %d attempt(s): %s",
+                        request.teacher,
+                        request.request_hash[:12],
+                        attempts,
+                        error,
+                    )
                 return record(attempt.status, attempt, error)
             delay = self._delay(attempts, attempt.retry_after)
             log.info("teacher %s: attempt %d failed (%s); retrying in %.2f s", request.teacher, attempts, error, delay)

@@ -14,7 +14,10 @@ import os
 from typing import Any
 
 from tutorloop.actors.teacher.health import (
-    TeacherUnavailable, client_options, failure_cause, where,
+    TeacherUnavailable,
+    client_options,
+    failure_cause,
+    where,
 )
 from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
 
@@ -53,8 +56,9 @@ def _one_token(client: Any, endpoint: TeacherEndpoint, cfg: TeacherSection, offe
 
     try:
         if endpoint.api == "chat":
-            client.chat.completions.create(model=endpoint.model, messages=[{"role": "user", "content": "Hi"}],
-                                           max_tokens=1, timeout=cfg.timeout_s)
+            client.chat.completions.create(
+                model=endpoint.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, timeout=cfg.timeout_s
+            )
         else:
             client.completions.create(model=endpoint.model, prompt="Hi", max_tokens=1, timeout=cfg.timeout_s)
     except (openai.APIConnectionError, openai.APIStatusError) as exc:
@@ -85,10 +89,13 @@ def _refused(endpoint: TeacherEndpoint, status: int) -> str:
 
 def _unknown_model(endpoint: TeacherEndpoint, offered: list[str] | None) -> str:
     if offered is None:
-        return (f"{where(endpoint)}: HTTP 404 for model '{endpoint.model}': unknown model, or base_url is not "
-                f"the API's root (it usually ends in /v1)")
+        return (
+            f"{where(endpoint)}: HTTP 404 for model '{endpoint.model}': unknown model, or base_url is not "
+            f"the API's root (it usually ends in /v1)"
+        )
     if not offered:
         return f"{where(endpoint)}: unknown model '{endpoint.model}'; the server lists no models"
-    shown = ", ".join(offered[:MODELS_SHOWN]) + (f", ... ({len(offered)} in all)" if len(offered) > MODELS_SHOWN
-                                                   else "")
+    shown = ", ".join(offered[:MODELS_SHOWN]) + (
+        f", ... ({len(offered)} in all)" if len(offered) > MODELS_SHOWN else ""
+    )
     return f"{where(endpoint)}: unknown model '{endpoint.model}'; the server offers: {shown}"

@@ -24,6 +24,7 @@ from typing import Any
 
 from tutorloop.actors.teacher.calls import TeacherRequest, call_record, estimate_tokens
 from tutorloop.loop.core.config import TeacherEndpoint
+
 # The question templates and step words are synthetic.py's; building the parser from them keeps
 # the two in step if a phrase changes.
 from tutorloop.loop.core.synthetic import OP_PHRASES, OP_WORDS, apply_op, parse_rationale_steps, solve_steps
@@ -38,19 +39,15 @@ REFUSAL = "I can only solve the synthetic arithmetic problems of this course."
 
 _OP_SENTENCE = {op: re.escape(phrase).replace(re.escape("{b}"), r"(\d+)") for op, phrase in OP_PHRASES.items()}
 _STEP_SENTENCE = re.compile(
-    r"(?:He|She|Then he|Then she) (?:" + "|".join(f"(?P<op{i}>{p})" for i, p in enumerate(_OP_SENTENCE.values())) + r")\."
+    r"(?:He|She|Then he|Then she) (?:"
+    + "|".join(f"(?P<op{i}>{p})" for i, p in enumerate(_OP_SENTENCE.values()))
+    + r")\."
 )
 _QUESTION = re.compile(
     r"(?P<name>[A-Z][a-z]+) has (?P<start>\d+) (?P<things>[a-z]+)\.(?P<ops>(?: (?:He|She|Then he|Then she) [^.?]+\.)*)"
     r" How many (?P=things) does (?P=name) have now\?"
 )
 _ANSWER_TRIGGER_END = re.compile(r"the\s+answer[^\n]*\bis\s*$", re.IGNORECASE)
-
-
-def parse_question(question: str) -> list[dict[str, Any]] | None:
-    """The steps ({"op", "a", "b", "result"}) of one synthetic question, or None if it is not one."""
-    match = _QUESTION.search(question)
-    return _steps_of(match) if match else None
 
 
 def _steps_of(match: re.Match) -> list[dict[str, Any]] | None:
@@ -78,10 +75,6 @@ def find_question(prompt: str) -> list[dict[str, Any]] | None:
     return None
 
 
-def _step_text(step: dict[str, Any]) -> str:
-    return f"{step['a']} {step['op']} {step['b']} = {step['result']}"
-
-
 def first_mistake(steps: list[dict[str, Any]], student_reasoning: str, student_answer: str | None) -> str:
     """One line saying what is wrong in a student's rationale, judged at its first wrong step."""
     correct = [(s["a"], s["op"], s["b"], s["result"]) for s in steps]
@@ -96,15 +89,18 @@ def first_mistake(steps: list[dict[str, Any]], student_reasoning: str, student_a
         if (sa, sop, sb, sc) == (a, op, b, result):
             continue
         if (sop, sb) != (op, b):
-            return (f"Step {i + 1} computes {sa} {sop} {sb}, but the problem says to {verb} here: "
-                    f"{a} {op} {b} = {result}.")
+            return (
+                f"Step {i + 1} computes {sa} {sop} {sb}, but the problem says to {verb} here: {a} {op} {b} = {result}."
+            )
         if sa != a:
             return f"Step {i + 1} starts from {sa}, but the amount at that point is {a}: {a} {op} {b} = {result}."
         return f"Step {i + 1} miscalculates: {a} {op} {b} is {result}, not {sc}."
     final = correct[-1][3]
     if len(student) > len(correct):
         extra = student[len(correct)]
-        return f"Step {len(correct) + 1} ({extra[0]} {extra[1]} {extra[2]}) is not in the problem; the answer is {final}."
+        return (
+            f"Step {len(correct) + 1} ({extra[0]} {extra[1]} {extra[2]}) is not in the problem; the answer is {final}."
+        )
     if student_answer is not None and student_answer.strip() != str(final):
         return f"The steps are right, but the final answer should be {final}, not {student_answer.strip()}."
     return "No mistake: the reasoning and the answer are right."
@@ -128,8 +124,9 @@ def worked_steps(steps: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
-def tailored_response(steps: list[dict[str, Any]], student_reasoning: str, student_answer: str | None,
-                      sample_index: int = 0) -> str:
+def tailored_response(
+    steps: list[dict[str, Any]], student_reasoning: str, student_answer: str | None, sample_index: int = 0
+) -> str:
     """The tailored answer: what was wrong, then the correct reasoning and answer. A second sample of
     the same request words the reasoning differently, as a sampled LLM reply would (a contrast positive)."""
     mistake = first_mistake(steps, student_reasoning, student_answer)
@@ -169,6 +166,13 @@ class ProgramBackend:
         started = time.monotonic()
         text = respond(request.text(), request.sample_index)
         tokens_in, tokens_out = request.tokens_in_estimate(), estimate_tokens(text)
-        return call_record(request, status="ok", response=text, finish_reason="stop", tokens_in=tokens_in,
-                           tokens_out=tokens_out, cost_usd=self.endpoint.price.cost_usd(tokens_in, tokens_out),
-                           latency_s=time.monotonic() - started)
+        return call_record(
+            request,
+            status="ok",
+            response=text,
+            finish_reason="stop",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost_usd=self.endpoint.price.cost_usd(tokens_in, tokens_out),
+            latency_s=time.monotonic() - started,
+        )

@@ -41,8 +41,9 @@ class RayTeacherPool:
     which start with the first request sent. API keys are read from each actor's environment (a local Ray inherits the driver's).
     """
 
-    def __init__(self, teacher_cfg: TeacherSection, num_actors: int | None = None, data_dir: str = "data",
-                 num_cpus: float = 0.25) -> None:
+    def __init__(
+        self, teacher_cfg: TeacherSection, num_actors: int | None = None, data_dir: str = "data", num_cpus: float = 0.25
+    ) -> None:
         self._cfg, self._data_dir, self._num_cpus = teacher_cfg, data_dir, num_cpus
         self._count = num_actors or teacher_cfg.num_actors
         self._window = teacher_cfg.concurrency
@@ -52,13 +53,18 @@ class RayTeacherPool:
         # Started on the first request, not before: a phase answered from the cache, or stopped by
         # the preflight, never waits for an actor process to boot (or to be torn down).
         if not self._actors:
-            self._actors = [TeacherActor.options(num_cpus=self._num_cpus).remote(self._cfg, self._data_dir,
-                                                                                  self._count)
-                            for _ in range(self._count)]
+            self._actors = [
+                TeacherActor.options(num_cpus=self._num_cpus).remote(self._cfg, self._data_dir, self._count)
+                for _ in range(self._count)
+            ]
         return self._actors
 
-    def ask(self, requests: list[TeacherRequest], on_wait: Callable[[], None] | None = None,
-            journal: CallJournal | None = None) -> Iterator[list[dict[str, Any]]]:
+    def ask(
+        self,
+        requests: list[TeacherRequest],
+        on_wait: Callable[[], None] | None = None,
+        journal: CallJournal | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
         """Yields lists of call records, each holding everything that finished since the last one.
 
         Like LocalTeacherPool: at most `concurrency` requests out at once; `journal` records each
@@ -101,8 +107,12 @@ class RayTeacherPool:
                 try:
                     ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    log.warning("teacher actor %d of %d could not close: %s", closing[ref] + 1, len(actors),
-                                str(exc).splitlines()[0])
+                    log.warning(
+                        "teacher actor %d of %d could not close: %s",
+                        closing[ref] + 1,
+                        len(actors),
+                        str(exc).splitlines()[0],
+                    )
             if late:
                 log.warning("%d teacher actor(s) did not close within %g s", len(late), CLOSE_TIMEOUT_S)
         finally:

@@ -19,7 +19,13 @@ from typing import Any
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens
 from tutorloop.loop.core.answers import extract_answer
 from tutorloop.loop.core.config import TeacherEndpoint
-from tutorloop.loop.core.datasets import required_field, read_jsonl, read_recorded, load_recorded_teacher, normalize_question
+from tutorloop.loop.core.datasets import (
+    load_recorded_teacher,
+    normalize_question,
+    read_jsonl,
+    read_recorded,
+    required_field,
+)
 from tutorloop.loop.core.errors import DataError
 
 Recording = dict[str, list[dict[str, Any]]]  # normalize_question(question) -> completions in sample order
@@ -34,9 +40,14 @@ def _jsonl_completions(path: Path) -> Recording:
             if not value:
                 raise DataError(f"{path}: line {number}: field '{key}' is empty")
         answer = record.get("answer")
-        by_question.setdefault(normalize_question(question), []).append({
-            "question": question, "reasoning_completion": rationale, "reasoning_finish_reason": "stop",
-            "completion": f" {answer}" if answer is not None else None})
+        by_question.setdefault(normalize_question(question), []).append(
+            {
+                "question": question,
+                "reasoning_completion": rationale,
+                "reasoning_finish_reason": "stop",
+                "completion": f" {answer}" if answer is not None else None,
+            }
+        )
     return by_question
 
 
@@ -65,24 +76,33 @@ class ReplayBackend:
         # The user's own recording answers for every dataset; else the shipped one of the request's task.
         source = self.endpoint.recording or request.dataset
         if source not in self._recordings:
-            self._recordings[source] = (load_recording(source) if self.endpoint.recording
-                                        else load_recorded_teacher(self.data_dir, request.dataset))
+            self._recordings[source] = (
+                load_recording(source)
+                if self.endpoint.recording
+                else load_recorded_teacher(self.data_dir, request.dataset)
+            )
         completions = self._recordings[source].get(normalize_question(request.question), [])
         return completions[request.sample_index] if request.sample_index < len(completions) else None
 
     async def complete(self, request: TeacherRequest) -> dict[str, Any]:
         started = time.monotonic()
         if request.stage not in ("reason", "answer"):
-            return call_record(request, status="failed", error=f"replay serves zero_shot_cot stages only, not "
-                                                               f"{request.strategy}/{request.stage}")
+            return call_record(
+                request,
+                status="failed",
+                error=f"replay serves zero_shot_cot stages only, not {request.strategy}/{request.stage}",
+            )
         try:
             recorded = self._lookup(request)
         except DataError as exc:  # a missing or malformed recording file
             return call_record(request, status="failed", error=str(exc))
         if recorded is None:
-            return call_record(request, status="miss", latency_s=time.monotonic() - started,
-                               error=f"no recording for this question in {request.dataset} "
-                                     f"(sample {request.sample_index})")
+            return call_record(
+                request,
+                status="miss",
+                latency_s=time.monotonic() - started,
+                error=f"no recording for this question in {request.dataset} (sample {request.sample_index})",
+            )
         own_answer = request.stage == "answer" and recorded.get("completion") is None
         if request.stage == "reason":
             text, finish = recorded.get("reasoning_completion"), recorded.get("reasoning_finish_reason") or "stop"
@@ -92,7 +112,13 @@ class ReplayBackend:
         else:
             text, finish = recorded.get("completion"), "stop"
         problem = "length" if finish == "length" else None if own_answer or text and text.strip() else "empty_text"
-        return call_record(request, status="unusable" if problem else "ok", response=text, finish_reason=finish,
-                           tokens_in=request.tokens_in_estimate(), tokens_out=estimate_tokens(text or ""),
-                           latency_s=time.monotonic() - started,
-                           error=f"{problem}: {PROBLEM_TEXT[problem]} (recorded)" if problem else None)
+        return call_record(
+            request,
+            status="unusable" if problem else "ok",
+            response=text,
+            finish_reason=finish,
+            tokens_in=request.tokens_in_estimate(),
+            tokens_out=estimate_tokens(text or ""),
+            latency_s=time.monotonic() - started,
+            error=f"{problem}: {PROBLEM_TEXT[problem]} (recorded)" if problem else None,
+        )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from tutorloop.actors.teacher.health import base_url
 from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
-from tutorloop.loop.core.datasets import _recorded_path
+from tutorloop.loop.core.datasets import recorded_path
 from tutorloop.loop.core.errors import DataError
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -89,5 +89,5 @@ class AnswerSources:
         if endpoint.backend == "replay" and endpoint.recording:
             return _recording(Path(os.path.expanduser(endpoint.recording)), endpoint.recording)
         if endpoint.backend == "replay":
-            return _recording(_recorded_path(self._data_dir, dataset), f"shipped/{dataset}")
+            return _recording(recorded_path(self._data_dir, dataset), f"shipped/{dataset}")
         return endpoint.backend  # program: the same function answers everywhere

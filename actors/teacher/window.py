@@ -11,9 +11,13 @@ from tutorloop.actors.teacher.health import TeacherUnavailable, answered_records
 from tutorloop.loop.core.records import CallJournal
 
 
-def ask_in_window(requests: list[TeacherRequest], window: int, journal: CallJournal | None,
-                  send: Callable[[list[TeacherRequest]], None],
-                  collect: Callable[[], list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+def ask_in_window(
+    requests: list[TeacherRequest],
+    window: int,
+    journal: CallJournal | None,
+    send: Callable[[list[TeacherRequest]], None],
+    collect: Callable[[], list[dict[str, Any]]],
+) -> Iterator[list[dict[str, Any]]]:
     """Yields `collect()` (every answer finished since the last one, at least one) until all are in.
 
     `send` starts requests; the journal records each as it goes out, so after a kill only the

@@ -27,9 +27,7 @@ ANSWER_TYPES = ("number", "yesno", "choice", "text")
 TRIGGER_QUALIFIER = r"(?:\s*\((?:arabic numerals|yes or no)\))?"
 # Explicit triggers, case-insensitive. Covers zero-shot CoT stage 2 ("Therefore, the answer is", with
 # either qualifier), few-shot CoT ("The answer is"), GSM8K ("####") and the Fine-tune-CoT token format ("-->").
-_TRIGGER = re.compile(
-    rf"(?:the\s+(?:final\s+)?answer{TRIGGER_QUALIFIER}\s+is\b:?|####|-->)", re.IGNORECASE
-)
+_TRIGGER = re.compile(rf"(?:the\s+(?:final\s+)?answer{TRIGGER_QUALIFIER}\s+is\b:?|####|-->)", re.IGNORECASE)
 
 # Chat models answer in their own words: "Answer: 5", "the correct answer is (B)", "**Final answer:** 5".
 _CHAT_TRIGGER = re.compile(_TRIGGER.pattern + r"|\banswer\b\W{0,4}:|\banswer\s+is\b", re.IGNORECASE)
@@ -119,7 +117,7 @@ def _candidates(text: str, answer_type: str) -> list[str]:
 def _after_last(trigger: re.Pattern, text: str, answer_type: str) -> list[str] | None:
     """Candidates after the last match of `trigger` (None when it does not occur)."""
     matches = list(trigger.finditer(text))
-    return _candidates(text[matches[-1].end():], answer_type) if matches else None
+    return _candidates(text[matches[-1].end() :], answer_type) if matches else None
 
 
 def extract_answer(text: str, answer_type: str) -> str | None:

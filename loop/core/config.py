@@ -1,7 +1,8 @@
 """Typed run configuration: YAML in `configs/`, dotted `--set key=value` overrides, strict validation.
 
 Every section is a pydantic model that forbids unknown keys, so a typo is an error naming the key
-instead of a silently ignored setting.
+instead of a silently ignored setting. How a key evolves (resume-safe, kept by a fork, added after
+runs were recorded) is marked on its field: see config_meta.
 """
 
 from __future__ import annotations
@@ -12,35 +13,33 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError,
-                      ValidationInfo, field_validator, model_serializer, model_validator)
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tutorloop.loop.core.config_meta import ADDED_LATER, FORK_FIXED, FORK_FREE, RESUME_SAFE, Section, marked_keys
 from tutorloop.loop.core.errors import ConfigError
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from tutorloop.loop.core.serve_config import ServeSection
 
 
 class RunSection(Section):
     name: str = "run"
-    seed: int = 0
-    rounds: int = Field(2, ge=0, description="tailored rounds after round 0")
-    run_dir: str = "runs"
-    baseline: bool = Field(True, description="zero-shot evaluation of the untrained student (round -1)")
-    patience: int | None = Field(None, ge=1, description="stop after this many rounds without test gain")
-    report: bool = Field(True, description="write report.md and report.html when the run finishes")
+    seed: int = Field(0, json_schema_extra=FORK_FIXED)
+    rounds: int = Field(2, ge=0, description="tailored rounds after round 0", json_schema_extra=RESUME_SAFE)
+    run_dir: str = Field("runs", json_schema_extra=RESUME_SAFE)
+    baseline: bool = Field(
+        True, description="zero-shot evaluation of the untrained student (round -1)", json_schema_extra=FORK_FIXED
+    )
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many rounds without test gain", json_schema_extra=RESUME_SAFE
+    )
+    report: bool = Field(
+        True, description="write report.md and report.html when the run finishes", json_schema_extra=RESUME_SAFE
+    )
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        [], description="trackers that get the round metrics and step losses (TRL's names): tensorboard "
-                        "writes under RUN_DIR/tensorboard; wandb follows the user's own W&B settings")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_trackers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before `report_to` existed keep their config fingerprint (resume, fork, compare).
-        data = handler(self)
-        if not self.report_to:
-            data.pop("report_to", None)
-        return data
+        [],
+        description="trackers that get the round metrics and step losses (TRL's names): tensorboard "
+        "writes under RUN_DIR/tensorboard; wandb follows the user's own W&B settings",
+        json_schema_extra=RESUME_SAFE | ADDED_LATER,
+    )
 
 
 class SyntheticSection(Section):
@@ -51,8 +50,11 @@ class SyntheticSection(Section):
     max_value: int = Field(9, ge=1)
     allow_mul: bool = Field(False, description="also multiplication steps, besides + and -")
     test_problems: Literal["unseen", "reworded"] = Field(
-        "unseen", description="unseen: test step chains never in the pool (transfer); reworded: the pool's "
-                              "chains in new words (did the student fix what it got wrong)")
+        "unseen",
+        description="unseen: test step chains never in the pool (transfer); reworded: the pool's "
+        "chains in new words (did the student fix what it got wrong)",
+        json_schema_extra=ADDED_LATER,
+    )
 
     @model_validator(mode="after")
     def _steps_ordered(self) -> "SyntheticSection":
@@ -60,18 +62,13 @@ class SyntheticSection(Section):
             raise ValueError("max_steps must be >= min_steps")
         return self
 
-    @model_serializer(mode="wrap")
-    def _without_default_test(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before `test_problems` existed keep their config fingerprint (resume, fork, compare).
-        data = handler(self)
-        if self.test_problems == "unseen":
-            data.pop("test_problems", None)
-        return data
-
 
 class DataSection(Section):
-    task: str = Field("multiarith", description="multiarith, addsub, coin_flip, date_understanding, "
-                      "last_letter_concatenation, strategy_qa, tracking_shuffled_objects, gsm8k, synthetic, jsonl, hf")
+    task: str = Field(
+        "multiarith",
+        description="multiarith, addsub, coin_flip, date_understanding, "
+        "last_letter_concatenation, strategy_qa, tracking_shuffled_objects, gsm8k, synthetic, jsonl, hf",
+    )
     data_dir: str = "data"
     split: str = "default"
     pool_size: int | None = Field(None, ge=1, description="training questions used (first N after a seeded shuffle)")
@@ -84,19 +81,18 @@ class DataSection(Section):
     rationale_field: str | None = None
     answer_type: Literal["number", "yesno", "choice", "text"] = "number"
     synthetic: SyntheticSection = SyntheticSection()
-    dataset: str | None = Field(None, description="task hf: a hub id, or a parquet/json/arrow/save_to_disk folder")
-    dataset_config: str | None = Field(None, description="task hf: the dataset's configuration name, e.g. main")
-    train_split: str = Field("train", description="task hf: the split used as the training pool")
-    test_split: str = Field("test", description="task hf: the split used for evaluation")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_hf(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before task hf existed keep their config fingerprint (resume, fork, compare).
-        data = handler(self)
-        for key in ("dataset", "dataset_config", "train_split", "test_split"):
-            if getattr(self, key) == type(self).model_fields[key].default:
-                data.pop(key, None)
-        return data
+    dataset: str | None = Field(
+        None,
+        description="task hf: a hub id, or a parquet/json/arrow/save_to_disk folder",
+        json_schema_extra=ADDED_LATER,
+    )
+    dataset_config: str | None = Field(
+        None, description="task hf: the dataset's configuration name, e.g. main", json_schema_extra=ADDED_LATER
+    )
+    train_split: str = Field(
+        "train", description="task hf: the split used as the training pool", json_schema_extra=ADDED_LATER
+    )
+    test_split: str = Field("test", description="task hf: the split used for evaluation", json_schema_extra=ADDED_LATER)
 
 
 class TinyModelSection(Section):
@@ -105,7 +101,9 @@ class TinyModelSection(Section):
     n_embd: int = Field(64, ge=8)
     n_head: int = Field(4, ge=1)
     max_positions: int = Field(256, ge=16)
-    pretrain_steps: int = Field(0, ge=0, description="steps of full training on generic arithmetic text (built once, cached)")
+    pretrain_steps: int = Field(
+        0, ge=0, description="steps of full training on generic arithmetic text (built once, cached)"
+    )
     pretrain_lr: float = Field(3e-3, gt=0)
 
     @field_validator("n_head")
@@ -123,7 +121,11 @@ class TinyModelSection(Section):
 
 class LoraSection(Section):
     r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
+    alpha: int = Field(
+        16,
+        ge=1,
+        description="LoRA scaling: the adapter's update is scaled by alpha / r (not training.alpha, the loss mix)",
+    )
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
 
@@ -132,15 +134,27 @@ class GenerationSection(Section):
     max_new_tokens: int = Field(128, ge=1)
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    num_samples: int = Field(4, ge=1, description="k sampled answers (at `temperature`) per pool question in "
-                                                  "tailored exams; a question with any wrong one is a mistake "
-                                                  "(Wang et al. 2023 sample 4); 1 = one greedy answer")
-    batch_size: int = Field(32, ge=1, description="rows decoding at once in an exam: a step costs about the same "
-                                                  "at 16 rows or 32 on CPU (scripts/bench_exam.py)")
+    num_samples: int = Field(
+        4,
+        ge=1,
+        description="k sampled answers (at `temperature`) per pool question in "
+        "tailored exams; a question with any wrong one is a mistake "
+        "(Wang et al. 2023 sample 4); 1 = one greedy answer",
+    )
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="rows decoding at once in an exam: a step costs about the same "
+        "at 16 rows or 32 on CPU (scripts/bench_exam.py)",
+        json_schema_extra=RESUME_SAFE,
+    )
     stop: list[str] = ["\n\n", "Question:"]
-    calculator: bool = Field(False, description="after the student writes '<arithmetic> =' (12 + 44 =, 3 x $4 =), "
-                                                "decoding writes the exact result, as GSM8K's calculator does "
-                                                "(Cobbe et al. 2021); exams and evals alike")
+    calculator: bool = Field(
+        False,
+        description="after the student writes '<arithmetic> =' (12 + 44 =, 3 x $4 =), "
+        "decoding writes the exact result, as GSM8K's calculator does "
+        "(Cobbe et al. 2021); exams and evals alike",
+    )
 
 
 class StudentSection(Section):
@@ -151,12 +165,16 @@ class StudentSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quantization: Literal["none", "4bit", "8bit"] = "none"
     lora: LoraSection = LoraSection()
-    generation: GenerationSection = GenerationSection()
+    # Decoding only shapes a fork's own exams and evals (a decoding ablation, e.g. the calculator).
+    generation: GenerationSection = Field(GenerationSection(), json_schema_extra=FORK_FREE)
     eval_modes: list[Literal["answer", "explain", "prompted"]] = Field(
-        ["explain"], min_length=1, description="test modes of every round; the first gives `accuracy`")
+        ["explain"], min_length=1, description="test modes of every round; the first gives `accuracy`"
+    )
     baseline_modes: list[Literal["answer", "explain", "prompted"]] = Field(
-        ["prompted"], description="extra test modes of the baseline (round -1) only; prompted = zero-shot CoT in "
-                                  "the student's own chat template, a format the untrained student knows")
+        ["prompted"],
+        description="extra test modes of the baseline (round -1) only; prompted = zero-shot CoT in "
+        "the student's own chat template, a format the untrained student knows",
+    )
     exam_mode: Literal["answer", "explain"] = "explain"
 
 
@@ -169,40 +187,6 @@ class PriceSection(Section):
         return (tokens_in * self.input_per_mtok + tokens_out * self.output_per_mtok) / 1e6
 
 
-# GGUF files tutorloop knows by name (resolved to a path where the server starts, actors/serving.py).
-SERVE_MODEL_ALIASES = ("qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct")
-
-
-class LlamaCppOptions(Section):
-    # One thread keeps its pace when other processes share the cores; two are faster only when idle
-    # (measured on 2 cores under load: 1 thread 3.9 tokens/s, 2 threads 0.5).
-    threads: int = Field(1, ge=1, description="CPU threads for generation and prompt processing")
-
-
-class ServeSection(Section):
-    """A teacher server tutorloop starts for the run and stops after it (reached via the openai backend).
-
-    Options every engine has sit at the top; each engine's own options sit under its name, as veRL's
-    `engine_kwargs` does, so a GPU engine (vllm) later adds its section without touching these.
-    """
-
-    engine: Literal["llama.cpp"] = "llama.cpp"
-    model: str = Field(..., min_length=1, description="GGUF file path or alias: " + ", ".join(SERVE_MODEL_ALIASES))
-    ctx: int = Field(4096, ge=256, description="context tokens in all; each of the `parallel` slots gets a share")
-    parallel: int = Field(2, ge=1, description="requests decoded at once (slots); also the largest `n`")
-    num_cpus: float = Field(1, ge=0, description="CPUs Ray reserves for the server actor")
-    startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for /v1/models to answer")
-    llama_cpp: LlamaCppOptions = LlamaCppOptions()
-
-    @field_validator("model")
-    @classmethod
-    def _model_fits_engine(cls, model: str, info: ValidationInfo) -> str:
-        if info.data.get("engine") == "llama.cpp" and model not in SERVE_MODEL_ALIASES \
-                and not model.endswith(".gguf"):
-            raise ValueError(f"llama.cpp serves a .gguf file or an alias ({', '.join(SERVE_MODEL_ALIASES)})")
-        return model
-
-
 class TeacherEndpoint(Section):
     name: str = "teacher"
     backend: Literal["openai", "replay", "program"] = "replay"
@@ -213,12 +197,21 @@ class TeacherEndpoint(Section):
     task_tag: str | None = Field(None, description="training task name for this teacher's rationales")
     loss_weight: float = Field(1.0, ge=0)
     price: PriceSection = PriceSection()
-    serve: ServeSection | None = Field(None, description="start this teacher's server for the run")
-    recording: str | None = Field(None, description="replay: the user's own recorded outputs, a .json file in the "
-                                                    "shipped recorded format or a .jsonl of question and "
-                                                    "rationale (default: the shipped recordings of data.task)")
+    serve: ServeSection | None = Field(
+        None, description="start this teacher's server for the run", json_schema_extra=ADDED_LATER
+    )
+    recording: str | None = Field(
+        None,
+        description="replay: the user's own recorded outputs, a .json file in the "
+        "shipped recorded format or a .jsonl of question and "
+        "rationale (default: the shipped recordings of data.task)",
+        json_schema_extra=ADDED_LATER,
+    )
     rounds: Literal["all", "core", "tailored"] = Field(
-        "all", description="the rounds this teacher teaches: all, core (round 0) or tailored (rounds >= 1)")
+        "all",
+        description="the rounds this teacher teaches: all, core (round 0) or tailored (rounds >= 1)",
+        json_schema_extra=ADDED_LATER,
+    )
 
     @field_validator("serve")
     @classmethod
@@ -236,45 +229,51 @@ class TeacherEndpoint(Section):
             raise ValueError(f"a recording is replayed by backend 'replay' (got {info.data.get('backend')!r})")
         return recording
 
-    @model_serializer(mode="wrap")
-    def _without_unset_serve(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before `serve` existed keep their config fingerprint (resume, fork).
-        data = handler(self)
-        if self.serve is None:
-            data.pop("serve", None)
-        if self.recording is None:
-            data.pop("recording", None)
-        if self.rounds == "all":
-            data.pop("rounds", None)
-        return data
-
 
 class TeacherSection(Section):
     teachers: list[TeacherEndpoint] = [TeacherEndpoint()]
-    strategies: list[Literal["zero_shot_cot", "few_shot_cot", "cote", "rp", "crop",
-                             "teacher_forcing", "tailored"]] = ["zero_shot_cot"]
+    strategies: list[Literal["zero_shot_cot", "few_shot_cot", "cote", "rp", "crop", "teacher_forcing", "tailored"]] = [
+        "zero_shot_cot"
+    ]
     diverse_samples: int = Field(1, ge=1, description="n rationales per question (diverse reasoning)")
-    tailored_samples: int = Field(1, ge=1, description="replies per taught mistake: the first at `temperature`, "
-                                  "the others at `diverse_temperature` (distinct self-reflection positives)")
+    tailored_samples: int = Field(
+        1,
+        ge=1,
+        description="replies per taught mistake: the first at `temperature`, "
+        "the others at `diverse_temperature` (distinct self-reflection positives)",
+    )
     temperature: float = Field(0.0, ge=0)
     diverse_temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(256, ge=1)
-    concurrency: int = Field(8, ge=1)
-    requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
-    retry_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry, plus jitter")
-    retry_backoff_max_s: float = Field(60.0, ge=0, description="cap on one retry delay (also on Retry-After)")
+    # Pace, patience and budget of the calls: safe to change on resume (stored answers stay valid).
+    concurrency: int = Field(8, ge=1, json_schema_extra=RESUME_SAFE)
+    requests_per_minute: int | None = Field(None, ge=1, json_schema_extra=RESUME_SAFE)
+    tokens_per_minute: int | None = Field(None, ge=1, json_schema_extra=RESUME_SAFE)
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=RESUME_SAFE)
+    max_retries: int = Field(5, ge=0, json_schema_extra=RESUME_SAFE)
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="first retry delay; doubles each retry, plus jitter", json_schema_extra=RESUME_SAFE
+    )
+    retry_backoff_max_s: float = Field(
+        60.0, ge=0, description="cap on one retry delay (also on Retry-After)", json_schema_extra=RESUME_SAFE
+    )
     retry_unusable: bool = Field(True, description="retry empty, malformed or truncated responses")
-    max_cost_usd: float | None = Field(None, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0, json_schema_extra=RESUME_SAFE)
     prompts_dir: str | None = Field(None, description="folder of prompt templates overriding the built-in ones")
-    num_actors: int = Field(1, ge=1)
+    num_actors: int = Field(1, ge=1, json_schema_extra=RESUME_SAFE)
     exemplars: int = Field(4, ge=1, description="in-context examples in few_shot_cot and teacher_forcing prompts")
-    max_consecutive_failures: int = Field(8, ge=1, description="connection failures in a row after which an "
-                                                               "openai teacher's phase stops (circuit breaker)")
-    preflight_timeout_s: float = Field(15.0, gt=0, description="time an openai teacher gets to list its models "
-                                                               "before a phase sends it anything")
+    max_consecutive_failures: int = Field(
+        8,
+        ge=1,
+        description="connection failures in a row after which an openai teacher's phase stops (circuit breaker)",
+        json_schema_extra=RESUME_SAFE,
+    )
+    preflight_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="time an openai teacher gets to list its models before a phase sends it anything",
+        json_schema_extra=RESUME_SAFE,
+    )
 
     @field_validator("teachers")
     @classmethod
@@ -287,8 +286,9 @@ class TeacherSection(Section):
         # Both kinds are checked whatever run.rounds says: run.rounds may grow on resume.
         for kind in ("core", "tailored"):
             if not any(t.rounds in ("all", kind) for t in teachers):
-                raise ValueError(f"no teacher teaches the {kind} rounds: give one of them `rounds: all` "
-                                 f"or `rounds: {kind}`")
+                raise ValueError(
+                    f"no teacher teaches the {kind} rounds: give one of them `rounds: all` or `rounds: {kind}`"
+                )
         return teachers
 
 
@@ -296,21 +296,37 @@ class TrainingSection(Section):
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-4, gt=0)
     tailored_lr: float | None = Field(
-        None, gt=0, description="peak lr of a round that continues the previous round's adapter (the tailored "
-                                "rounds with continue_from_previous); default lr. Such a round is a few steps "
-                                "from a fresh AdamW, whose first steps move every LoRA weight by about the lr")
+        None,
+        gt=0,
+        description="peak lr of a round that continues the previous round's adapter (the tailored "
+        "rounds with continue_from_previous); default lr. Such a round is a few steps "
+        "from a fresh AdamW, whose first steps move every LoRA weight by about the lr",
+        json_schema_extra=ADDED_LATER,
+    )
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(384, ge=16)
     warmup_ratio: float = Field(0.0, ge=0, le=1)
-    warmup_steps_min: int = Field(2, ge=0, description="at least this many warm-up steps (never more than the "
-                                                       "training's steps - 1), so a short round still warms up")
+    warmup_steps_min: int = Field(
+        2,
+        ge=0,
+        description="at least this many warm-up steps (never more than the "
+        "training's steps - 1), so a short round still warms up",
+    )
     weight_decay: float = Field(0.0, ge=0)
-    alpha: float = Field(0.5, ge=0, le=1, description="weight of answer loss vs explanation loss")
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="loss mix: weight of the answer loss vs the explanation "
+        "loss (not student.lora.alpha, the LoRA scaling)",
+    )
     loss_balance: Literal["per_task", "token"] = Field(
-        "per_task", description="per_task: a step's loss is alpha * L_answer + (1 - alpha) * L_explain, each the "
-                                "mean over that task's tokens in the step, and every step holds both tasks; "
-                                "token: the earlier token-level mean over the whole set (see actors/losses.py)")
+        "per_task",
+        description="per_task: a step's loss is alpha * L_answer + (1 - alpha) * L_explain, each the "
+        "mean over that task's tokens in the step, and every step holds both tasks; "
+        "token: the earlier token-level mean over the whole set (see actors/losses.py)",
+    )
     tasks: list[Literal["answer", "explain", "rationalize"]] = Field(["answer", "explain"], min_length=1)
     reflection: Literal["none", "triplet", "dpo"] = "triplet"
     reflection_weight: float = Field(0.5, ge=0)
@@ -319,34 +335,34 @@ class TrainingSection(Section):
     continue_from_previous: bool = True
     replay_fraction: float = Field(0.5, ge=0, le=1, description="share of earlier rounds' samples mixed in")
     checkpoint_every: int = Field(20, ge=1)
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much "
-                                                            "less memory (long sequences, contrast triples) "
-                                                            "for about a third more compute")
-    exam_size: int | None = Field(None, ge=1, description="pool questions a tailored round examines, a fresh "
-                                                        "seeded draw each round; default: the whole pool")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass: much "
+        "less memory (long sequences, contrast triples) "
+        "for about a third more compute",
+        json_schema_extra=RESUME_SAFE,
+    )
+    exam_size: int | None = Field(
+        None,
+        ge=1,
+        description="pool questions a tailored round examines, a fresh seeded draw each round; default: the whole pool",
+    )
     max_mistakes: int | None = Field(None, ge=1, description="mistakes taught per tailored round")
-    max_pairs_per_question: int = Field(4, ge=1, description="contrast pairs per mistake at most: one per unique "
-                                                             "wrong rationale of the student")
+    max_pairs_per_question: int = Field(
+        4, ge=1, description="contrast pairs per mistake at most: one per unique wrong rationale of the student"
+    )
     mistake_order: Literal["hardest", "random", "pool"] = "hardest"
     mistake_balance: Literal["none", "answer", "category"] = Field(
-        "none", description="answer: the taught mistakes take each gold answer in turn (in mistake_order within "
-                            "an answer), so a round of mistakes on a yes/no task does not teach one answer only; "
-                            "category: the taught questions take each question category in turn (the synthetic "
-                            "task's: a problem's first operation), a category out of mistakes giving questions "
-                            "the student got right, taught with teacher.strategies, until the categories are even "
-                            "(max_mistakes then caps all taught questions)")
+        "none",
+        description="answer: the taught mistakes take each gold answer in turn (in mistake_order within "
+        "an answer), so a round of mistakes on a yes/no task does not teach one answer only; "
+        "category: the taught questions take each question category in turn (the synthetic "
+        "task's: a problem's first operation), a category out of mistakes giving questions "
+        "the student got right, taught with teacher.strategies, until the categories are even "
+        "(max_mistakes then caps all taught questions)",
+        json_schema_extra=ADDED_LATER,
+    )
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Runs recorded before `mistake_balance` and `tailored_lr` existed keep their config fingerprint
-        # (resume, fork, compare).
-        data = handler(self)
-        if self.mistake_balance == "none":
-            data.pop("mistake_balance", None)
-        if self.tailored_lr is None:
-            data.pop("tailored_lr", None)
-        return data
 
 
 class RaySection(Section):
@@ -363,17 +379,20 @@ class RaySection(Section):
 
 class Config(Section):
     run: RunSection = RunSection()
-    data: DataSection = DataSection()
-    student: StudentSection = StudentSection()
+    # A fork's inherited rounds were made with the parent's data and student (FORK_FIXED).
+    data: DataSection = Field(DataSection(), json_schema_extra=FORK_FIXED)
+    student: StudentSection = Field(StudentSection(), json_schema_extra=FORK_FIXED)
     teacher: TeacherSection = TeacherSection()
     training: TrainingSection = TrainingSection()
-    ray: RaySection = RaySection()
+    ray: RaySection = Field(RaySection(), json_schema_extra=RESUME_SAFE)  # placement only, never results
 
     @model_validator(mode="after")
     def _balance_has_categories(self) -> Config:
         if self.training.mistake_balance == "category" and self.data.task != "synthetic":
-            raise ValueError(f"key 'training.mistake_balance': 'category' balances over question categories, "
-                             f"which only data.task 'synthetic' has (got {self.data.task!r})")
+            raise ValueError(
+                f"key 'training.mistake_balance': 'category' balances over question categories, "
+                f"which only data.task 'synthetic' has (got {self.data.task!r})"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -392,25 +411,7 @@ class Config(Section):
 
 
 # Keys a user may change between a kill and `tutorloop resume` without invalidating stored work.
-RESUME_SAFE_KEYS = (
-    "run.rounds", "run.patience", "run.run_dir", "run.report", "teacher.max_cost_usd", "teacher.concurrency",
-    "teacher.requests_per_minute", "teacher.tokens_per_minute", "teacher.timeout_s", "teacher.max_retries",
-    "teacher.retry_backoff_s", "teacher.retry_backoff_max_s", "teacher.max_consecutive_failures",
-    "teacher.preflight_timeout_s", "run.report_to",
-    "teacher.num_actors", "ray", "student.generation.batch_size", "training.gradient_checkpointing",
-)
-
-
-def changed_keys(old: dict, new: dict, prefix: str = "") -> set[str]:
-    """Dotted keys whose values differ between two config dicts."""
-    keys = set()
-    for key in set(old) | set(new):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys |= changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.add(f"{prefix}{key}")
-    return keys
+RESUME_SAFE_KEYS = marked_keys(Config, RESUME_SAFE)
 
 
 def _delete_dotted(data: dict, key: str) -> None:

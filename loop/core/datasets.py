@@ -82,7 +82,7 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: line {exc.lineno}: bad JSON ({exc.msg})") from None
 
 
-def _recorded_path(data_dir: str | Path, task: str) -> Path:
+def recorded_path(data_dir: str | Path, task: str) -> Path:
     return resolve_data_dir(data_dir) / RECORDED_TEACHER_DIR / f"{task}.json"
 
 
@@ -90,8 +90,9 @@ def read_recorded(path: Path) -> dict[str, list[dict[str, Any]]]:
     """The `data` mapping of a recorded-teacher file, checked for the keys the loaders use."""
     content = _read_json(path)
     if not isinstance(content, dict) or not isinstance(content.get("data"), dict):
-        raise DataError(f"{path}: missing key 'data' "
-                        f"(expected {{\"metadata\": ..., \"data\": {{index: [completion, ...]}}}})")
+        raise DataError(
+            f'{path}: missing key \'data\' (expected {{"metadata": ..., "data": {{index: [completion, ...]}}}})'
+        )
     for index, completions in content["data"].items():
         if not isinstance(completions, list) or not completions:
             raise DataError(f"{path}: data['{index}']: expected a non-empty list of completions")
@@ -114,7 +115,7 @@ def load_recorded_teacher(data_dir: str | Path, task: str) -> dict[str, list[dic
     concatenated in index order. The teacher is often wrong: grade before use.
     """
     by_question: dict[str, list[dict[str, Any]]] = {}
-    for completions in read_recorded(_recorded_path(data_dir, task)).values():
+    for completions in read_recorded(recorded_path(data_dir, task)).values():
         key = normalize_question(completions[0]["question"])
         by_question.setdefault(key, []).extend(completions)
     return by_question
@@ -122,7 +123,7 @@ def load_recorded_teacher(data_dir: str | Path, task: str) -> dict[str, list[dic
 
 def _recorded_loader(task: str, answer_type: str) -> Callable[[DataSection, str], list[Example]]:
     def load(data_cfg: DataSection, split: str) -> list[Example]:
-        path = _recorded_path(data_cfg.data_dir, task)
+        path = recorded_path(data_cfg.data_dir, task)
         data = read_recorded(path)
         split_path = resolve_data_dir(data_cfg.data_dir) / "splits" / f"{task}__{data_cfg.split}.json"
         splits = _read_json(split_path)
@@ -138,11 +139,19 @@ def _recorded_loader(task: str, answer_type: str) -> Callable[[DataSection, str]
                 gold = normalize_gold(first["answer"], answer_type)
             except ValueError as exc:
                 raise DataError(f"{path}: data['{index}']: {exc}") from None
-            examples.append(Example(
-                id=f"{task}/{split}/{index}", dataset=task, split=split, question=first["question"].strip(),
-                answer=gold, answer_type=answer_type, meta={"index": str(index)},
-            ))
+            examples.append(
+                Example(
+                    id=f"{task}/{split}/{index}",
+                    dataset=task,
+                    split=split,
+                    question=first["question"].strip(),
+                    answer=gold,
+                    answer_type=answer_type,
+                    meta={"index": str(index)},
+                )
+            )
         return examples
+
     return load
 
 
@@ -186,10 +195,17 @@ def _load_gsm8k(data_cfg: DataSection, split: str) -> list[Example]:
             gold = normalize_gold(final.replace(",", ""), "number")
         except ValueError as exc:
             raise DataError(f"{path}: line {number}: {exc}") from None
-        examples.append(Example(
-            id=f"gsm8k/{split}/{index}", dataset="gsm8k", split=split, question=question.strip(),
-            answer=gold, answer_type="number", rationale=_CALCULATOR.sub("", reasoning).strip(),
-        ))
+        examples.append(
+            Example(
+                id=f"gsm8k/{split}/{index}",
+                dataset="gsm8k",
+                split=split,
+                question=question.strip(),
+                answer=gold,
+                answer_type="number",
+                rationale=_CALCULATOR.sub("", reasoning).strip(),
+            )
+        )
     return examples
 
 
@@ -219,15 +235,25 @@ def _load_jsonl(data_cfg: DataSection, split: str) -> list[Example]:
             # An answer that carries its working ("... #### 72") is reduced to its final answer.
             gold = extract_answer(raw, answer_type)
             if gold is None:
-                raise DataError(f"{path}: line {number}: field '{data_cfg.answer_field}' holds no "
-                                f"{answer_type} answer ({raw[:40]!r})") from None
+                raise DataError(
+                    f"{path}: line {number}: field '{data_cfg.answer_field}' holds no "
+                    f"{answer_type} answer ({raw[:40]!r})"
+                ) from None
         rationale = None
         if data_cfg.rationale_field:
             rationale = required_field(record, data_cfg.rationale_field, path, number).strip()
-        examples.append(Example(
-            id=f"jsonl/{split}/{index}", dataset="jsonl", split=split, question=question.strip(),
-            answer=gold, answer_type=answer_type, rationale=rationale, meta={"line": number},
-        ))
+        examples.append(
+            Example(
+                id=f"jsonl/{split}/{index}",
+                dataset="jsonl",
+                split=split,
+                question=question.strip(),
+                answer=gold,
+                answer_type=answer_type,
+                rationale=rationale,
+                meta={"line": number},
+            )
+        )
     return examples
 
 
@@ -243,14 +269,28 @@ def _load_synthetic(data_cfg: DataSection, split: str) -> list[Example]:
     cfg = data_cfg.synthetic
     # Fixed seeds: the split itself partitions the problem space (see synthetic.py), so the seed only
     # has to be stable.
-    pool = generate_problems(cfg.train_size, seed=0, min_steps=cfg.min_steps, max_steps=cfg.max_steps,
-                             max_value=cfg.max_value, split="train", allow_mul=cfg.allow_mul)
+    pool = generate_problems(
+        cfg.train_size,
+        seed=0,
+        min_steps=cfg.min_steps,
+        max_steps=cfg.max_steps,
+        max_value=cfg.max_value,
+        split="train",
+        allow_mul=cfg.allow_mul,
+    )
     if split == "train":
         return pool
     if cfg.test_problems == "reworded":
         return reworded_problems(pool, cfg.test_size, seed=0)
-    return generate_problems(cfg.test_size, seed=0, min_steps=cfg.min_steps, max_steps=cfg.max_steps,
-                             max_value=cfg.max_value, split="test", allow_mul=cfg.allow_mul)
+    return generate_problems(
+        cfg.test_size,
+        seed=0,
+        min_steps=cfg.min_steps,
+        max_steps=cfg.max_steps,
+        max_value=cfg.max_value,
+        split="test",
+        allow_mul=cfg.allow_mul,
+    )
 
 
 TASKS: dict[str, Task] = {

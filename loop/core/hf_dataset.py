@@ -45,31 +45,37 @@ def _open(data_cfg: DataSection) -> Any:
         try:
             return datasets.load_from_disk(str(path))
         except Exception as exc:  # a damaged save_to_disk folder: datasets raises many kinds
-            raise DataError(f"data.dataset {name}: cannot read the saved dataset ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+            raise DataError(
+                f"data.dataset {name}: cannot read the saved dataset ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})"
+            ) from None
     if not path.exists() and _looks_local(name):
         raise DataError(f"data.dataset {name}: no such folder")
     if path.is_file():  # `datasets` would take a file's name for a hub id
-        raise DataError(f"data.dataset {name}: a file; name the folder that holds the split files "
-                        f"(e.g. train.parquet and test.parquet)")
+        raise DataError(
+            f"data.dataset {name}: a file; name the folder that holds the split files "
+            f"(e.g. train.parquet and test.parquet)"
+        )
     try:
         return datasets.load_dataset(str(path) if path.exists() else name, data_cfg.dataset_config)
     except Exception as exc:  # no such hub id, no network, unreadable files, a missing config name
         where = "folder" if path.exists() else "dataset (not a local folder; looked on the Hub)"
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise DataError(f"data.dataset {name}: cannot open the {where} ({type(exc).__name__}: {first[:200]})") \
-            from None
+        raise DataError(f"data.dataset {name}: cannot open the {where} ({type(exc).__name__}: {first[:200]})") from None
 
 
 def _split(opened: Any, data_cfg: DataSection, split: str) -> Any:
     key = "train_split" if split == "train" else "test_split"
     wanted = getattr(data_cfg, key)
     if not hasattr(opened, "keys"):  # a Dataset saved alone
-        raise DataError(f"data.dataset {data_cfg.dataset}: holds a single dataset, not splits; save a "
-                        f"DatasetDict with splits {data_cfg.train_split!r} and {data_cfg.test_split!r}")
+        raise DataError(
+            f"data.dataset {data_cfg.dataset}: holds a single dataset, not splits; save a "
+            f"DatasetDict with splits {data_cfg.train_split!r} and {data_cfg.test_split!r}"
+        )
     if wanted not in opened:
-        raise DataError(f"data.{key}: {wanted!r} is not a split of {data_cfg.dataset} "
-                        f"(splits: {', '.join(opened.keys())})")
+        raise DataError(
+            f"data.{key}: {wanted!r} is not a split of {data_cfg.dataset} (splits: {', '.join(opened.keys())})"
+        )
     return opened[wanted]
 
 
@@ -80,8 +86,10 @@ def _columns(table: Any, data_cfg: DataSection, split: str) -> list[str]:
         fields.append(("rationale_field", data_cfg.rationale_field))
     for key, column in fields:
         if column not in table.column_names:
-            raise DataError(f"data.{key}: {column!r} is not a column of {data_cfg.dataset} split "
-                            f"{getattr(data_cfg, split + '_split')!r} (columns: {', '.join(table.column_names)})")
+            raise DataError(
+                f"data.{key}: {column!r} is not a column of {data_cfg.dataset} split "
+                f"{getattr(data_cfg, split + '_split')!r} (columns: {', '.join(table.column_names)})"
+            )
     return [column for _, column in fields]
 
 
@@ -109,9 +117,16 @@ def load_hf_examples(data_cfg: DataSection, split: str) -> list[Example]:
             if row[column] is None:
                 raise DataError(f"{where}: field '{column}' is empty")
         rationale = str(row[data_cfg.rationale_field]).strip() if data_cfg.rationale_field else None
-        examples.append(Example(
-            id=f"hf/{split}/{index}", dataset="hf", split=split, question=str(row[data_cfg.question_field]).strip(),
-            answer=_gold(row[data_cfg.answer_field], data_cfg.answer_type, where, data_cfg.answer_field),
-            answer_type=data_cfg.answer_type, rationale=rationale, meta={"split": hf_split, "row": index},
-        ))
+        examples.append(
+            Example(
+                id=f"hf/{split}/{index}",
+                dataset="hf",
+                split=split,
+                question=str(row[data_cfg.question_field]).strip(),
+                answer=_gold(row[data_cfg.answer_field], data_cfg.answer_type, where, data_cfg.answer_field),
+                answer_type=data_cfg.answer_type,
+                rationale=rationale,
+                meta={"split": hf_split, "row": index},
+            )
+        )
     return examples

@@ -53,7 +53,8 @@ def prompted_prompt(question: str, tokenizer: Any) -> tuple[str, bool]:
     A chat model gets the question as a user turn of its own chat template, its answer opening on the
     step-by-step trigger; a model without a template gets Fine-tune-CoT's `Q: ... A: Let's think step by step.`"""
     if getattr(tokenizer, "chat_template", None):
-        chat = tokenizer.apply_chat_template([{"role": "user", "content": question.strip()}], tokenize=False,
-                                             add_generation_prompt=True)
+        chat = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question.strip()}], tokenize=False, add_generation_prompt=True
+        )
         return chat + STEP_BY_STEP, True
     return f"Q: {question.strip()}\nA: {STEP_BY_STEP}", False

@@ -63,11 +63,6 @@ def solve_steps(meta_steps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def rationale_lines(example: Example) -> list[str]:
-    """The gold rationale of a synthetic example, one sentence per step."""
-    return solve_steps(example.meta["steps"])
-
-
 def parse_rationale_steps(text: str) -> list[tuple[int, str, int, int]]:
     """Every 'a op b = c' in a rationale, in order, as (a, op, b, c); 'x' and '×' read as '*'."""
     steps = []
@@ -82,8 +77,9 @@ def _split_of(start: int, ops: list[tuple[str, int]]) -> str:
     return "test" if bucket == 0 else "train"
 
 
-def _random_chain(rng: random.Random, n_steps: int, max_value: int,
-                  allow_mul: bool) -> tuple[int, list[tuple[str, int]]]:
+def _random_chain(
+    rng: random.Random, n_steps: int, max_value: int, allow_mul: bool
+) -> tuple[int, list[tuple[str, int]]]:
     start = rng.randint(1, max_value)
     value, ops = start, []
     for _ in range(n_steps):
@@ -102,8 +98,9 @@ def _random_chain(rng: random.Random, n_steps: int, max_value: int,
     return start, ops
 
 
-def _question(rng: random.Random, start: int, ops: list[tuple[str, int]],
-              wording: tuple[tuple[str, str], str] | None = None) -> str:
+def _question(
+    rng: random.Random, start: int, ops: list[tuple[str, int]], wording: tuple[tuple[str, str], str] | None = None
+) -> str:
     (name, pronoun), things = wording or (rng.choice(_PEOPLE), rng.choice(_THINGS))
     sentences = [f"{name} has {start} {things}."]
     for i, (op, b) in enumerate(ops):
@@ -113,8 +110,9 @@ def _question(rng: random.Random, start: int, ops: list[tuple[str, int]],
     return " ".join(sentences)
 
 
-def generate_problems(n: int, seed: int, min_steps: int, max_steps: int, max_value: int,
-                      split: str = "train", allow_mul: bool = False) -> list[Example]:
+def generate_problems(
+    n: int, seed: int, min_steps: int, max_steps: int, max_value: int, split: str = "train", allow_mul: bool = False
+) -> list[Example]:
     """`n` problems of `split` ("train" or "test"), deterministic given the arguments.
 
     Operands are 1..max_value (a multiplier 2..min(max_value, 5)), every intermediate result is >= 0.
@@ -123,21 +121,23 @@ def generate_problems(n: int, seed: int, min_steps: int, max_steps: int, max_val
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     if n < 0 or min_steps < 1 or max_steps < min_steps or max_value < 1:
-        raise ConfigError(f"data.synthetic: bad synthetic settings: n={n}, steps {min_steps}..{max_steps}, "
-                          f"max_value={max_value}")
+        raise ConfigError(
+            f"data.synthetic: bad synthetic settings: n={n}, steps {min_steps}..{max_steps}, max_value={max_value}"
+        )
     rng = random.Random(f"{DATASET}/{split}/{seed}")
     examples: list[Example] = []
     attempts = 0
     while len(examples) < n:
         attempts += 1
         if attempts > 1000 * n + 1000:
-            raise ConfigError(f"data.synthetic: too few {split} problems with steps {min_steps}..{max_steps} "
-                              f"and max_value {max_value}; widen them")
+            raise ConfigError(
+                f"data.synthetic: too few {split} problems with steps {min_steps}..{max_steps} "
+                f"and max_value {max_value}; widen them"
+            )
         start, ops = _random_chain(rng, rng.randint(min_steps, max_steps), max_value, allow_mul)
         if _split_of(start, ops) != split:
             continue
-        examples.append(_example(f"{DATASET}/{split}/{len(examples)}", split, _question(rng, start, ops),
-                                 start, ops))
+        examples.append(_example(f"{DATASET}/{split}/{len(examples)}", split, _question(rng, start, ops), start, ops))
     return examples
 
 
@@ -162,8 +162,11 @@ def reworded_problems(pool: list[Example], n: int, seed: int) -> list[Example]:
         fresh = [w for w in wordings if _question(rng, start, ops, w) not in pool_questions]
         if not fresh:  # the pool asks this chain in every wording already
             continue
-        examples.append(_example(f"{DATASET}/test/{len(examples)}", "test",
-                                 _question(rng, start, ops, rng.choice(fresh)), start, ops))
+        examples.append(
+            _example(
+                f"{DATASET}/test/{len(examples)}", "test", _question(rng, start, ops, rng.choice(fresh)), start, ops
+            )
+        )
     if len(examples) < n:
         raise ConfigError("data.synthetic: the pool asks its chains in every wording; no reworded test is left")
     return examples
@@ -175,6 +178,13 @@ def _example(id_: str, split: str, question: str, start: int, ops: list[tuple[st
         result = apply_op(op, value, b)
         steps.append({"op": op, "a": value, "b": b, "result": result})
         value = result
-    return Example(id=id_, dataset=DATASET, split=split, question=question, answer=str(value),
-                   answer_type="number", rationale=" ".join(solve_steps(steps)),
-                   meta={"steps": steps, "category": OP_WORDS[ops[0][0]]})
+    return Example(
+        id=id_,
+        dataset=DATASET,
+        split=split,
+        question=question,
+        answer=str(value),
+        answer_type="number",
+        rationale=" ".join(solve_steps(steps)),
+        meta={"steps": steps, "category": OP_WORDS[ops[0][0]]},
+    )

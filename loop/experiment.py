@@ -1,0 +1,165 @@
+"""`tutorloop experiment run`: a pre-registered experiment of arms x seeds, one run at a time.
+
+The spec (experiment_spec.py) is frozen into DIR/experiment.duckdb before the first run starts; a
+changed spec is refused unless recorded as an amendment. Each seed runs its shared prefix once
+(baseline and the rounds up to `prefix_rounds`) as an ordinary run, then each arm as a fork of it with
+the arm's overrides. Rerun after a kill: finished runs are skipped, a half-done one resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tutorloop.loop.core.config import config_from_dict
+from tutorloop.loop.core.config_meta import changed_keys
+from tutorloop.loop.core.errors import RunError
+from tutorloop.loop.experiment_spec import (
+    PREFIX,
+    ExperimentSpec,
+    arm_overrides,
+    base_config,
+    canonical,
+    check_against_base,
+    load_spec,
+    prefix_config,
+    spec_from_dict,
+)
+from tutorloop.store.experiment_store import ExperimentStore
+from tutorloop.store.history import read_run
+from tutorloop.store.query import HISTORY_FILE
+
+FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    seed: int
+    arm: str  # PREFIX or one of the spec's arms
+
+    @property
+    def relative_dir(self) -> str:
+        return f"seed-{self.seed}/{self.arm}"
+
+
+@dataclass
+class Experiment:
+    directory: Path
+    spec: ExperimentSpec
+    config: dict  # the resolved base config the plan froze
+
+    def run_dir(self, run: PlannedRun) -> Path:
+        return self.directory / run.relative_dir
+
+    def planned_runs(self) -> list[PlannedRun]:
+        """Per seed: its prefix, then its arms (forks of that prefix) in the spec's order."""
+        return [PlannedRun(seed, arm) for seed in self.spec.seeds for arm in (PREFIX, *self.spec.arms)]
+
+
+RunExecutor = Callable[[Experiment, PlannedRun], int]
+
+
+def _resumable(run_dir: Path, arm: str) -> bool:
+    """A history that holds its run; a fork also needs its config.yaml (fork_run writes it last), else the
+    fork was cut short and is made again."""
+    from tutorloop.loop.run_dir import CONFIG_FILE  # the engine and its imports load only to run
+
+    if not (run_dir / HISTORY_FILE).exists() or (arm != PREFIX and not (run_dir / CONFIG_FILE).exists()):
+        return False
+    return read_run(run_dir) is not None
+
+
+def execute_run(experiment: Experiment, run: PlannedRun, address: str | None = None) -> int:
+    """One run to its end with the existing machinery: a prefix as `tutorloop run`, an arm as `tutorloop
+    fork`; a run already in its folder (the experiment was killed) resumes instead."""
+    from tutorloop.loop.engine import RoundEngine
+    from tutorloop.loop.fork import fork_run
+    from tutorloop.loop.run_dir import resume_run, run_from_config
+
+    run_dir = experiment.run_dir(run)
+    if _resumable(run_dir, run.arm):
+        return resume_run(run_dir, address=address)
+    if run.arm == PREFIX:
+        cfg = prefix_config(experiment.config, experiment.spec, run.seed)
+        return run_from_config(cfg, run_dir, overwrite=True, address=address)
+    prefix = experiment.run_dir(PlannedRun(run.seed, PREFIX))
+    cfg = fork_run(
+        prefix,
+        run_dir,
+        experiment.spec.prefix_rounds,
+        arm_overrides(experiment.spec, experiment.config, run.arm),
+        overwrite=True,
+    )
+    return RoundEngine(cfg, run_dir, address).run()
+
+
+def freeze_or_check(store: ExperimentStore, spec_hash: str, document: dict, spec_path: str, amend: str | None) -> None:
+    """Freeze the plan into a new experiment; in an existing one, refuse a changed spec unless amended."""
+    if not store.exists():
+        if store.directory.exists() and any(store.directory.iterdir()):  # runs there would predate the plan
+            raise RunError(f"{store.directory}: folder exists and is not an experiment; choose another --dir")
+        frozen_at = store.freeze(spec_hash, document, spec_path)
+        print(f"tutorloop experiment: plan frozen at {frozen_at:%Y-%m-%d %H:%M:%S} (spec {spec_hash[:12]})", flush=True)
+        return
+    current_hash, current = store.current_spec()
+    if current_hash == spec_hash:
+        return
+    changed = sorted(changed_keys(current, document))
+    if not amend:
+        raise RunError(
+            f"{store.directory}: the spec differs from the frozen plan ({', '.join(changed)}); "
+            f'record the change with --amend "why" or run it into a new --dir'
+        )
+    store.amend(current_hash, spec_hash, document, changed, amend)
+    print(f"tutorloop experiment: amendment recorded ({', '.join(changed)}): {amend}", flush=True)
+
+
+def run_experiment(
+    spec_path: str | Path,
+    directory: str | Path | None = None,
+    amend: str | None = None,
+    executor: RunExecutor = execute_run,
+) -> int:
+    """`tutorloop experiment run`: freeze (or check) the plan, then every run not finished yet, in order."""
+    spec_path = Path(spec_path)
+    spec = load_spec(spec_path)
+    base = base_config(spec, spec_path)
+    check_against_base(spec, base, str(spec_path))
+    spec_hash, document = canonical(spec, base)
+    experiment = Experiment(Path(directory) if directory else Path("runs") / spec.name, spec, base.to_dict())
+    store = ExperimentStore(experiment.directory)
+    freeze_or_check(store, spec_hash, document, str(spec_path), amend)
+    finished = {(r["seed"], r["arm"]) for r in store.runs() if r["status"] == FINISHED}
+    for run in experiment.planned_runs():
+        if (run.seed, run.arm) in finished:
+            print(f"tutorloop experiment: {run.relative_dir} finished earlier; skipped", flush=True)
+            continue
+        print(f"tutorloop experiment: {run.relative_dir} ...", flush=True)
+        store.start_run(run.seed, run.arm, run.relative_dir)
+        try:
+            code = executor(experiment, run)
+        except BaseException as exc:
+            store.finish_run(run.seed, run.arm, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
+        if code != 0:
+            store.finish_run(run.seed, run.arm, "stopped" if code == 130 else "failed")
+            return code
+        store.finish_run(run.seed, run.arm, FINISHED)
+    print(
+        f"tutorloop experiment: all {len(experiment.planned_runs())} runs finished. "
+        f"Report: tutorloop experiment report {experiment.directory}",
+        flush=True,
+    )
+    return 0
+
+
+def open_experiment(directory: str | Path) -> tuple[Experiment, ExperimentStore]:
+    """An existing experiment folder, with the spec in force (the frozen plan or its last amendment)."""
+    store = ExperimentStore(Path(directory))
+    if not store.exists():
+        raise RunError(f"{directory}: no experiment here (expected {store.path})")
+    _, document = store.current_spec()
+    spec = spec_from_dict(document["spec"], str(store.path))
+    config_from_dict(document["config"], str(store.path))  # a plan this version cannot read fails here, once
+    return Experiment(Path(directory), spec, document["config"]), store
