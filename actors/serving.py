@@ -22,8 +22,9 @@ from typing import Any, Iterator
 import ray
 
 from tutorloop.actors.models import DEFAULT_STUDENT_ALIAS, cache_dir, find_default_gguf
-from tutorloop.loop.core.config import ServeSection, TeacherEndpoint, TeacherSection
 from tutorloop.loop.core.errors import DataError, RunError
+from tutorloop.loop.core.serve_config import ServeSection
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 LOCAL_TEACHER_ALIAS = "qwen2.5-coder-1.5b-instruct"
 LOCAL_TEACHER_SIZE = 1_117_320_768

@@ -1,12 +1,12 @@
 """LoRA training of the student: multi-task samples plus self-reflection contrast pairs, resumable.
 
-The steps come from train_batches.py: with `training.loss_balance: per_task` every optimizer step
-holds answer samples, explanation samples and (when there are any) contrast pairs, each in its own
-length-grouped micro-batches, and its loss is alpha * L_answer + (1 - alpha) * L_explain +
-reflection_weight * L_contrast (losses.py says why). With `token`, micro-batches of `batch_size`
-samples or pairs, `grad_accum` per step, as before. The whole data order follows from the seed
-(per round: the engine passes one derived from the run seed and the round) and is stored in every
-checkpoint.
+The records are tokenized by train_data.py; the steps come from train_batches.py: with
+`training.loss_balance: per_task` every optimizer step holds answer samples, explanation samples and
+(when there are any) contrast pairs, each in its own length-grouped micro-batches, and its loss is
+alpha * L_answer + (1 - alpha) * L_explain + reflection_weight * L_contrast (losses.py says why).
+With `token`, micro-batches of `batch_size` samples or pairs, `grad_accum` per step, as before. The
+whole data order follows from the seed (per round: the engine passes one derived from the run seed
+and the round) and is stored in every checkpoint.
 
 Checkpoints (every `checkpoint_every` steps and at the end) hold adapter, optimizer, scheduler, step,
 RNG states, data order, the DPO reference log-likelihoods and the step records, under a hash of
@@ -41,25 +41,14 @@ from tutorloop.actors.losses import (
     triplet_loss,
     weighted_task_loss,
 )
-from tutorloop.actors.models import (
-    adapter_from_bytes,
-    adapter_to_bytes,
-    allow_bitsandbytes,
-    load_student,
-    load_tokenizer,
-    position_limit,
-    student_source,
-)
+from tutorloop.actors.models import adapter_from_bytes, adapter_to_bytes, allow_bitsandbytes, load_student
 from tutorloop.actors.train_batches import Step, per_task_plan, token_plan
+from tutorloop.actors.train_data import PAIR_KEYS, SAMPLE_KEYS, Encoded, TrainData, TrainEncoder
 from tutorloop.actors.train_state import Checkpoints, TrainState
 from tutorloop.loop.core.config import StudentSection, TrainingSection
 from tutorloop.loop.core.errors import ConfigError
-from tutorloop.loop.core.records import ContrastPairRecord, SampleRecord, TrainStepRecord, columns
+from tutorloop.loop.core.records import ContrastPairRecord, SampleRecord, TrainStepRecord
 
-# What training reads of a sample: where its target came from changes nothing it learns.
-SAMPLE_KEYS = tuple(key for key in columns(SampleRecord) if key != "source")
-PAIR_KEYS = columns(ContrastPairRecord)
-PAIR_ROLES = ("anchor", "positive", "negative")
 MAX_GRAD_NORM = 1.0
 
 # Equivalent module names across architectures, used when the configured LoRA targets are absent.
@@ -108,40 +97,12 @@ def resolve_target_modules(model, wanted: list[str] | str) -> list[str] | str:
     return translated
 
 
-def _check_records(records: list[dict], keys: tuple[str, ...], what: str) -> None:
-    for i, rec in enumerate(records):
-        missing = [k for k in keys if k not in rec]
-        if missing:
-            raise ValueError(f"training {what}[{i}]: missing keys {missing}")
-
-
 def warmup_then_decay(step: int, warmup: int, total: int) -> float:
     """lr factor of a step: a linear warm-up whose first step already moves ((step + 1) / (warmup + 1)),
     then a linear decay from 1 towards 0 over the remaining steps."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-@dataclass
-class _Encoded:
-    ids: list[int]
-    labels: list[int]
-
-    @property
-    def targets(self) -> int:
-        """Target tokens that carry a loss (token_nll's shift leaves out position 0)."""
-        return sum(x != -100 for x in self.labels[1:])
-
-
-@dataclass
-class _Data:
-    """A training's tokenized records: samples (with their records) and (anchor, positive, negative) pairs."""
-
-    samples: list[_Encoded] = field(default_factory=list)
-    records: list[SampleRecord] = field(default_factory=list)
-    pairs: list[tuple[_Encoded, _Encoded, _Encoded]] = field(default_factory=list)
-    mean_target: float = 0.0  # mean target tokens (+ EOS) per sample: the token-level loss's constant
 
 
 class LoraTrainer:
@@ -151,39 +112,12 @@ class LoraTrainer:
         self.student_cfg = student_cfg
         self.cfg = training_cfg
         self.seed = seed  # the default of `train(seed=...)`
-        self._tokenizer = None
-        self._max_tokens: int | None = None
+        self.encoder = TrainEncoder(student_cfg, training_cfg.max_length)
         allow_bitsandbytes(student_cfg.quantization != "none")  # before peft or transformers look for it
 
-    # ------------------------------------------------------------ data
+    # ------------------------------------------------------------ data order
 
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(student_source(self.student_cfg))
-        return self._tokenizer
-
-    @property
-    def max_tokens(self) -> int:
-        """training.max_length, capped at the student's positions: a longer sequence overflows a learned
-        position table (the default tiny GPT-2 has 256), and the exam decodes within them too."""
-        if self._max_tokens is None:
-            limit = position_limit(student_source(self.student_cfg))
-            self._max_tokens = min(self.cfg.max_length, limit or self.cfg.max_length)
-        return self._max_tokens
-
-    def encode(self, prompt: str, target: str) -> _Encoded | None:
-        """Prompt tokens (tokenized alone, as the exam does) + target tokens + EOS; loss on the target only.
-        Truncated to `max_tokens` from the end; None when no target token is left."""
-        tok = self.tokenizer
-        prompt_ids = tok(prompt).input_ids
-        target_ids = tok(target, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        ids = (prompt_ids + target_ids)[: self.max_tokens]
-        if len(ids) <= len(prompt_ids):
-            return None
-        return _Encoded(ids, [-100] * len(prompt_ids) + ids[len(prompt_ids) :])
-
-    def plan(self, data: _Data, seed: int) -> list[Step]:
+    def plan(self, data: TrainData, seed: int) -> list[Step]:
         """The steps of a training on `data` (see train_batches.py). Per task, a task whose coefficient
         is 0 (alpha 0 or 1) is left out: it would add nothing but compute."""
         cfg = self.cfg
@@ -278,7 +212,7 @@ class LoraTrainer:
         """
         seed = self.seed if seed is None else seed
         pairs = pairs if self.cfg.reflection != "none" else []
-        data = self._encode_all(samples, pairs)
+        data = self.encoder.encode_all(samples, pairs)
         input_hash = self._input_hash(samples, pairs, init_adapter, seed)
         state = self._start(init_adapter, self.plan(data, seed), seed)
         ckpt = Checkpoints(checkpoint_dir) if checkpoint_dir else None
@@ -300,29 +234,6 @@ class LoraTrainer:
                 on_step(record)
         return self._finish(state)
 
-    def _encode_all(self, samples: list[SampleRecord], pairs: list[ContrastPairRecord]) -> _Data:
-        """The records checked and tokenized; those without a target token within max_length left out."""
-        _check_records(samples, SAMPLE_KEYS, "samples")
-        _check_records(pairs, PAIR_KEYS, "pairs")
-        data = _Data()
-        for s in samples:
-            enc = self.encode(s["input"], s["target"])
-            if enc is not None:
-                data.samples.append(enc)
-                data.records.append(s)
-        for p in pairs:
-            triple = tuple(self.encode(p["input"], p[role] or p["anchor"]) for role in PAIR_ROLES)
-            if all(x is not None for x in triple):
-                data.pairs.append(triple)
-        if not data.samples and not data.pairs:
-            raise ConfigError(
-                f"training.max_length: no samples or contrast pairs keep a target token within "
-                f"{self.max_tokens} tokens (training.max_length {self.cfg.max_length}, capped at "
-                f"the student's positions, e.g. student.tiny.max_positions)"
-            )
-        data.mean_target = sum(sum(x != -100 for x in e.labels) for e in data.samples) / max(1, len(data.samples))
-        return data
-
     def _start(self, init_adapter: bytes | None, order: list[Step], seed: int) -> TrainState:
         """A fresh model with its LoRA adapter, optimizer and warm-up/linear-decay schedule."""
         total_steps = len(order)
@@ -338,7 +249,7 @@ class LoraTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(optim, partial(warmup_then_decay, warmup=warmup, total=total_steps))
         return TrainState(model, params, optim, sched, order, total_steps)
 
-    def _step(self, state: TrainState, data: _Data, step: int, device) -> TrainStepRecord:
+    def _step(self, state: TrainState, data: TrainData, step: int, device) -> TrainStepRecord:
         """One optimizer step over its micro-batches; its record (without elapsed_s)."""
         micro = state.order[step]
         shares = self._shares(micro, data)
@@ -381,7 +292,7 @@ class LoraTrainer:
             "pad_fraction": pads / max(1, pads + tokens),
         }
 
-    def _shares(self, micro: Step, data: _Data) -> dict[str, tuple[float, float]]:
+    def _shares(self, micro: Step, data: TrainData) -> dict[str, tuple[float, float]]:
         """(coefficient, denominator) of each sample kind's micro-batches in this step.
 
         Per task: the task's coefficient (losses.step_coefficients) and sum_i w_i * n_i over the task's
@@ -405,19 +316,9 @@ class LoraTrainer:
 
     # ------------------------------------------------------------ loss terms
 
-    def _collate(self, encoded: list[_Encoded], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
-        """Right-padded ids, attention mask, labels; plus real and pad token counts."""
-        width = max(len(e.ids) for e in encoded)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encoded], device=device)
-        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encoded], device=device)
-        labels = torch.tensor([e.labels + [-100] * (width - len(e.ids)) for e in encoded], device=device)
-        real = int(mask.sum())
-        return ids, mask, labels, real, mask.numel() - real
-
-    def _sample_loss(self, model, data: _Data, idx: list[int], device, share: tuple[float, float]):
+    def _sample_loss(self, model, data: TrainData, idx: list[int], device, share: tuple[float, float]):
         """A sample micro-batch's loss term (see _shares), per task its raw (NLL, tokens), real and pad tokens."""
-        ids, mask, labels, real, pad = self._collate([data.samples[i] for i in idx], device)
+        ids, mask, labels, real, pad = self.encoder.collate([data.samples[i] for i in idx], device)
         nll_sum, counts = token_nll(*target_logits(model, ids, mask, labels))
         records = [data.records[i] for i in idx]
         tasks, weights = [r["task"] for r in records], [float(r["weight"]) for r in records]
@@ -426,7 +327,7 @@ class LoraTrainer:
             return loss * share[0] / share[1], per_task, real, pad
         return weighted_task_loss(nll_sum, weights, *share), task_totals(nll_sum, counts, tasks), real, pad
 
-    def _per_sequence(self, model, encoded: list[_Encoded], device, hidden: bool):
+    def _per_sequence(self, model, encoded: list[Encoded], device, hidden: bool):
         """Last-token hidden state (hidden=True) or target log-likelihood of each sequence, in input order.
 
         The sequences are sorted by length and run in three forward passes (as many as one per role),
@@ -438,7 +339,7 @@ class LoraTrainer:
         real = pad = 0
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            ids, mask, labels, r, p = self._collate([encoded[i] for i in idx], device)
+            ids, mask, labels, r, p = self.encoder.collate([encoded[i] for i in idx], device)
             real, pad = real + r, pad + p
             if hidden:
                 states = model(
@@ -451,7 +352,7 @@ class LoraTrainer:
                 values[i] = out[j]
         return torch.stack(values), real, pad
 
-    def _reference_logprobs(self, model, data: _Data, device) -> torch.Tensor:
+    def _reference_logprobs(self, model, data: TrainData, device) -> torch.Tensor:
         """DPO's reference: [pairs, 3] log-likelihoods of anchor, positive and negative under the policy
         the training starts from (the init adapter, or the base model under a fresh LoRA, which starts
         as the identity), computed once without dropout: TRL's precompute_ref_log_probs."""
@@ -467,7 +368,7 @@ class LoraTrainer:
         model.train()
         return torch.cat(rows).float().cpu()
 
-    def _pair_loss(self, state: TrainState, idx: list[int], data: _Data, device):
+    def _pair_loss(self, state: TrainState, idx: list[int], data: TrainData, device):
         """Reflection loss of a micro-batch of (anchor, positive, negative) triples, with real and pad tokens."""
         model, n = state.model, len(idx)
         flat = [data.pairs[i][role] for role in range(3) for i in idx]  # all anchors, positives, negatives

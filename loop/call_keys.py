@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from tutorloop.actors.teacher.calls import TeacherRequest
 from tutorloop.actors.teacher.sources import AnswerSources
-from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.store.history import RunHistory
 
 _ROWS = (

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
 
-from tutorloop.loop.core.config import TeacherSection, TrainingSection
+from tutorloop.loop.core.config import TrainingSection
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.records import (
@@ -23,6 +23,7 @@ from tutorloop.loop.core.records import (
     columns,
 )
 from tutorloop.loop.core.student_prompt import student_prompt, student_target
+from tutorloop.loop.core.teacher_config import TeacherSection
 
 EXPLANATION_SOURCES_FOR_RATIONALIZE = ("rp", "crop")
 

@@ -19,7 +19,8 @@ import pyarrow as pa
 from tutorloop.loop.core.config import Config
 from tutorloop.loop.planner import Pool, exam_draw, load_pool, plan_teaching, worst_case_mistakes
 from tutorloop.loop.round_plan import BASELINE, CORE, planned_rounds, round_kind
-from tutorloop.loop.teaching import TeachingJob, estimate_cost
+from tutorloop.loop.teaching_job import TeachingJob
+from tutorloop.loop.teaching_plan import estimate_cost
 from tutorloop.store.query import HISTORY_FILE, HistoryReader
 
 
@@ -73,7 +74,7 @@ def _jobs(cfg: Config, pool: Pool, round_: int) -> tuple[int, list[TeachingJob],
 def _first_hashes(jobs: list[TeachingJob], cfg: Config) -> list[str]:
     from tutorloop.actors.teacher.sources import AnswerSources
     from tutorloop.loop.strategies import PromptBuilder, load_templates
-    from tutorloop.loop.teaching import JobRun  # the request a job sends first, exactly as a run builds it
+    from tutorloop.loop.teaching_job import JobRun  # the request a job sends first, exactly as a run builds it
 
     builder = PromptBuilder(load_templates(cfg.teacher.prompts_dir))
     sources = AnswerSources(cfg.teacher, cfg.data.data_dir)

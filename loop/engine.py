@@ -12,10 +12,8 @@ import hashlib
 import shutil
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -24,26 +22,13 @@ from tutorloop.loop.console import console_to_log
 from tutorloop.loop.core.config import Config
 from tutorloop.loop.core.datasets import Example, answer_type_of
 from tutorloop.loop.core.errors import RunError
-from tutorloop.loop.core.records import (
-    AttemptRecord,
-    ContrastPairRecord,
-    RationaleRecord,
-    SampleRecord,
-    TrainStepRecord,
-)
+from tutorloop.loop.core.records import AttemptRecord, ContrastPairRecord, SampleRecord, TrainStepRecord
 from tutorloop.loop.core.teardown import Teardown
-from tutorloop.loop.curriculum import (
-    TeachingTargets,
-    build_contrast_pairs,
-    build_samples,
-    find_mistakes,
-    replay_samples,
-)
+from tutorloop.loop.curriculum import find_mistakes
 from tutorloop.loop.formatting import next_steps, percent
-from tutorloop.loop.planner import exam_draw, load_pool, plan_teaching
+from tutorloop.loop.planner import exam_draw, load_pool
 from tutorloop.loop.round_plan import (
     BASELINE,
-    CORE,
     ROUND_PLAN,
     TAILORED,
     Phase,
@@ -53,50 +38,16 @@ from tutorloop.loop.round_plan import (
     round_kind,
     trainer_state_dir,
 )
+from tutorloop.loop.round_report import RoundReport, RoundState
 from tutorloop.loop.run_teachers import RunTeachers
 from tutorloop.loop.stopping import StopRequested, StopSignals
-from tutorloop.loop.tailored_reply import tailored_example
+from tutorloop.loop.teach_phase import TeachPhase
 from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers
 from tutorloop.store.history import RunHistory
 from tutorloop.store.journal import TeacherJournal
 
-if TYPE_CHECKING:
-    from tutorloop.loop.teaching import TeachingJob, TeachingOutcome
-
 LOG_FILE = "run.log"  # in the run directory
-READERS_EVERY_S = 1.0  # a driver busy storing fast teacher answers still lets readers in this often
-
-
-@dataclass
-class RoundReport:
-    round: int
-    test_accuracy: float | None = None
-    mistakes: int | None = None
-    teacher_calls: int = 0
-    cache_hits: int = 0
-    cost_usd: float = 0.0
-    seconds: float = 0.0
-    budget_exhausted: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        mistakes = "-" if self.mistakes is None else str(self.mistakes)
-        return (
-            f"round {self.round:>2} ({round_kind(self.round)}): test accuracy {percent(self.test_accuracy)} | "
-            f"mistakes {mistakes} | teacher calls {self.teacher_calls} (cache hits {self.cache_hits}) | "
-            f"cost ${self.cost_usd:.4f} | {self.seconds:.0f}s"
-        )
-
-
-@dataclass
-class RoundState:
-    """What the phases of one round hand on: the report, and a tailored round's mistakes."""
-
-    round: int
-    kind: str
-    report: RoundReport
-    mistakes: dict[str, list[AttemptRecord]] | None = None
 
 
 class RoundEngine:
@@ -118,20 +69,30 @@ class RoundEngine:
         self.trackers = Trackers(cfg, run_dir)  # run.report_to; nothing when the list is empty
         self.stopping = StopSignals()
         self.teachers = RunTeachers(cfg.teacher, run_dir)  # starts served teachers when a round needs them
-        self._calls_rekeyed = False  # answers a run stored under the teacher's old cache key (loop/call_keys.py)
-        # Where the wall time went, for scripts/bench_loop.py: teacher waits measured here, model
-        # time reported by the actors at shutdown.
+        # Where the wall time went, for scripts/bench_loop.py: teacher waits measured by the teach
+        # phase, model time reported by the actors at shutdown.
         self.seconds = {"teacher_wait_s": 0.0, "teacher_callbacks_s": 0.0}
+        self.teaching = TeachPhase(
+            cfg,
+            run_dir,
+            self.history,
+            self.journal,
+            self.teachers,
+            self.questions,
+            workers,
+            self.stopping,
+            self.seconds,
+        )
         self.actor_seconds: dict[str, float] = {}
         self._phases: dict[str, Callable[[RoundState, Phase], None]] = {
             "exam": self._exam_pool,
-            "teach": self._teach,
+            "teach": self.teaching.run,
             "train": self._train,
             "eval": self._evaluate,
         }
         self._resumed: dict[str, Callable[[RoundState], None]] = {
             "exam": self._exam_done,
-            "teach": self._teach_done,
+            "teach": self.teaching.resumed,
             "train": lambda state: None,
             "eval": self._eval_done,
         }
@@ -339,142 +300,6 @@ class RoundEngine:
 
     def _eval_done(self, state: RoundState) -> None:
         state.report.test_accuracy = self.history.metric(state.round, "test", "accuracy")
-
-    # ----- teaching --------------------------------------------------------------------------------
-    def _teach(self, state: RoundState, phase: Phase) -> None:
-        """Teacher rationales -> graded -> samples and contrast pairs, committed with the phase mark."""
-        training, report = self.cfg.training, state.report
-        plan = plan_teaching(self.cfg, self.questions, state.round, state.mistakes)
-        targets, jobs, seed = plan.targets, plan.jobs, plan.seed
-        phase.begin(len(jobs))
-        outcome = self._ask_teacher(jobs, report, state.kind)
-        rationales = outcome.rationales
-        example = tailored_example(rationales, state.mistakes or {}, self.examples) if state.kind == TAILORED else None
-        if example:
-            report.notes.append(example)
-        accepted = sum(1 for r in rationales if r["accepted"])
-        if state.kind == CORE and not accepted and set(training.tasks) - {"answer"}:
-            self.history.keep_graded_rationales(state.round, rationales)  # what the message points at
-            rejected = (
-                ", ".join(
-                    f"{reason} {count}"
-                    for reason, count in Counter(r["reject_reason"] for r in rationales).most_common()
-                )
-                or "no teacher jobs"
-            )
-            raise RunError(
-                f"{self.run_dir}: round 0 got no accepted teacher rationale to train on ({rejected}); "
-                f'see `tutorloop sql {self.run_dir} "SELECT * FROM teacher_yield"`'
-            )
-        samples, pairs = self._curriculum(state, rationales, targets, seed)
-        phase.outputs.rows = {"rationales": rationales, "samples": samples, "contrast_pairs": pairs}
-        phase.outputs.metrics["train"] = {
-            "teacher_calls": outcome.calls_sent,
-            "cache_hits": outcome.cache_hits,
-            "teacher_cost_usd": outcome.cost_usd,
-            "rationales_accepted": accepted,
-            "samples": len(samples),
-            "contrast_pairs": len(pairs),
-            "budget_exhausted": float(outcome.budget_exhausted),
-        }
-        if state.kind == CORE:  # recorded once per run, with the round that trains on the pool first
-            phase.outputs.metrics["train"]["pool_test_duplicates"] = self.pool_duplicates
-        phase.outputs.info = {"message": outcome.message}
-        phase.after_commit(self.journal.clear)
-
-    def _teach_done(self, state: RoundState) -> None:
-        self.journal.clear()  # left by a kill between the phase's commit and its clean-up
-        metric = self.history.metric
-        state.report.teacher_calls = int(metric(state.round, "train", "teacher_calls") or 0)
-        state.report.cache_hits = int(metric(state.round, "train", "cache_hits") or 0)
-        state.report.cost_usd = float(metric(state.round, "train", "teacher_cost_usd") or 0)
-
-    def _ask_teacher(self, jobs: list[TeachingJob], report: RoundReport, kind: str) -> TeachingOutcome:
-        """The teaching session over `jobs` (served teachers started first): answers stored as they come,
-        the journal's first."""
-        from tutorloop.actors.teacher.sources import AnswerSources
-        from tutorloop.loop.call_keys import rekey_legacy_calls
-        from tutorloop.loop.teaching import TeachingSession
-
-        recovered, in_flight = self.history.recover_answers(self.journal)
-        if recovered or in_flight:
-            report.notes.append(
-                f"resumed teaching: {recovered} answers recovered from {self.journal.path.name}; "
-                f"{in_flight} requests were in flight at the stop and are sent again"
-            )
-        if not self._calls_rekeyed:  # once, and after the journal's answers: they may hold old keys too
-            rekey_legacy_calls(self.history, self.cfg.teacher, self.cfg.data.data_dir)
-            self._calls_rekeyed = True
-        self.history.release()  # a server may take a while to load
-        teachers, started = self.teachers.for_round(kind, start=bool(jobs))
-        report.notes += started
-        session = TeachingSession(
-            teachers,
-            jobs,
-            lookup=self._cached_calls,
-            executor=self.workers.teacher(teachers),
-            persist=self._persist_calls,
-            spent_usd=self.history.spent_usd(),
-            on_wait=self.history.release,
-            journal=self.journal,
-            on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", done),
-            sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir),
-        )
-        callbacks_before = self.seconds["teacher_callbacks_s"]
-        waited = time.monotonic()
-        outcome = session.run()
-        self.seconds["teacher_wait_s"] += (
-            time.monotonic() - waited - (self.seconds["teacher_callbacks_s"] - callbacks_before)
-        )
-        report.teacher_calls, report.cache_hits = outcome.calls_sent, outcome.cache_hits
-        report.cost_usd, report.budget_exhausted = outcome.cost_usd, outcome.budget_exhausted
-        if outcome.budget_exhausted:
-            report.notes.append(outcome.message)
-        return outcome
-
-    def _cached_calls(self, hashes: list[str]) -> dict[str, dict]:
-        started = time.monotonic()
-        try:
-            return self.history.stored_calls(hashes)
-        finally:
-            self.seconds["teacher_callbacks_s"] += time.monotonic() - started
-
-    def _persist_calls(self, records: list[dict]) -> None:
-        started = time.monotonic()
-        self.history.persist_calls(records)
-        self.history.release_if_held(READERS_EVERY_S)
-        self.seconds["teacher_callbacks_s"] += time.monotonic() - started
-        self.stopping.check()
-
-    def _curriculum(
-        self, state: RoundState, rationales: list[RationaleRecord], targets: TeachingTargets, seed: int
-    ) -> tuple[list[SampleRecord], list[ContrastPairRecord]]:
-        """The round's training data: multi-task samples, and in tailored rounds contrast pairs and replay."""
-        training = self.cfg.training
-        weights = {t.name: t.loss_weight for t in self.cfg.teacher.teachers}
-        samples = build_samples(self.examples, rationales, training.tasks, weights, [t.id for t in targets.examples])
-        # A tagged teacher's rationale trains its own prefix and also the plain explain prompt, the one
-        # the exam and eval ask with: else a tagged teacher's lessons would never reach the eval.
-        tagged = [
-            dict(r, task="explain") for r in rationales if r["accepted"] and r.get("task") not in (None, "explain")
-        ]
-        if "explain" in training.tasks and tagged:
-            samples += build_samples(self.examples, tagged, ["explain"], weights, [])
-        pairs: list[ContrastPairRecord] = []
-        if state.kind == TAILORED and training.reflection != "none":
-            built = build_contrast_pairs(
-                self.examples,
-                rationales,
-                state.mistakes or {},
-                self.history.earlier_rationales(state.round),
-                training.max_pairs_per_question,
-            )
-            pairs = built.pairs
-            state.report.notes.append(built.note())
-        if state.kind == TAILORED and training.replay_fraction > 0:
-            earlier = self.history.earlier_samples(state.round)
-            samples += replay_samples(earlier, len(samples), training.replay_fraction, seed)
-        return samples, pairs
 
     # ----- training --------------------------------------------------------------------------------
     def _train(self, state: RoundState, phase: Phase) -> None:

@@ -19,7 +19,7 @@ from tutorloop.loop.round_plan import derive_seed, round_kind
 from tutorloop.loop.run_teachers import round_teachers
 
 if TYPE_CHECKING:
-    from tutorloop.loop.teaching import TeachingJob
+    from tutorloop.loop.teaching_job import TeachingJob
 
 CHARS_PER_TOKEN = 4  # about, for a worst-case wrong answer's length
 
@@ -85,7 +85,7 @@ def plan_teaching(
 ) -> RoundTeaching:
     """Round 0 (`mistakes` None): the pool; a tailored round: its mistakes, with only the teachers of
     this kind of round."""
-    from tutorloop.loop.teaching import plan_round_jobs
+    from tutorloop.loop.teaching_plan import plan_round_jobs
 
     seed = derive_seed(cfg.run.seed, round_, "teach")
     teachers = round_teachers(cfg.teacher, round_kind(round_))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 
 def round_teachers(section: TeacherSection, kind: str) -> TeacherSection:

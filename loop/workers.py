@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from tutorloop.loop import cluster
-from tutorloop.loop.core.config import Config, TeacherSection
+from tutorloop.loop.core.config import Config
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import RunError
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.core.teardown import Teardown
 
 

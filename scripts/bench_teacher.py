@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.teacher_config import TeacherSection
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "teacher_server.py"
 

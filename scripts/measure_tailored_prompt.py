@@ -27,8 +27,9 @@ import duckdb
 from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LlamaCppServer, resolve_gguf
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
 from tutorloop.loop.core.answers import answers_match, extract_answer
-from tutorloop.loop.core.config import DataSection, TeacherEndpoint, TeacherSection, load_config
+from tutorloop.loop.core.config import DataSection, load_config
 from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.strategies import PromptBuilder, load_templates
 from tutorloop.loop.tailored_reply import grade_tailored_reply, parse_tailored_reply
 

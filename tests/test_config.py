@@ -19,12 +19,12 @@ from tutorloop.loop.core.config import (
     LoraSection,
     RunSection,
     SyntheticSection,
-    TeacherEndpoint,
     TrainingSection,
     config_from_dict,
     load_config,
 )
 from tutorloop.loop.core.config_meta import FORK_FIXED, FORK_FREE, added_later_fields, marked_keys
+from tutorloop.loop.core.teacher_config import TeacherEndpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

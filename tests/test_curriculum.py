@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection, TrainingSection
+from tutorloop.loop.core.config import TrainingSection
 from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.student_prompt import ANSWER_TRIGGER, student_target
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.curriculum import (
     build_contrast_pairs,
     build_samples,
@@ -307,7 +308,7 @@ def test_category_balance_fills_a_category_out_of_mistakes_with_questions_it_got
 
 
 def test_teaching_targets_balance_categories_at_the_random_arms_budget() -> None:
-    from tutorloop.loop.teaching import plan_round_jobs
+    from tutorloop.loop.teaching_plan import plan_round_jobs
 
     pool = generate_problems(40, 0, 1, 1, 9)
     examples = {e.id: e for e in pool}

@@ -25,14 +25,14 @@ from tutorloop.loop.core.errors import ConfigError
 
 def test_long_sample_is_cut_to_the_students_positions() -> None:
     trainer = LoraTrainer(student_cfg({**RANDOM_GPT2, "max_positions": 32}), training_cfg(max_length=384))
-    encoded = trainer.encode("Question: 1 + 2 + 3?", " 1 + 2 = 3. 3 + 3 = 6. " * 20)
+    encoded = trainer.encoder.encode("Question: 1 + 2 + 3?", " 1 + 2 = 3. 3 + 3 = 6. " * 20)
     assert encoded is not None and len(encoded.ids) == 32
     assert len(encoded.labels) == 32 and encoded.targets > 0
 
 
 def test_max_length_below_the_positions_still_rules() -> None:
     trainer = LoraTrainer(student_cfg({**RANDOM_GPT2, "max_positions": 64}), training_cfg(max_length=20))
-    encoded = trainer.encode("Question: 1 + 2?", " 1 + 2 = 3. " * 20)
+    encoded = trainer.encoder.encode("Question: 1 + 2?", " 1 + 2 = 3. " * 20)
     assert encoded is not None and len(encoded.ids) == 20
 
 

@@ -21,9 +21,10 @@ import pytest
 from tutorloop.actors.models import adapter_to_bytes
 from tutorloop.actors.student import ExamChunk
 from tutorloop.actors.teacher import LocalTeacherPool
-from tutorloop.loop.core.config import Config, TeacherSection, load_config
+from tutorloop.loop.core.config import Config, load_config
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError, RunError
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.round_plan import ROUND_PLAN, round_kind
 from tutorloop.loop.run_dir import create_run

@@ -18,7 +18,7 @@ from tutorloop.loop.core.student_prompt import student_prompt, student_target
 
 def _token_nll(model, trainer: LoraTrainer, prompt: str, target: str) -> tuple[float, int]:
     """(summed NLL, target tokens) of one sequence alone (no padding), from the model's log-softmax."""
-    enc = trainer.encode(prompt, target)
+    enc = trainer.encoder.encode(prompt, target)
     with torch.no_grad():
         logprobs = F.log_softmax(model(input_ids=torch.tensor([enc.ids])).logits[0].float(), dim=-1)
     positions = [t for t in range(1, len(enc.ids)) if enc.labels[t] != -100]
@@ -26,7 +26,7 @@ def _token_nll(model, trainer: LoraTrainer, prompt: str, target: str) -> tuple[f
 
 
 def _last_state(model, trainer: LoraTrainer, prompt: str, target: str) -> torch.Tensor:
-    enc = trainer.encode(prompt, target)
+    enc = trainer.encoder.encode(prompt, target)
     with torch.no_grad():
         return model(input_ids=torch.tensor([enc.ids]), output_hidden_states=True).hidden_states[-1][0, -1]
 
@@ -128,7 +128,7 @@ def test_every_step_holds_both_tasks_with_little_padding(grad_accum: int) -> Non
     assert result.pad_fraction < 0.15, result.pad_fraction
     # Each sample once per epoch; about batch_size * grad_accum samples per step, as before.
     assert sum(s["tokens"] for s in result.steps) == sum(
-        len(trainer.encode(s["input"], s["target"]).ids) for s in samples
+        len(trainer.encoder.encode(s["input"], s["target"]).ids) for s in samples
     )
     assert len(result.steps) == math.ceil((math.ceil(72 / 8) + math.ceil(96 / 8)) / grad_accum)
     # A short training warms up too (warmup_steps_min 2), from its first step on.

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator
 
 from test_engine_plan import FakeWorkers, config
 
-from tutorloop.loop.core.config import Config, TeacherSection
+from tutorloop.loop.core.config import Config
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.engine import RoundEngine
 from tutorloop.loop.run_dir import create_run
 from tutorloop.store.query import fetch_rows

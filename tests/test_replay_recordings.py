@@ -10,10 +10,12 @@ import pytest
 
 from tutorloop.actors.teacher import LocalTeacherPool
 from tutorloop.actors.teacher.replay import load_recording
-from tutorloop.loop.core.config import Config, TeacherSection, config_from_dict
+from tutorloop.loop.core.config import Config, config_from_dict
 from tutorloop.loop.core.datasets import Example, load_recorded_teacher
 from tutorloop.loop.core.errors import ConfigError, DataError
-from tutorloop.loop.teaching import TeachingSession, plan_jobs
+from tutorloop.loop.core.teacher_config import TeacherSection
+from tutorloop.loop.teaching import TeachingSession
+from tutorloop.loop.teaching_plan import plan_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = [

@@ -13,9 +13,10 @@ from pathlib import Path
 import yaml
 
 from tutorloop.actors.teacher import LocalTeacherPool
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.datasets import Example
-from tutorloop.loop.teaching import TeachingSession, plan_jobs
+from tutorloop.loop.core.teacher_config import TeacherSection
+from tutorloop.loop.teaching import TeachingSession
+from tutorloop.loop.teaching_plan import plan_jobs
 from tutorloop.store.query import fetch_rows
 
 REPO = Path(__file__).resolve().parents[1]

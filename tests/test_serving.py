@@ -23,8 +23,8 @@ import pytest
 from tutorloop.actors.models import find_default_gguf
 from tutorloop.actors.serving import LlamaCppServer, resolve_gguf, served_teachers
 from tutorloop.actors.teacher import OpenAIBackend, TeacherRequest
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.core.errors import DataError, RunError
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 pytest.importorskip("xllamacpp")
 pytestmark = [

@@ -20,8 +20,8 @@ from tutorloop.actors.teacher import (
     redact,
     retry_after_seconds,
 )
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.teacher_config import TeacherSection
 
 PLANTED_KEY = "sk-test-PLANTED-9f8e7d6c5b4a3210fedcba"
 QUESTIONS = [e.question for e in generate_problems(6, seed=3, min_steps=1, max_steps=3, max_value=9)]

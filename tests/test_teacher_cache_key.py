@@ -14,12 +14,15 @@ import pytest
 from tutorloop.actors.teacher import LocalTeacherPool
 from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.call_keys import rekey_legacy_calls  # what the engine runs before a teach phase
-from tutorloop.loop.core.config import Config, TeacherEndpoint, TeacherSection, config_from_dict, load_config
+from tutorloop.loop.core.config import Config, config_from_dict, load_config
 from tutorloop.loop.core.datasets import Example, load_examples
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.fork import fork_run
 from tutorloop.loop.run_dir import create_run, stored_config
 from tutorloop.loop.strategies import PromptBuilder, load_templates
-from tutorloop.loop.teaching import JobRun, TeachingJob, TeachingOutcome, TeachingSession, plan_jobs
+from tutorloop.loop.teaching import TeachingOutcome, TeachingSession
+from tutorloop.loop.teaching_job import JobRun, TeachingJob
+from tutorloop.loop.teaching_plan import plan_jobs
 from tutorloop.store.history import RunHistory, in_round
 from tutorloop.store.query import fetch_rows
 

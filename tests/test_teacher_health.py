@@ -20,9 +20,10 @@ import pytest
 from teacher_server import TeacherServer
 
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherUnavailable, check_teacher
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.synthetic import generate_problems
-from tutorloop.loop.teaching import TeachingSession, plan_jobs
+from tutorloop.loop.core.teacher_config import TeacherSection
+from tutorloop.loop.teaching import TeachingSession
+from tutorloop.loop.teaching_plan import plan_jobs
 from tutorloop.store.journal import TeacherJournal
 
 REPO = Path(__file__).resolve().parents[1]

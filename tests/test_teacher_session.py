@@ -10,12 +10,14 @@ import pytest
 from teacher_server import TeacherServer
 
 from tutorloop.actors.teacher import CALL_COLUMNS, LocalTeacherPool
-from tutorloop.loop.core.config import DataSection, TeacherSection
+from tutorloop.loop.core.config import DataSection
 from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
 from tutorloop.loop.core.records import RationaleRecord, columns
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.strategies import clean_rationale
-from tutorloop.loop.teaching import TeachingSession, estimate_cost, plan_jobs
+from tutorloop.loop.teaching import TeachingSession
+from tutorloop.loop.teaching_plan import estimate_cost, plan_jobs
 
 EXAMPLES = generate_problems(6, seed=5, min_steps=2, max_steps=3, max_value=9)
 PLANTED_KEY = "sk-test-PLANTED-00112233445566778899aabb"

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from tutorloop.actors.teacher import program
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.synthetic import generate_problems
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.strategies import (
     PromptBuilder,
     builtin_exemplars,
@@ -18,7 +18,8 @@ from tutorloop.loop.strategies import (
     load_templates,
 )
 from tutorloop.loop.tailored_reply import parse_tailored_reply
-from tutorloop.loop.teaching import JobRun, plan_jobs
+from tutorloop.loop.teaching_job import JobRun
+from tutorloop.loop.teaching_plan import plan_jobs
 
 Q = "Tom has 3 apples. He gets 4 more. Then he gives away 2. How many apples does Tom have now?"
 EXAMPLE = Example(

@@ -16,7 +16,7 @@ from test_engine_plan import config, new_run
 from tiny_student import RANDOM_GPT2
 
 from tutorloop.actors.teacher import TeacherRequest
-from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.core.teardown import TeardownError
 from tutorloop.loop.engine import LOG_FILE, RoundEngine
 from tutorloop.loop.run_dir import create_run

@@ -82,8 +82,8 @@ def test_target_logits_give_the_full_forward_loss(source) -> None:
     trainer = LoraTrainer(student_cfg(source), training_cfg())
     model, _ = load_student(student_cfg(source))
     records = samples_for(problems(6))
-    encoded = [trainer.encode(r["input"], r["target"]) for r in records]
-    ids, mask, labels, _, _ = trainer._collate(encoded, torch.device("cpu"))
+    encoded = [trainer.encoder.encode(r["input"], r["target"]) for r in records]
+    ids, mask, labels, _, _ = trainer.encoder.collate(encoded, torch.device("cpu"))
     logits, kept_labels = target_logits(model, ids, mask, labels)
     assert logits.shape[1] < ids.shape[1]  # the prompt positions were skipped
     with torch.no_grad():
@@ -146,11 +146,13 @@ def test_triplet_loss_goes_down_and_separates_the_negative() -> None:
     base, _ = load_student(cfg)
 
     def loss_of(m) -> float:
-        encoded = [tuple(trainer.encode(p["input"], p[r]) for r in ("anchor", "positive", "negative")) for p in pairs]
+        encoded = [
+            tuple(trainer.encoder.encode(p["input"], p[r]) for r in ("anchor", "positive", "negative")) for p in pairs
+        ]
         states = []
         with torch.no_grad():
             for role in range(3):
-                ids, mask, _, _, _ = trainer._collate([e[role] for e in encoded], "cpu")
+                ids, mask, _, _, _ = trainer.encoder.collate([e[role] for e in encoded], "cpu")
                 hidden = m(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
                 states.append(last_token_states(hidden, mask))
         return triplet_loss(*states, margin=1.0).item()
@@ -302,7 +304,7 @@ def test_length_grouping_keeps_padding_low() -> None:
     assert result.pad_fraction < 0.15
     assert all(s["pad_fraction"] < 0.25 for s in result.steps)
     assert sum(s["tokens"] for s in result.steps) == sum(
-        len(trainer.encode(s["input"], s["target"]).ids) for s in samples
+        len(trainer.encoder.encode(s["input"], s["target"]).ids) for s in samples
     )
 
 

@@ -1,7 +1,7 @@
 """The teacher side: requests and call records, the three backends, and the pools that run them.
 
 A teacher request is stateless: one prompt in, one call record out. The strategy state machines
-(multi-stage prompts, grading) run in the driver (loop/teaching.py), which stores every call record
+(multi-stage prompts, grading) run in the driver (loop/teaching_job.py), which stores every call record
 before using it; this package only runs requests, in-process (`LocalTeacherPool`) or spread over
 CPU-only Ray actors (`RayTeacherPool`).
 

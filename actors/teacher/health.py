@@ -14,8 +14,8 @@ import os
 import socket
 from typing import Any
 
-from tutorloop.loop.core.config import TeacherEndpoint
 from tutorloop.loop.core.errors import RunError
+from tutorloop.loop.core.teacher_config import TeacherEndpoint
 
 # The status of a record the open breaker cut off: never stored, the pool raises TeacherUnavailable.
 UNREACHABLE = "unreachable"

@@ -35,7 +35,7 @@ from tutorloop.actors.teacher.health import (
     failure_cause,
 )
 from tutorloop.actors.teacher.limits import TokenBucket, retry_after_seconds
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 log = logging.getLogger("tutorloop.teacher")
 

@@ -19,7 +19,7 @@ from tutorloop.actors.teacher.health import (
     failure_cause,
     where,
 )
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 log = logging.getLogger("tutorloop.teacher")
 

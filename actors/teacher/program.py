@@ -23,11 +23,11 @@ import time
 from typing import Any
 
 from tutorloop.actors.teacher.calls import TeacherRequest, call_record, estimate_tokens
-from tutorloop.loop.core.config import TeacherEndpoint
 
 # The question templates and step words are synthetic.py's; building the parser from them keeps
 # the two in step if a phrase changes.
 from tutorloop.loop.core.synthetic import OP_PHRASES, OP_WORDS, apply_op, parse_rationale_steps, solve_steps
+from tutorloop.loop.core.teacher_config import TeacherEndpoint
 
 # Labels of the tailored prompt (loop/teacher_prompts/tailored.txt) and of its answer format.
 STUDENT_REASONING = "Student's reasoning:"

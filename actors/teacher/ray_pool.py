@@ -13,8 +13,8 @@ from tutorloop.actors.teacher.health import answered_records
 from tutorloop.actors.teacher.router import TeacherRouter
 from tutorloop.actors.teacher.window import ask_in_window
 from tutorloop.actors.waiting import wait_ready
-from tutorloop.loop.core.config import TeacherSection
 from tutorloop.loop.core.records import CallJournal
+from tutorloop.loop.core.teacher_config import TeacherSection
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 30  # for all of the pool's actors together

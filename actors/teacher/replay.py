@@ -18,7 +18,6 @@ from typing import Any
 
 from tutorloop.actors.teacher.calls import PROBLEM_TEXT, TeacherRequest, call_record, estimate_tokens
 from tutorloop.loop.core.answers import extract_answer
-from tutorloop.loop.core.config import TeacherEndpoint
 from tutorloop.loop.core.datasets import (
     load_recorded_teacher,
     normalize_question,
@@ -27,6 +26,7 @@ from tutorloop.loop.core.datasets import (
     required_field,
 )
 from tutorloop.loop.core.errors import DataError
+from tutorloop.loop.core.teacher_config import TeacherEndpoint
 
 Recording = dict[str, list[dict[str, Any]]]  # normalize_question(question) -> completions in sample order
 

@@ -8,7 +8,7 @@ from tutorloop.actors.teacher.calls import TeacherRequest, call_record, redact
 from tutorloop.actors.teacher.openai_backend import OpenAIBackend
 from tutorloop.actors.teacher.program import ProgramBackend
 from tutorloop.actors.teacher.replay import ReplayBackend
-from tutorloop.loop.core.config import TeacherSection
+from tutorloop.loop.core.teacher_config import TeacherSection
 
 
 class TeacherRouter:

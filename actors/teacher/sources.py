@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tutorloop.actors.teacher.health import base_url
-from tutorloop.loop.core.config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.core.datasets import recorded_path
 from tutorloop.loop.core.errors import DataError
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _file_hashes: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: a 1 GB model is read once

@@ -30,7 +30,7 @@ class AttemptRecord(TypedDict):
 
 
 class RationaleRecord(TypedDict):
-    """A teaching job's graded rationale (loop/teaching.py), one per job, accepted or not."""
+    """A teaching job's graded rationale (loop/teaching_job.py), one per job, accepted or not."""
 
     teacher: str
     strategy: str
