@@ -126,7 +126,12 @@ def snapshot(run_dir: Path) -> dict:
             "WHERE name NOT LIKE '%cache_hits%' AND name NOT LIKE 'teacher_calls' "
             "ORDER BY round, split, name",
         ),
-        "hashes": {r["request_hash"] for r in fetch_rows(run_dir, "SELECT request_hash FROM teacher_calls")},
+        # What was asked, not the request hash: the hash covers the server's address, and the two runs
+        # talk to two servers.
+        "requests": {
+            (r["teacher"], r["request"], r["sample_index"])
+            for r in fetch_rows(run_dir, "SELECT teacher, request, sample_index FROM teacher_calls")
+        },
         "attempts": fetch_rows(run_dir, "SELECT count(*) AS n FROM attempts")[0]["n"],
         "rationales": fetch_rows(
             run_dir, "SELECT round, example_id, accepted FROM rationales ORDER BY round, example_id, sample_index"
@@ -149,7 +154,7 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert proc.wait(timeout=900) == 0
         reference_prompts = Counter(entry["prompt"] for entry in server.requests)
     expected = snapshot(reference)
-    assert sum(reference_prompts.values()) == len(expected["hashes"])
+    assert sum(reference_prompts.values()) == len(expected["requests"])
 
     rng = random.Random(7)
     # A little latency keeps the teaching phase open long enough for the poller to catch it.
@@ -195,6 +200,6 @@ def test_kill_anywhere_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert not reference_prompts - sent_prompts
     assert not sent_again - resendable, sent_again - resendable
     assert got["rounds"] == expected["rounds"]
-    assert got["hashes"] == expected["hashes"]
+    assert got["requests"] == expected["requests"]
     assert got["rationales"] == expected["rationales"]
     assert got["metrics"] == expected["metrics"]
