@@ -35,8 +35,9 @@ def write_jsonl(path: Path, rows: list[dict | str]) -> Path:
     return path
 
 
-def teach(recording: Path, examples: list[Example], diverse: int = 1) -> list[dict]:
-    """The rationale records of a round-0 teaching session with a replay teacher on `recording`."""
+def teach_with_calls(recording: Path, examples: list[Example], diverse: int = 1) -> tuple[list[dict], dict[str, dict]]:
+    """The rationale records and the stored calls (by hash) of a round-0 teaching session with a replay
+    teacher on `recording`."""
     cfg = TeacherSection.model_validate(
         {"teachers": [{"name": "mine", "backend": "replay", "recording": str(recording)}], "diverse_samples": diverse}
     )
@@ -51,7 +52,11 @@ def teach(recording: Path, examples: list[Example], diverse: int = 1) -> list[di
             progress=False,
         ).run()
     assert outcome.cost_usd == 0
-    return outcome.rationales
+    return outcome.rationales, stored
+
+
+def teach(recording: Path, examples: list[Example], diverse: int = 1) -> list[dict]:
+    return teach_with_calls(recording, examples, diverse)[0]
 
 
 def test_a_jsonl_of_question_and_rationale_is_replayed_for_any_dataset(tmp_path: Path) -> None:

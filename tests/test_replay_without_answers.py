@@ -11,12 +11,9 @@ import sys
 from pathlib import Path
 
 import yaml
+from test_replay_recordings import teach_with_calls
 
-from tutorloop.actors.teacher import LocalTeacherPool
 from tutorloop.loop.core.datasets import Example
-from tutorloop.loop.core.teacher_config import TeacherSection
-from tutorloop.loop.teaching import TeachingSession
-from tutorloop.loop.teaching_plan import plan_jobs
 from tutorloop.store.query import fetch_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,30 +51,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def teach(recording: Path, examples: list[Example]) -> tuple[list[dict], dict[str, dict]]:
-    """The rationale records and stored calls of a round-0 teaching session replaying `recording`."""
-    cfg = TeacherSection.model_validate(
-        {"teachers": [{"name": "mine", "backend": "replay", "recording": str(recording)}]}
-    )
-    stored: dict[str, dict] = {}
-    with LocalTeacherPool(cfg) as pool:
-        outcome = TeachingSession(
-            cfg,
-            plan_jobs(examples, cfg, 0),
-            lambda hashes: {},
-            pool,
-            lambda records: stored.update({r["request_hash"]: r for r in records}),
-            progress=False,
-        ).run()
-    return outcome.rationales, stored
-
-
 def test_a_rationale_without_a_recorded_answer_is_graded_by_its_own_final_answer(tmp_path: Path) -> None:
     examples = [Example(f"mine/train/{i}", "mine", "train", q, a) for i, (q, a, _) in enumerate(PROBLEMS)]
     rows = [{"question": q, "rationale": r} for q, _, r in PROBLEMS[:2]]
     rows.append({"question": PROBLEMS[2][0], "rationale": "There are 5 bags with 2 oranges each: 5 + 2 = 7."})
     rows.append({"question": PROBLEMS[3][0], "rationale": "He reads the same number of pages every day."})
-    rationales, stored = teach(write_jsonl(tmp_path / "paid.jsonl", rows), examples)
+    rationales, stored = teach_with_calls(write_jsonl(tmp_path / "paid.jsonl", rows), examples)
     by_id = {r["example_id"]: r for r in rationales}
     assert [by_id[f"mine/train/{i}"]["accepted"] for i in range(2)] == [True, True]
     assert [by_id[f"mine/train/{i}"]["extracted"] for i in range(2)] == ["7", "4"]
