@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tutorloop.loop.core.config import Config, apply_overrides, config_from_dict, load_config
+from tutorloop.loop.core.config import Config, apply_overrides, config_from_dict, load_config, validation_error_line
 from tutorloop.loop.core.errors import ConfigError, TutorloopError
 
 PREFIX = "prefix"  # the arm name of a seed's shared prefix run in the index
@@ -110,26 +110,13 @@ class ExperimentSpec(_Section):
         ]
 
 
-def _format_error(error: dict, source: str) -> str:
-    key = ".".join(str(p) for p in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    if not key:
-        return f"{source}: {message}"
-    if error["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
-    if error["type"] == "missing":
-        return f"{source}: missing key '{key}'"
-    got = error.get("input")
-    return f"{source}: key '{key}': {message}" + ("" if isinstance(got, (dict, list)) else f" (got {got!r})")
-
-
 def spec_from_dict(data: Any, source: str) -> ExperimentSpec:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of spec keys at the top level")
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+        raise ConfigError(validation_error_line(exc.errors()[0], source)) from None
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

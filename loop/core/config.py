@@ -352,9 +352,11 @@ def _child(node: Any, part: str, text: str) -> Any:
     return child
 
 
-def _format_error(error: dict, source: str) -> str:
+def validation_error_line(error: dict, source: str) -> str:
+    """One pydantic error as the one line the user sees, naming the file and the dotted key."""
+    message = error["msg"].removeprefix("Value error, ")
     if not error["loc"]:  # a check across sections names its keys itself
-        return f"{source}: {error['msg'].removeprefix('Value error, ')}"
+        return f"{source}: {message}"
     key = ".".join(str(p) for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -362,8 +364,8 @@ def _format_error(error: dict, source: str) -> str:
     if kind == "missing":
         return f"{source}: missing key '{key}'"
     got = error.get("input")
-    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{source}: key '{key}': {error['msg']}{got_text}"
+    got_text = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{source}: key '{key}': {message}{got_text}"
 
 
 def config_from_dict(data: dict, source: str = "<config>") -> Config:
@@ -372,7 +374,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc.errors()[0], source)) from None
+        raise ConfigError(validation_error_line(exc.errors()[0], source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
