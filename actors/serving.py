@@ -62,7 +62,7 @@ def resolve_gguf(model: str) -> Path:
 
 
 def serve_log(log_dir: str | Path, name: str) -> Path:
-    """Where the server of teacher `name` writes llama.cpp's output (on the node that runs it)."""
+    """Where the driver keeps the llama.cpp output of teacher `name`'s server (fetched from its node)."""
     return Path(log_dir) / f"serve-{name}.log"
 
 
@@ -164,17 +164,16 @@ class LlamaCppServer:
 
 @ray.remote(num_cpus=1)
 class ServerActor:
-    """One teacher server in its own Ray worker, its llama.cpp output going to a log file on that node."""
+    """One teacher server in its own Ray worker, its llama.cpp output going to a log file in that node's
+    temporary folder; the driver fetches it (`log_text`) into the run directory."""
 
     def __init__(self) -> None:
         self._server: LlamaCppServer | None = None
         self.log_path = ""
 
-    def _log_to(self, log_path: str | None, name: str) -> None:
+    def _log_to(self, name: str) -> None:
         """Point this worker's stdout and stderr at a file, so llama.cpp's log stays off the terminal."""
-        default = Path(tempfile.gettempdir()) / f"tutorloop-serve-{name}-{os.getpid()}.log"
-        path = Path(log_path) if log_path else default
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.gettempdir()) / f"tutorloop-serve-{name}-{os.getpid()}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -183,9 +182,9 @@ class ServerActor:
         os.write(1, f"--- teacher '{name}' server in pid {os.getpid()}\n".encode())
         self.log_path = str(path)
 
-    def start(self, serve: ServeSection, alias: str, name: str, log_path: str | None = None) -> tuple[bool, str]:
+    def start(self, serve: ServeSection, alias: str, name: str) -> tuple[bool, str]:
         """(True, base_url) once it answers, or (False, one-line reason): the driver raises it as is."""
-        self._log_to(log_path, name)
+        self._log_to(name)
         try:
             options = serve.llama_cpp
             self._server = LlamaCppServer(
@@ -199,12 +198,20 @@ class ServerActor:
             )
             return True, self._server.start(serve.startup_timeout_s)
         except (DataError, RunError) as exc:
-            return False, f"{exc} (log: {self.log_path})"
+            return False, str(exc)
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+    def log_text(self) -> str:
+        """This server's log so far, emptied once read (the driver appends it to the run's copy)."""
+        if not self.log_path:
+            return ""
+        text = Path(self.log_path).read_text(errors="replace")
+        os.truncate(self.log_path, 0)
+        return text
 
 
 class ServedTeacher:
@@ -224,7 +231,7 @@ class ServedTeacher:
         if self.base_url is not None:
             return self.base_url
         self._actor = ServerActor.options(num_cpus=self.serve.num_cpus).remote()
-        ref = self._actor.start.remote(self.serve, self.endpoint.model, self.endpoint.name, self.log_path)
+        ref = self._actor.start.remote(self.serve, self.endpoint.model, self.endpoint.name)
         # The actor's own wait covers a model that loads but never answers; this one also covers a
         # load that hangs or an actor that cannot be placed (no node has the CPUs).
         limit = self.serve.startup_timeout_s + 60
@@ -240,12 +247,13 @@ class ServedTeacher:
             if isinstance(exc, ray.exceptions.RayError):  # the actor died while loading (out of memory, crash)
                 raise RunError(
                     f"teacher '{self.endpoint.name}': its {self.serve.engine} server actor failed "
-                    f"({type(exc).__name__}; log: {self.log_path or 'in the node temp folder'})"
+                    f"({type(exc).__name__}; its log stayed in that node's temporary folder)"
                 ) from None
             raise
         if not ok:
+            self._keep_log(self._actor)  # why it failed, in the run directory
             self.stop()
-            raise RunError(f"teacher '{self.endpoint.name}': {text}")
+            raise RunError(f"teacher '{self.endpoint.name}': {text} (log: {self.log_path or 'not kept'})")
         self.base_url = text
         return text
 
@@ -259,7 +267,18 @@ class ServedTeacher:
         if started:
             with contextlib.suppress(Exception):
                 ray.get(actor.stop.remote(), timeout=STOP_TIMEOUT_S)
+            self._keep_log(actor)
         ray.kill(actor)
+
+    def _keep_log(self, actor: Any) -> None:
+        """Appends the server's log, fetched from its node, to `log_path` on the driver (when it has one)."""
+        if not self.log_path:
+            return
+        with contextlib.suppress(Exception):  # a dead actor's log is gone with its node; the run goes on
+            text = ray.get(actor.log_text.remote(), timeout=STOP_TIMEOUT_S)
+            Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as log:
+                log.write(text)
 
     def __enter__(self) -> str:
         return self.start()

@@ -3,9 +3,11 @@ checkpoints, from which a later call with the same inputs resumes to the same we
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
+import tarfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +78,11 @@ class Checkpoints:
             },
             tmp / "trainer_state.pt",
         )
-        final = self.root / f"step-{step:06d}"
+        self._publish(tmp, f"step-{step:06d}")
+
+    def _publish(self, tmp: Path, name: str) -> None:
+        """Moves the finished checkpoint folder `tmp` to `name`, points `latest` at it, removes older ones."""
+        final = self.root / name
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -87,16 +93,39 @@ class Checkpoints:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def newest(self) -> Path | None:
+        """The folder `latest` names, when it is there."""
+        pointer = self.root / "latest"
+        folder = self.root / pointer.read_text().strip() if pointer.exists() else None
+        return folder if folder is not None and (folder / "trainer_state.pt").exists() else None
+
+    def to_bytes(self) -> bytes | None:
+        """The newest checkpoint as tar bytes (its folder name included), None when there is none: what
+        travels between an actor's own temporary folder and the driver's run directory."""
+        folder = self.newest()
+        if folder is None:
+            return None
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(folder, arcname=folder.name)
+        return buf.getvalue()
+
+    def receive(self, data: bytes) -> None:
+        """Installs a checkpoint from `to_bytes` as the newest one (atomically, older ones removed)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".tmp-{uuid.uuid4().hex[:8]}"
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            tar.extractall(tmp, filter="data")
+        (folder,) = [p for p in tmp.iterdir() if p.name.startswith("step-")]
+        self._publish(folder, folder.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
     def load(self, input_hash: str) -> dict | None:
         """The newest checkpoint of the training with this input hash, or None."""
-        pointer = self.root / "latest"
-        if not pointer.exists():
+        folder = self.newest()
+        if folder is None:
             return None
-        folder = self.root / pointer.read_text().strip()
-        state_file = folder / "trainer_state.pt"
-        if not state_file.exists():
-            return None
-        state = torch.load(state_file, weights_only=False)
+        state = torch.load(folder / "trainer_state.pt", weights_only=False)
         if state["input_hash"] != input_hash:
             return None  # a checkpoint of another training (other data or settings): start fresh
         state["folder"] = folder

@@ -1,8 +1,13 @@
 """TrainerActor: a Ray shell around `LoraTrainer` that reports its steps while it trains;
-RemoteTrainer: the driver's side of it, streaming those steps and stopping it on request."""
+RemoteTrainer: the driver's side of it, streaming those steps and stopping it on request.
+
+The actor never sees a path of the driver's: it checkpoints into its own node's temporary folder and
+sends each checkpoint to the driver as bytes with its progress; the driver keeps the newest one in the
+run directory and hands it back as bytes when a training resumes (on whichever node the actor lands)."""
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from typing import Any, Callable
 
@@ -11,9 +16,10 @@ import ray
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.student import student_actor_options
 from tutorloop.actors.timing import ActorClock
+from tutorloop.actors.train_state import Checkpoints
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.core.config import RaySection, StudentSection, TrainingSection
-from tutorloop.loop.core.errors import TutorloopError
+from tutorloop.loop.core.errors import RunError, TutorloopError
 from tutorloop.loop.core.teardown import Teardown
 
 POLL_S = 0.5  # how often the driver asks for new steps (and checks for a stop request)
@@ -40,6 +46,7 @@ class TrainingProgress:
         self.total: int | None = None
         self.done_before = 0  # steps done before a resume from a checkpoint
         self.steps: list[dict] = []
+        self.checkpoint: bytes | None = None  # the newest checkpoint not yet sent to the driver
 
     def plan(self, total: int, done: int) -> None:
         with self._lock:
@@ -49,9 +56,21 @@ class TrainingProgress:
         with self._lock:
             self.steps.append(record)
 
-    def since(self, seen: int) -> dict[str, Any]:
+    def saved(self, checkpoints: Checkpoints) -> None:
+        data = checkpoints.to_bytes()
         with self._lock:
-            return {"total": self.total, "done_before": self.done_before, "steps": self.steps[seen:]}
+            self.checkpoint = data
+
+    def since(self, seen: int) -> dict[str, Any]:
+        """The plan, the steps after the first `seen`, and the newest checkpoint once (None when sent already)."""
+        with self._lock:
+            checkpoint, self.checkpoint = self.checkpoint, None
+            return {
+                "total": self.total,
+                "done_before": self.done_before,
+                "steps": self.steps[seen:],
+                "checkpoint": checkpoint,
+            }
 
 
 # Two threads: `progress` answers while `train` runs in the other one.
@@ -75,22 +94,26 @@ class TrainerActor:
         samples: list[dict],
         pairs: list[dict],
         init_adapter: bytes | None = None,
-        checkpoint_dir: str | None = None,
+        checkpoint: bytes | None = None,
         seed: int | None = None,
     ) -> dict[str, Any]:
-        """Returns {"adapter": bytes, "steps": [step records]}; resumes from `checkpoint_dir` when it can.
-        `seed`: this training's (the round's) seed; default the actor's."""
+        """Returns {"adapter": bytes, "steps": [step records]}; resumes from `checkpoint` (bytes of
+        Checkpoints.to_bytes) when it matches. `seed`: this training's (the round's) seed; default the actor's."""
         progress = self._progress
         try:
-            with self.clock.computing():
+            # This node's own temporary space: nothing of the driver's disk is needed here.
+            with tempfile.TemporaryDirectory(prefix="tutorloop-trainer-") as local, self.clock.computing():
+                if checkpoint is not None:
+                    Checkpoints(local).receive(checkpoint)
                 result = self.trainer.train(
                     samples,
                     pairs,
                     init_adapter=init_adapter,
-                    checkpoint_dir=checkpoint_dir,
+                    checkpoint_dir=local,
                     on_step=progress.step,
                     on_plan=progress.plan,
                     seed=seed,
+                    on_checkpoint=progress.saved,
                 )
         finally:
             # Fresh for the next training: a progress call may run before that training has begun.
@@ -129,17 +152,37 @@ class RemoteTrainer:
         seed: int | None = None,
     ) -> dict[str, Any]:
         """The actor's training result, with `on_progress` called as steps arrive; `seed` as in TrainerActor.
+        `checkpoint_dir` is the driver's: the checkpoints the actor sends are kept there, and a training
+        resumes from the one there (sent to the actor as bytes).
 
         `poll()` runs every POLL_S seconds; when it raises (a stop request), the actor is killed at
         once rather than after the whole training (a resumed run continues from its last checkpoint)."""
         if self.actor is None:
             self.actor = TrainerActor.options(**self._options).remote(*self._args)
-        result = self.actor.train.remote(samples, pairs, init_adapter, checkpoint_dir, seed)
+        kept = Checkpoints(checkpoint_dir)
+        result = self.actor.train.remote(samples, pairs, init_adapter, kept.to_bytes(), seed)
+        try:
+            return self._follow(result, kept, on_progress, poll)
+        except ray.exceptions.RayActorError as exc:  # its node or process is gone
+            self.actor = None  # the next training starts a new actor
+            newest = kept.newest()
+            raise RunError(
+                f"the trainer actor died mid-training ({type(exc).__name__}: its node or process was lost); "
+                f"its last checkpoint ({newest.name if newest else 'none yet'}) is kept in {checkpoint_dir}; "
+                f"resume the run to continue from there"
+            ) from None
+
+    def _follow(
+        self, result: ray.ObjectRef, kept: Checkpoints, on_progress: ProgressCallback, poll: Callable[[], None]
+    ) -> dict[str, Any]:
+        """Waits for the training `result`, keeping the checkpoints and reporting the steps as they arrive."""
         asked, seen, reported = self.actor.progress.remote(0), 0, None
         while True:
             ready, _ = ray.wait([result], timeout=POLL_S)
             if ray.wait([asked], timeout=0)[0]:
                 progress = ray.get(asked)
+                if progress["checkpoint"] is not None:
+                    kept.receive(progress["checkpoint"])
                 seen += len(progress["steps"])
                 state = (progress["total"], seen)
                 if progress["total"] is not None and state != reported:

@@ -197,6 +197,7 @@ class LoraTrainer:
         on_step: Callable[[TrainStepRecord], None] | None = None,
         on_plan: Callable[[int, int], None] | None = None,
         seed: int | None = None,
+        on_checkpoint: Callable[[Checkpoints], None] | None = None,
     ) -> TrainResult:
         """Train and return the adapter (bytes of a peft save_pretrained folder) and per-step records.
 
@@ -208,7 +209,8 @@ class LoraTrainer:
         the engine passes one per round.
 
         `on_plan(total_steps, steps_already_done)` is called once before training (the second number is
-        non-zero after a resume); `on_step(record)` after each optimizer step.
+        non-zero after a resume); `on_step(record)` after each optimizer step; `on_checkpoint(checkpoints)`
+        after each checkpoint is saved in `checkpoint_dir` (the trainer actor sends it to the driver).
         """
         seed = self.seed if seed is None else seed
         pairs = pairs if self.cfg.reflection != "none" else []
@@ -230,6 +232,8 @@ class LoraTrainer:
             state.steps.append(record)
             if ckpt and ((step + 1) % self.cfg.checkpoint_every == 0 or step + 1 == state.total_steps):
                 ckpt.save(state, input_hash)
+                if on_checkpoint:
+                    on_checkpoint(ckpt)
             if on_step:
                 on_step(record)
         return self._finish(state)

@@ -241,10 +241,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     if args.action == "run":
-        prefer_local_ray_env(None)
+        prefer_local_ray_env(args.address)
         from tutorloop.loop.experiment import run_experiment
 
-        return run_experiment(args.target, args.dir, amend=args.amend)
+        return run_experiment(args.target, args.dir, amend=args.amend, address=args.address, parallel=args.parallel)
     from tutorloop.loop.experiment_report import experiment_status, write_experiment_report
 
     if args.action == "status":
@@ -301,6 +301,8 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     experiment.add_argument(
         "--amend", metavar="WHY", help="run: record a changed spec as an amendment to the frozen plan, with the reason"
     )
+    experiment.add_argument("--address", help="run: a Ray cluster (default: RAY_ADDRESS): as many runs at once as fit")
+    experiment.add_argument("--parallel", type=int, metavar="N", help="run: on a cluster, at most N runs at once")
     experiment.set_defaults(func=cmd_experiment)
 
 

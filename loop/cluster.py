@@ -30,7 +30,9 @@ def start_ray(cfg: Config, address: str | None = None, log_file: str | Path | No
         ray.init(address=address, **quiet)
         return False
     # Loopback needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 set before Ray is imported (the CLI does).
+    # address="local": a Ray of its own even where another one runs on this machine (ray.init would join that).
     ray.init(
+        address="local",
         num_cpus=local_cpus(cfg),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
@@ -64,3 +66,43 @@ def local_cpus(cfg: Config) -> int:
 def missing_cpus(cfg: Config) -> float:
     """How many CPUs the cluster lacks for the run's actors (0 when they all fit)."""
     return max(needed_cpus(cfg) - float(ray.cluster_resources().get("CPU", 0)), 0.0)
+
+
+def actor_demands(cfg: Config) -> list[tuple[str, dict[str, float]]]:
+    """Each actor the run starts, named with the config keys that size it, and the resources it asks for."""
+    from tutorloop.actors.student import student_actor_options
+
+    demands = []
+    for kind, count in (("student", cfg.ray.num_students), ("trainer", 1)):
+        options = student_actor_options(cfg.ray, kind)
+        wants = {"CPU": options["num_cpus"], "GPU": options["num_gpus"]}
+        demands += [(f"a {kind} actor (ray.{kind}_cpus, ray.{kind}_gpus)", wants)] * count
+    demands += [("a teacher actor (ray.teacher_cpus)", {"CPU": cfg.ray.teacher_cpus})] * cfg.teacher.num_actors
+    for endpoint in cfg.teacher.teachers:
+        if endpoint.serve is not None:
+            key = "teacher.teachers.*.serve.num_cpus"
+            demands.append((f"teacher '{endpoint.name}' server ({key})", {"CPU": endpoint.serve.num_cpus}))
+    return demands
+
+
+def unplaceable(cfg: Config) -> str | None:
+    """One line naming the first actor no node can hold beside the others, or None when they all fit.
+
+    Ray would leave such an actor pending forever (a hang); placing them first-fit, the largest GPU and
+    CPU asks first, finds it before any starts. Each actor sits on one node, so cluster totals can hide it."""
+    free = [dict(node["Resources"]) for node in ray.nodes() if node["Alive"]]
+    for name, wants in sorted(actor_demands(cfg), key=lambda d: (-d[1].get("GPU", 0), -d[1]["CPU"])):
+        asked = {key: value for key, value in wants.items() if value > 0}
+        node = next((f for f in free if all(f.get(k, 0) + 1e-9 >= v for k, v in asked.items())), None)
+        if node is None:
+            most = {key: max((f.get(key, 0) for f in free), default=0) for key in asked}
+            return (
+                f"the Ray cluster cannot place {name}: it asks for "
+                + ", ".join(f"{value:g} {key}" for key, value in asked.items())
+                + "; the most any node has left beside the other actors is "
+                + ", ".join(f"{value:g} {key}" for key, value in most.items())
+                + "; add a node with them or lower the keys"
+            )
+        for key, value in asked.items():
+            node[key] -= value
+    return None

@@ -144,7 +144,9 @@ def teaching_targets(
     """Round 0 (`mistakes` None): the whole pool with the configured strategies. A tailored round: its
     mistakes in `training.mistake_order` up to `training.max_mistakes`, with tailored prompts; or, in
     the ablation without tailoring (`training.selection: random`), as many questions drawn at random
-    from the pool and taught as in round 0."""
+    from the pool and taught as in round 0 (`untailored_strategies`). With `training.accepted_budget`
+    the targets are every candidate in order (capped by max_mistakes), asked in turn until the budget
+    of accepted rationales is met (loop/teaching.py, `teach_until_accepted`)."""
     strategies, job_mistakes = list(teacher.strategies), None
     if mistakes is None:
         targets = list(pool)
@@ -156,13 +158,23 @@ def teaching_targets(
         else:
             ordered = order_mistakes(mistakes, training.mistake_order, training.max_mistakes, seed, answers)
         if training.selection == "random":
-            ordered = random_selection(pool, len(ordered), seed)
+            # With an accepted budget the draw goes on through the pool until the budget is met.
+            count = (training.max_mistakes or len(pool)) if training.accepted_budget else len(ordered)
+            ordered = random_selection(pool, count, seed)
+            strategies = untailored_strategies(teacher)
         else:
             strategies = tailored_strategies(teacher)
             job_mistakes = {i: mistakes[i] for i in ordered if i in mistakes}
         targets = [examples[i] for i in ordered]
     # Fine-tuning on gold answers alone (the answer-only baseline) needs no teacher.
     return TeachingTargets(targets, strategies, job_mistakes, ask_teacher=set(training.tasks) != {"answer"})
+
+
+def untailored_strategies(teacher: TeacherSection) -> list[str]:
+    """The random arm's strategies: `teacher.strategies`, or rp (the teacher's own solution, told the
+    gold answer) where the tailored prompt shows the answer, so both arms ask a prompt of one family."""
+    backends = {t.backend for t in teacher.teachers}
+    return ["rp"] if teacher.tailored_show_answer and backends - {"replay"} else list(teacher.strategies)
 
 
 def tailored_strategies(teacher: TeacherSection) -> list[str]:

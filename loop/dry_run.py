@@ -99,7 +99,7 @@ def plan_run(cfg: Config, stored: Stored | None) -> list[RoundEstimate]:
                 "done" if stored and round_ in stored.done_rounds else "planned",
                 examined,
                 taught,
-                len(pool.test),
+                len(pool.test) + len(pool.val),  # the validation split is evaluated like the test
                 cost["requests"],
                 cost["tokens_in"],
                 cost["max_tokens_out"],

@@ -29,6 +29,7 @@ from tutorloop.loop.formatting import next_steps, percent
 from tutorloop.loop.planner import exam_draw, load_pool
 from tutorloop.loop.round_plan import (
     BASELINE,
+    RECHECK,
     ROUND_PLAN,
     TAILORED,
     Phase,
@@ -41,6 +42,7 @@ from tutorloop.loop.round_plan import (
 from tutorloop.loop.round_report import RoundReport, RoundState
 from tutorloop.loop.run_teachers import RunTeachers
 from tutorloop.loop.stopping import StopRequested, StopSignals
+from tutorloop.loop.takeaway import takeaway
 from tutorloop.loop.teach_phase import TeachPhase
 from tutorloop.loop.tracking import Trackers, round_metrics
 from tutorloop.loop.workers import RayWorkers, Workers
@@ -61,7 +63,7 @@ class RoundEngine:
         self.journal = TeacherJournal(run_dir)
         self.answer_type = answer_type_of(cfg.data)
         self.questions = load_pool(cfg)  # the pool without test duplicates, and the test split
-        self.pool, self.test = self.questions.pool, self.questions.test
+        self.pool, self.test, self.val = self.questions.pool, self.questions.test, self.questions.val
         self.pool_duplicates, self.examples = self.questions.duplicates, self.questions.examples
         if workers is None:
             workers = RayWorkers(cfg, self.answer_type, address, log_file=run_dir / LOG_FILE)
@@ -126,7 +128,8 @@ class RoundEngine:
             self.stopping.install()
             print(
                 f"tutorloop: run {self.run_dir} | student {self.cfg.student.model} | task {self.cfg.data.task} | "
-                f"pool {len(self.pool)}{self._duplicates_note()} | test {len(self.test)}",
+                f"pool {len(self.pool)}{self._duplicates_note()} | test {len(self.test)}"
+                + (f" | val {len(self.val)}" if self.val else ""),
                 flush=True,
             )
             message = self._rounds()
@@ -138,6 +141,9 @@ class RoundEngine:
 
                 _, html = write_report(self.run_dir)
                 print(f"tutorloop: report: {html}", flush=True)
+            shown = takeaway(self.run_dir)
+            if shown:
+                print(shown, flush=True)
             print(next_steps(self.run_dir), flush=True)
             finished = True
             return 0
@@ -232,9 +238,13 @@ class RoundEngine:
         num_samples: int,
         greedy: bool,
         adapter: bytes | None,
+        counted_in: str | None = None,
+        split: str | None = None,
     ) -> list[AttemptRecord]:
-        """The exam's attempts; questions answered earlier are skipped, each finished chunk stored at once."""
-        split = "test" if phase == "eval" else "train"
+        """The exam's attempts; questions answered earlier are skipped, each finished chunk stored at once
+        and counted in the progress of the phase running it (`counted_in`, default the exam's own `phase`)."""
+        # An eval's split is 'test' unless named ('val': the validation split, evaluated in the same phase).
+        split = split or ("test" if phase == "eval" else "train")
         done_ids, next_batch = self.history.exam_progress(round_, phase, mode)
         todo = [e for e in examples if e.id not in done_ids]
         seed = derive_seed(self.cfg.run.seed, round_, f"{phase}/{mode}")
@@ -250,11 +260,18 @@ class RoundEngine:
                 todo, mode, num_samples, greedy, seed, adapter, on_wait=self.history.release
             ):
                 self.history.store_attempts(
-                    round_, phase, chunk.records, len(chunk.examples), split=split, batch=next_batch + chunk.index
+                    round_,
+                    phase,
+                    chunk.records,
+                    len(chunk.examples),
+                    split=split,
+                    batch=next_batch + chunk.index,
+                    counted_in=counted_in,
                 )
                 bar.update(len(chunk.examples))
                 self.stopping.check()
-        return self.history.attempts(round_, phase, mode)
+        asked = {e.id for e in examples}  # the eval phase holds both the test and the validation attempts
+        return [a for a in self.history.attempts(round_, phase, mode) if a["example_id"] in asked]
 
     def _exam_pool(self, state: RoundState, phase: Phase) -> None:
         """Tailored round step 1: the student answers (part of) the training pool; its mistakes drive the round."""
@@ -285,18 +302,32 @@ class RoundEngine:
         if state.kind == BASELINE:  # the fair baseline: also formats the untrained student knows
             modes += [m for m in self.cfg.student.baseline_modes if m not in modes]
         adapter = self._adapter(state.round)
-        phase.begin(len(self.test) * len(modes))
-        values = {}
+        recheck = self._recheck_questions(state)
+        phase.begin((len(self.test) + len(self.val)) * len(modes) + len(recheck))
+        values, val_values = {}, {}
         for mode in modes:
             attempts = self.exam(state.round, "eval", self.test, mode, 1, True, adapter)
             values[f"accuracy_{mode}"] = sum(a["correct"] for a in attempts) / max(len(attempts), 1)
+            if self.val:
+                attempts = self.exam(state.round, "eval", self.val, mode, 1, True, adapter, split="val")
+                val_values[f"accuracy_{mode}"] = sum(a["correct"] for a in attempts) / len(attempts)
+        if recheck:
+            self.exam(state.round, RECHECK, recheck, self.cfg.student.exam_mode, 1, True, adapter, counted_in="eval")
         values["accuracy"] = values[f"accuracy_{modes[0]}"]
         if state.kind == BASELINE and len(modes) > 1:
             state.report.notes.append(
                 "baseline by mode: " + ", ".join(f"{mode} {percent(values[f'accuracy_{mode}'])}" for mode in modes)
             )
         phase.outputs.metrics["test"] = values
+        if val_values:
+            phase.outputs.metrics["val"] = {**val_values, "accuracy": val_values[f"accuracy_{modes[0]}"]}
         state.report.test_accuracy = values["accuracy"]
+
+    def _recheck_questions(self, state: RoundState) -> list[Example]:
+        """A tailored round's pool mistakes, examined again once it has trained (student.recheck_mistakes)."""
+        if state.kind != TAILORED or not self.cfg.student.recheck_mistakes or not state.mistakes:
+            return []
+        return [self.examples[example_id] for example_id in state.mistakes]
 
     def _eval_done(self, state: RoundState) -> None:
         state.report.test_accuracy = self.history.metric(state.round, "test", "accuracy")

@@ -1,18 +1,23 @@
-"""`tutorloop experiment run`: a pre-registered experiment of arms x seeds, one run at a time.
+"""`tutorloop experiment run`: a pre-registered experiment of arms x seeds, one run at a time (on a Ray cluster,
+as many at once as it fits: experiment_parallel.py).
 
 The spec (experiment_spec.py) is frozen into DIR/experiment.duckdb before the first run starts; a
 changed spec is refused unless recorded as an amendment. Each seed runs its shared prefix once
 (baseline and the rounds up to `prefix_rounds`) as an ordinary run, then each arm as a fork of it with
 the arm's overrides. Rerun after a kill: finished runs are skipped, a half-done one resumes.
+One teacher cache serves every run (store/teacher_cache.py): each run starts with the answers the runs
+before it paid for, and what it pays for is harvested when it ends, so no request is sent twice.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tutorloop.loop.core.config import config_from_dict
+from tutorloop.loop.core.config import Config, config_from_dict
 from tutorloop.loop.core.config_meta import changed_keys
 from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.experiment_spec import (
@@ -26,9 +31,10 @@ from tutorloop.loop.experiment_spec import (
     prefix_config,
     spec_from_dict,
 )
-from tutorloop.store.experiment_store import ExperimentStore
+from tutorloop.store.experiment_store import EXPERIMENT_FILE, ExperimentStore
 from tutorloop.store.history import read_run
 from tutorloop.store.query import HISTORY_FILE
+from tutorloop.store.teacher_cache import harvest_calls, seed_shared_calls
 
 FINISHED = "finished"
 
@@ -70,28 +76,55 @@ def _resumable(run_dir: Path, arm: str) -> bool:
     return read_run(run_dir) is not None
 
 
-def execute_run(experiment: Experiment, run: PlannedRun, address: str | None = None) -> int:
-    """One run to its end with the existing machinery: a prefix as `tutorloop run`, an arm as `tutorloop
-    fork`; a run already in its folder (the experiment was killed) resumes instead."""
-    from tutorloop.loop.engine import RoundEngine
+def prepare_run(experiment: Experiment, run: PlannedRun) -> Config | None:
+    """The run's folder made ready with the existing machinery (a prefix as `tutorloop run` creates it, an arm
+    as `tutorloop fork` does) and seeded from the experiment's cache; returns the new run's config, or None
+    for a run already in its folder (the experiment was killed), which resumes."""
     from tutorloop.loop.fork import fork_run
-    from tutorloop.loop.run_dir import resume_run, run_from_config
+    from tutorloop.loop.run_dir import create_run
 
-    run_dir = experiment.run_dir(run)
+    run_dir, cache = experiment.run_dir(run), experiment.directory / EXPERIMENT_FILE
     if _resumable(run_dir, run.arm):
-        return resume_run(run_dir, address=address)
+        seed_shared_calls(cache, run_dir / HISTORY_FILE)
+        return None
     if run.arm == PREFIX:
         cfg = prefix_config(experiment.config, experiment.spec, run.seed)
-        return run_from_config(cfg, run_dir, overwrite=True, address=address)
-    prefix = experiment.run_dir(PlannedRun(run.seed, PREFIX))
-    cfg = fork_run(
-        prefix,
-        run_dir,
-        experiment.spec.prefix_rounds,
-        arm_overrides(experiment.spec, experiment.config, run.arm),
-        overwrite=True,
+        if run_dir.exists():  # a prefix cut short before its history held the run: made again
+            shutil.rmtree(run_dir)
+        create_run(cfg, run_dir)
+    else:
+        prefix = experiment.run_dir(PlannedRun(run.seed, PREFIX))
+        cfg = fork_run(
+            prefix,
+            run_dir,
+            experiment.spec.prefix_rounds,
+            arm_overrides(experiment.spec, experiment.config, run.arm),
+            overwrite=True,
+        )
+    seed_shared_calls(cache, run_dir / HISTORY_FILE, fresh=True)
+    return cfg
+
+
+def execute_run(experiment: Experiment, run: PlannedRun, address: str | None = None) -> int:
+    """One run to its end in this process: a new one from its first round, one already there resumed."""
+    from tutorloop.loop.engine import RoundEngine
+    from tutorloop.loop.run_dir import resume_run
+
+    cfg, run_dir = prepare_run(experiment, run), experiment.run_dir(run)
+    return resume_run(run_dir, address=address) if cfg is None else RoundEngine(cfg, run_dir, address).run()
+
+
+def harvest_run(experiment: Experiment, run: PlannedRun) -> None:
+    """A run that ended (finished or not): its paid teacher answers into the experiment's cache."""
+    history = experiment.run_dir(run) / HISTORY_FILE
+    if not history.is_file():  # stopped before its history was made
+        return
+    sent, reused = harvest_calls(experiment.directory / EXPERIMENT_FILE, history, run.relative_dir)
+    print(
+        f"tutorloop experiment: {run.relative_dir}: {sent} teacher calls sent, "
+        f"{reused} answered from the experiment's cache",
+        flush=True,
     )
-    return RoundEngine(cfg, run_dir, address).run()
 
 
 def freeze_or_check(store: ExperimentStore, spec_hash: str, document: dict, spec_path: str, amend: str | None) -> None:
@@ -115,13 +148,40 @@ def freeze_or_check(store: ExperimentStore, spec_hash: str, document: dict, spec
     print(f"tutorloop experiment: amendment recorded ({', '.join(changed)}): {amend}", flush=True)
 
 
+def _run_in_order(experiment: Experiment, store: ExperimentStore, todo: list[PlannedRun], executor: RunExecutor) -> int:
+    """One machine: one run at a time, in plan order; the first that does not finish ends the experiment."""
+    for run in todo:
+        print(f"tutorloop experiment: {run.relative_dir} ...", flush=True)
+        store.start_run(run.seed, run.arm, run.relative_dir)
+        try:
+            code = executor(experiment, run)
+        except BaseException as exc:
+            store.finish_run(run.seed, run.arm, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
+        finally:
+            harvest_run(experiment, run)  # what a stopped run paid is reused too when it resumes or elsewhere
+        if code != 0:
+            store.finish_run(run.seed, run.arm, "stopped" if code == 130 else "failed")
+            return code
+        store.finish_run(run.seed, run.arm, FINISHED)
+    return 0
+
+
 def run_experiment(
     spec_path: str | Path,
     directory: str | Path | None = None,
     amend: str | None = None,
     executor: RunExecutor = execute_run,
+    address: str | None = None,
+    parallel: int | None = None,
 ) -> int:
-    """`tutorloop experiment run`: freeze (or check) the plan, then every run not finished yet, in order."""
+    """`tutorloop experiment run`: freeze (or check) the plan, then every run not finished yet: in order, or on
+    a Ray cluster (`address` or RAY_ADDRESS) as many at once as fit, at most `parallel`."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if parallel is not None and parallel < 1:
+        raise RunError(f"--parallel: expected a number of runs of at least 1, got {parallel}")
+    if parallel is not None and not address:
+        raise RunError("--parallel: needs a Ray cluster (--address or RAY_ADDRESS); on one machine one run at a time")
     spec_path = Path(spec_path)
     spec = load_spec(spec_path)
     base = base_config(spec, spec_path)
@@ -131,27 +191,22 @@ def run_experiment(
     store = ExperimentStore(experiment.directory)
     freeze_or_check(store, spec_hash, document, str(spec_path), amend)
     finished = {(r["seed"], r["arm"]) for r in store.runs() if r["status"] == FINISHED}
-    for run in experiment.planned_runs():
-        if (run.seed, run.arm) in finished:
-            print(f"tutorloop experiment: {run.relative_dir} finished earlier; skipped", flush=True)
-            continue
-        print(f"tutorloop experiment: {run.relative_dir} ...", flush=True)
-        store.start_run(run.seed, run.arm, run.relative_dir)
-        try:
-            code = executor(experiment, run)
-        except BaseException as exc:
-            store.finish_run(run.seed, run.arm, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
-            raise
-        if code != 0:
-            store.finish_run(run.seed, run.arm, "stopped" if code == 130 else "failed")
-            return code
-        store.finish_run(run.seed, run.arm, FINISHED)
-    print(
-        f"tutorloop experiment: all {len(experiment.planned_runs())} runs finished. "
-        f"Report: tutorloop experiment report {experiment.directory}",
-        flush=True,
-    )
-    return 0
+    done = {run for run in experiment.planned_runs() if (run.seed, run.arm) in finished}
+    for run in sorted(done, key=experiment.planned_runs().index):
+        print(f"tutorloop experiment: {run.relative_dir} finished earlier; skipped", flush=True)
+    if address:
+        from tutorloop.loop.experiment_parallel import run_parallel  # it loads Ray: only for a cluster
+
+        code = run_parallel(experiment, store, done, address, parallel)
+    else:
+        code = _run_in_order(experiment, store, [r for r in experiment.planned_runs() if r not in done], executor)
+    if code == 0:
+        print(
+            f"tutorloop experiment: all {len(experiment.planned_runs())} runs finished. "
+            f"Report: tutorloop experiment report {experiment.directory}",
+            flush=True,
+        )
+    return code
 
 
 def open_experiment(directory: str | Path) -> tuple[Experiment, ExperimentStore]:

@@ -19,15 +19,23 @@ import numpy as np
 from scipy import stats
 
 from tutorloop.loop.experiment import FINISHED, Experiment, PlannedRun, open_experiment
+from tutorloop.loop.experiment_html import write_experiment_html
 from tutorloop.loop.experiment_spec import Comparison
+from tutorloop.loop.forking_paths import count_forking_paths
 from tutorloop.loop.formatting import markdown_table
 from tutorloop.loop.paired_stats import compare_paired, discordant, mcnemar_exact, seed_paired_t, seed_shares
 from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import HISTORY_FILE, fetch_rows
+from tutorloop.store.teacher_cache import cache_counts
 
 BOOTSTRAP_RESAMPLES = 4000
 BOOTSTRAP_SEED = 0  # fixed: the same stores give the same report
 REPORT_FILE = "report.md"
+SPLIT_NOTES = {
+    "test": "the held-out test split, not for tuning",
+    "val": "the validation split (data.val_size questions carved from the pool, never taught), the one tuning "
+    "may look at",
+}
 
 
 def paired_t_over_seeds(accuracy_a: Sequence[float], accuracy_b: Sequence[float]) -> float | None:
@@ -175,6 +183,7 @@ def comparison_section(result: SeedComparison, title: str, alpha: float) -> list
     low, high = result.interval or (0.0, 0.0)
     significant = result.holm_p is not None and result.holm_p < alpha
     lines += [
+        f"- every number in this section is on the {c.split} split: {SPLIT_NOTES[c.split]}",
         f"- {title} test, seeds as the unit (n = {len(seeds)} seeds, {c.split} split): "
         f"mean difference over seeds {_pp(result.mean_difference)}, 95% two-level bootstrap interval "
         f"[{_pp(low)}, {_pp(high)}] (seeds, then questions within them)",
@@ -189,13 +198,16 @@ def comparison_section(result: SeedComparison, title: str, alpha: float) -> list
 
 
 def runs_table(experiment: Experiment, store: ExperimentStore, frozen_at: datetime) -> str:
-    """The planned runs with their index rows: status, start and end, and whether each started after the freeze."""
+    """The planned runs with their index rows: status, start and end, whether each started after the freeze,
+    and its teacher calls sent and answers reused from the experiment's cache."""
     index = {(r["seed"], r["arm"]): r for r in store.runs()}
+    calls = cache_counts(store.path)
     rows = []
     for run in experiment.planned_runs():
         row = index.get((run.seed, run.arm), {})
         started = row.get("started_at")
         after = "-" if started is None else ("yes" if started > frozen_at else "NO")
+        sent, reused = calls.get(run.relative_dir, ("-", "-"))
         rows.append(
             [
                 run.seed,
@@ -205,14 +217,26 @@ def runs_table(experiment: Experiment, store: ExperimentStore, frozen_at: dateti
                 _time(started),
                 _time(row.get("finished_at")),
                 after,
+                sent,
+                reused,
             ]
         )
-    return markdown_table(
-        ["seed", "arm", "run dir", "status", "started", "finished", "started after plan frozen"], rows
+    headers = ["seed", "arm", "run dir", "status", "started", "finished", "started after plan frozen"]
+    return markdown_table([*headers, "teacher calls sent", "reused from cache"], rows)
+
+
+def teacher_calls_line(store: ExperimentStore) -> str:
+    """The experiment's teacher calls: sent (each request once, by the run that paid it) and reused."""
+    counts = cache_counts(store.path).values()
+    sent, reused = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return (
+        f"Teacher calls: {sent} sent, {reused} reused from the experiment's cache "
+        f"(answers one run paid for, answering a request in another)."
     )
 
 
-def experiment_markdown(directory: str | Path) -> str:
+def experiment_markdown(directory: str | Path, results: list[SeedComparison] | None = None) -> str:
+    """The report's markdown; `results` of `analyse` where the caller has them already."""
     experiment, store = open_experiment(directory)
     plan = store.plan()
     spec = experiment.spec
@@ -222,6 +246,8 @@ def experiment_markdown(directory: str | Path) -> str:
         f"Plan frozen at {_time(plan['frozen_at'])} (spec {plan['spec_path']}, sha256 {plan['spec_hash'][:12]}); "
         f"arms {', '.join(spec.arms)} forked after round {spec.prefix_rounds}; seeds "
         f"{', '.join(map(str, spec.seeds))}; alpha {spec.analysis.alpha}.",
+        "",
+        count_forking_paths(experiment.directory.resolve().parent, experiment.config["data"]).line(),
         "",
     ]
     amendments = store.amendments()
@@ -235,18 +261,21 @@ def experiment_markdown(directory: str | Path) -> str:
             ),
             "",
         ]
-    results = analyse(experiment)
+    results = analyse(experiment) if results is None else results
     for index, result in enumerate(results):
         lines += comparison_section(result, "Primary" if index == 0 else f"Secondary {index}", spec.analysis.alpha)
-    lines += ["## Runs", "", runs_table(experiment, store, plan["frozen_at"]), ""]
+    lines += ["## Runs", "", teacher_calls_line(store), "", runs_table(experiment, store, plan["frozen_at"]), ""]
     return "\n".join(lines)
 
 
 def write_experiment_report(directory: str | Path) -> tuple[str, Path]:
-    """`tutorloop experiment report`: the markdown, also written to DIR/report.md."""
-    text = experiment_markdown(directory)
+    """`tutorloop experiment report`: the markdown, also written to DIR/report.md, and DIR/report.html."""
+    experiment, _ = open_experiment(directory)
+    results = analyse(experiment)  # once, for the markdown and the plots alike
+    text = experiment_markdown(directory, results)
     path = Path(directory) / REPORT_FILE
     path.write_text(text + "\n")
+    write_experiment_html(Path(directory), experiment.spec.name, text, results)
     return text, path
 
 
@@ -260,6 +289,7 @@ def experiment_status(directory: str | Path) -> str:
             f"experiment {experiment.spec.name} in {directory}: {finished} of "
             f"{len(experiment.planned_runs())} runs finished; plan frozen at {_time(plan['frozen_at'])}, "
             f"{len(store.amendments())} amendment(s)",
+            teacher_calls_line(store),
             runs_table(experiment, store, plan["frozen_at"]),
         ]
     )

@@ -33,7 +33,9 @@ class Comparison(_Section):
     a: str
     b: str
     round: int = Field(ge=0)
-    split: Literal["test"] = "test"  # the only split every round evaluates (no validation split yet)
+    split: Literal["val", "test"] = Field(
+        "test", description="test, or val: the validation split (data.val_size), the one tuning may look at"
+    )
     metric: str = Field("accuracy", description="accuracy (the run's first eval mode) or accuracy_<mode>")
 
     @field_validator("metric")
@@ -164,6 +166,10 @@ def check_against_base(spec: ExperimentSpec, base: Config, source: str) -> None:
     for where, comparison in spec.comparisons():
         if comparison.round > rounds:
             raise ConfigError(f"{source}: key '{where}.round': {comparison.round} is after the last round ({rounds})")
+        if comparison.split == "val" and not base.data.val_size:
+            raise ConfigError(
+                f"{source}: key '{where}.split': 'val' needs data.val_size > 0 in the base config or the overrides"
+            )
     prefix = prefix_config(base.to_dict(), spec, spec.seeds[0])
     for arm in spec.arms:
         try:

@@ -1,18 +1,21 @@
 """One plan of a run's data and rounds, for the engine, the dry run and run creation alike.
 
 `load_pool` reads the task's splits once (a pool question that is also a test question is not
-trained on); `exam_draw` is the part of the pool a tailored round examines; `plan_teaching` is what a
-round asks its teachers, given the student's mistakes (the engine) or the worst case of them
+trained on; `data.val_size` pool questions become the validation split, never taught); `exam_draw` is
+the part of the pool a tailored round examines; `plan_teaching` is what a round asks its teachers,
+given the student's mistakes (the engine) or the worst case of them
 (`worst_case_mistakes`, the dry run planning ahead). Nothing here touches a history, Ray or a teacher.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from tutorloop.loop.core.config import Config
 from tutorloop.loop.core.datasets import Example, drop_test_duplicates, load_examples
+from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.records import AttemptRecord
 from tutorloop.loop.curriculum import TeachingTargets, random_selection, teaching_targets
 from tutorloop.loop.round_plan import derive_seed, round_kind
@@ -26,12 +29,14 @@ CHARS_PER_TOKEN = 4  # about, for a worst-case wrong answer's length
 
 @dataclass(frozen=True)
 class Pool:
-    """The run's questions: the training pool (test duplicates dropped), the test split, every one by id."""
+    """The run's questions: the training pool (test duplicates and the validation split taken out), the
+    test split, the validation split (split 'val': evaluated, never taught), every one by id."""
 
     pool: list[Example]
     test: list[Example]
     duplicates: int  # pool questions dropped as duplicates of test questions
     examples: dict[str, Example]
+    val: list[Example] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,24 @@ def load_pool(cfg: Config) -> Pool:
     test = load_examples(cfg.data, "test")
     # Clean splits: a pool question that is also a test question is not trained on.
     pool, duplicates = drop_test_duplicates(load_examples(cfg.data, "train"), test)
-    return Pool(pool, test, duplicates, {e.id: e for e in pool + test})
+    pool, val = carve_validation(pool, cfg.data.val_size, cfg.data.task)
+    return Pool(pool, test, duplicates, {e.id: e for e in pool + test + val}, val)
+
+
+def carve_validation(pool: list[Example], size: int, task: str) -> tuple[list[Example], list[Example]]:
+    """(the pool without them, `size` validation questions): a draw seeded by the task alone, like the test
+    split's, so every run seed trains on the same pool and tunes on the same questions."""
+    if size == 0:
+        return pool, []
+    if size >= len(pool):
+        raise ConfigError(
+            f"data.val_size: {size} leaves no training pool (the pool has {len(pool)} questions "
+            f"after test duplicates are dropped); expected fewer"
+        )
+    shuffled = list(pool)
+    random.Random(f"{task}/val").shuffle(shuffled)
+    chosen = {e.id for e in shuffled[:size]}
+    return [e for e in pool if e.id not in chosen], [replace(e, split="val") for e in shuffled[:size]]
 
 
 def exam_draw(cfg: Config, pool: Pool, round_: int) -> list[Example]:

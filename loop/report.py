@@ -193,6 +193,12 @@ def _md_block(text: str | None) -> str:
 Table = tuple[list[str], list[list[str]]]
 
 # (title, plot name, image alt text, table or None, note): the sections both renderers show, in order.
+_LEARNING_TITLE = "What the student learned"
+_LEARNING_NOTE = (
+    "Test accuracy of each evaluated round on the same questions (95% Wilson intervals; p: exact McNemar against "
+    "the round before). Where a tailored round examined its pool mistakes again after training "
+    "(student.recheck_mistakes), the right panel compares the mistakes it taught with those it did not."
+)
 _SECTIONS: list[tuple[str, str, str, Callable[[ReportData], Table] | None, str]] = [
     (
         "Accuracy per round",
@@ -227,6 +233,9 @@ _SECTIONS: list[tuple[str, str, str, Callable[[ReportData], Table] | None, str]]
 def render_markdown(data: ReportData, images: dict[str, str]) -> str:
     out = [f"# tutorloop report: {data.run['name']}", ""]
     out += [f"- **{k}**: {v}" for k, v in _describe(data)]
+    out += ["", f"## {_LEARNING_TITLE}", "", _LEARNING_NOTE, ""]
+    out += [_md_block(data.takeaway), ""] if data.takeaway else []
+    out += [f"![{_LEARNING_TITLE}]({images['learning']})"]
     for title, image, _, table_of, note in _SECTIONS:
         out += ["", f"## {title}", ""]
         if note:
@@ -299,6 +308,9 @@ def render_html(data: ReportData, pngs: dict[str, bytes]) -> str:
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>tutorloop report: "
         f"{esc(data.run['name'])}</title><style>{_CSS}</style></head><body>",
         f"<h1>tutorloop report: {esc(data.run['name'])}</h1><dl class='facts'>{facts}</dl>",
+        f"<h2>{_LEARNING_TITLE}</h2><p class='note'>{esc(_LEARNING_NOTE, quote=False)}</p>",
+        _pre(data.takeaway) if data.takeaway else "",
+        f"<img alt='what the student learned' src='data:image/png;base64,{base64.b64encode(pngs['learning']).decode()}'>",
     ]
     for title, name, alt, table_of, note in _SECTIONS:
         parts.append(f"<h2>{esc(title)}</h2>" + (f"<p class='note'>{esc(note, quote=False)}</p>" if note else ""))

@@ -9,12 +9,14 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from tutorloop.loop.report_data import PHASES, ReportData, accuracy_column, round_label  # noqa: E402
 
 DPI = 100
 # Figure sizes in inches; a PNG is exactly (width * DPI) x (height * DPI) pixels.
 FIGURES: dict[str, tuple[float, float]] = {
+    "learning": (9.0, 4.2),
     "accuracy": (9.0, 4.8),
     "mistakes": (9.0, 4.2),
     "cost": (9.0, 4.2),
@@ -52,6 +54,63 @@ def _round_axis(ax, rounds: list[int]) -> None:
     ax.set_xticks(rounds)
     ax.set_xticklabels([round_label(r) for r in rounds])
     ax.set_xlabel("round")
+
+
+def _wilson(right: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a share, in percent."""
+    interval = stats.binomtest(right, n).proportion_ci(method="wilson")
+    return 100 * interval.low, 100 * interval.high
+
+
+def _bars_with_intervals(ax, labels: list[str], counts: list[tuple[int, int]], colors: list[str]) -> None:
+    """One bar per (right, n) with its Wilson interval and an "NN% (right/n)" label above."""
+    xs = list(range(len(counts)))
+    shares = [100 * right / n if n else 0.0 for right, n in counts]
+    intervals = [_wilson(right, n) if n else (0.0, 0.0) for right, n in counts]
+    errors = [
+        [s - low for s, (low, _) in zip(shares, intervals)],
+        [high - s for s, (_, high) in zip(shares, intervals)],
+    ]
+    ax.bar(xs, shares, color=colors, yerr=errors, capsize=4, ecolor="#444")
+    for x, share, (right, n), (_, high) in zip(xs, shares, counts, intervals):
+        ax.annotate(f"{share:.0f}% ({right}/{n})", (x, high), textcoords="offset points", xytext=(0, 4), ha="center")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, fontsize=9)
+    ax.set_ylim(0, 112)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_learning(data: ReportData) -> bytes:
+    """At a glance: test accuracy of each evaluated round (95% intervals, McNemar p against the round before)
+    and, where a tailored round rechecked its pool mistakes, the taught ones now right against the untaught."""
+    panels = 2 if data.mechanisms else 1
+    fig, axes = _figure("learning", 1, panels)
+    ax = axes[0][0]
+    rounds = sorted(data.test_counts)
+    counts = [data.test_counts[r] for r in rounds]
+    colors = ["#9e9e9e" if r < 0 else "#1f77b4" if r == 0 else "#2ca02c" for r in rounds]
+    labels = [
+        "untrained\n(round -1)" if r < 0 else "round 0\n(core)" if r == 0 else f"round {r}\n(tailored)" for r in rounds
+    ]
+    _bars_with_intervals(ax, labels, counts, colors)
+    for x, round_ in enumerate(rounds[1:], start=1):
+        previous = data.round_tests.get(round_, (None, None))[1]
+        if previous is not None:
+            ax.annotate(f"p={previous.p_value:.2g}", (x - 0.5, 104), ha="center", fontsize=8, color="#555")
+    mode = data.modes[0] if data.modes else "explain"
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Test accuracy by round ({mode} mode; p: McNemar vs the round before)", fontsize=10)
+    if data.mechanisms:
+        right = axes[0][1]
+        labels, pairs, shades = [], [], []
+        for m in data.mechanisms:
+            labels += [f"round {m.round}\ntaught", f"round {m.round}\nnot taught"]
+            pairs += [(m.taught_right, m.taught), (m.untaught_right, m.untaught)]
+            shades += ["#2ca02c", "#bdbdbd"]
+        _bars_with_intervals(right, labels, pairs, shades)
+        right.set_ylabel("pool mistakes now right (%)")
+        right.set_title("Pool mistakes after the round: taught vs not", fontsize=10)
+    return _png(fig)
 
 
 def plot_accuracy(data: ReportData) -> bytes:
@@ -237,4 +296,11 @@ def plot_time(data: ReportData) -> bytes:
     return _png(fig)
 
 
-PLOTS = {"accuracy": plot_accuracy, "mistakes": plot_mistakes, "cost": plot_cost, "loss": plot_loss, "time": plot_time}
+PLOTS = {
+    "learning": plot_learning,
+    "accuracy": plot_accuracy,
+    "mistakes": plot_mistakes,
+    "cost": plot_cost,
+    "loss": plot_loss,
+    "time": plot_time,
+}

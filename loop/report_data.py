@@ -10,6 +10,7 @@ from typing import Any
 from tutorloop.loop.compare_stats import load_outcomes, round_tests
 from tutorloop.loop.core.errors import RunError
 from tutorloop.loop.paired_stats import PairedComparison
+from tutorloop.loop.takeaway import Mechanism, round_mechanism, takeaway
 from tutorloop.store.query import fetch_rows, history_path
 
 PHASES = ("exam", "teach", "train", "eval")
@@ -51,6 +52,9 @@ class ReportData:
     modes: list[str] = field(default_factory=list)
     # round -> (against round 0, against the previous evaluated round), paired on the test questions
     round_tests: dict[int, tuple[PairedComparison | None, PairedComparison | None]] = field(default_factory=dict)
+    test_counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # round -> (right, questions), first mode
+    mechanisms: list[Mechanism] = field(default_factory=list)  # tailored rounds that rechecked their mistakes
+    takeaway: str = ""  # what the console ended the run with (loop/takeaway.py)
 
 
 def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> ReportData:
@@ -64,6 +68,9 @@ def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> Rep
     config = json.loads(run["config"])
     modes = list(config.get("student", {}).get("eval_modes") or ["explain"])
     feedback = fetch_rows(path, _FEEDBACK_SQL)
+    outcome = load_outcomes([path])[0]
+    evaluated = outcome.rounds()
+    mechanisms = [round_mechanism(run_dir, r) for r in evaluated if r > 0]
     return ReportData(
         run_dir=run_dir,
         run=run,
@@ -77,7 +84,12 @@ def load_report_data(run_dir: str | Path, examples: int = EXAMPLES_SHOWN) -> Rep
         ),
         examples=pick_examples(feedback, examples),
         modes=modes,
-        round_tests=round_tests(load_outcomes([path])[0]),
+        round_tests=round_tests(outcome),
+        test_counts={
+            r: (sum(outcome.correct[r][q] for q in outcome.questions), len(outcome.questions)) for r in evaluated
+        },
+        mechanisms=[m for m in mechanisms if m is not None],
+        takeaway=takeaway(run_dir),
     )
 
 

@@ -18,6 +18,8 @@ from tutorloop.loop.core.config import RunSection
 from tutorloop.store.history import PhaseOutputs, RunHistory
 
 BASELINE, CORE, TAILORED = "baseline", "core", "tailored"
+# The attempts of a tailored round's pool mistakes, examined again by its eval phase (student.recheck_mistakes).
+RECHECK = "recheck"
 TRAINER_STATE = "trainer_state"  # run_dir/trainer_state/round-<k>/: the trainer's state while round k trains
 # Its name in older code; a run that code left killed mid-training still resumes from there.
 _OLD_TRAINER_STATE = "checkpoints"

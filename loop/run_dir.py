@@ -51,7 +51,7 @@ def create_run(cfg: Config, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.write_yaml(run_dir / CONFIG_FILE)
     questions = load_pool(cfg)  # the pool the engine uses
-    examples = questions.pool + questions.test
+    examples = questions.pool + questions.test + questions.val
     RunHistory(run_dir).create(
         {
             "run_id": uuid.uuid4().hex,

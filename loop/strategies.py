@@ -15,7 +15,8 @@ Strategies, and the papers behind them:
   question with its gold answer.
 - tailored (Wang et al. 2023, "Democratizing reasoning ability"): the question, the student's wrong
   rationale and answer; the teacher replies with "Mistake: ..." and "Correct reasoning: ..."
-  (parsed by loop/tailored_reply.py).
+  (parsed by loop/tailored_reply.py). With `teacher.tailored_show_answer` the `tailored_show_answer`
+  template also tells it the gold answer, as rp does.
 
 A file of the same name in `teacher.prompts_dir` replaces a built-in template. Templates are
 `str.format` strings; the fields are {question}, {answer} (gold), {answer_trigger}, {exemplars},
@@ -47,6 +48,7 @@ TEMPLATE_NAMES = (
     "teacher_forcing",
     "teacher_forcing_exemplar",
     "tailored",
+    "tailored_show_answer",
 )
 EXEMPLARS_FILE = "few_shot_exemplars.txt"
 
@@ -171,10 +173,13 @@ class PromptBuilder:
             exemplars=self._exemplars("teacher_forcing_exemplar", exemplars),
         )
 
-    def tailored(self, example: Example, student_output: str, student_answer: str | None) -> str:
+    def tailored(
+        self, example: Example, student_output: str, student_answer: str | None, show_answer: bool = False
+    ) -> str:
         return self._fill(
-            "tailored",
+            "tailored_show_answer" if show_answer else "tailored",
             question=example.question,
+            answer=example.answer,
             student_rationale=clean_rationale(student_output),
             student_answer=student_answer if student_answer is not None else "(none)",
         )

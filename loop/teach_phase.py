@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,10 @@ class TeachPhase:
         plan = plan_teaching(self.cfg, self.questions, state.round, state.mistakes)
         targets, jobs, seed = plan.targets, plan.jobs, plan.seed
         phase.begin(len(jobs))
-        outcome = self._ask_teacher(jobs, report, state.kind)
+        budget = training.accepted_budget if state.kind == TAILORED and jobs else None
+        outcome, asked = self._ask_teacher(jobs, report, state.kind, budget)
+        if asked is not None:  # only the questions asked before the accepted budget was met are taught
+            targets = replace(targets, examples=[self.questions.examples[i] for i in asked])
         rationales = outcome.rationales
         example = (
             tailored_example(rationales, state.mistakes or {}, self.questions.examples)
@@ -105,12 +109,15 @@ class TeachPhase:
         state.report.cache_hits = int(metric(state.round, "train", "cache_hits") or 0)
         state.report.cost_usd = float(metric(state.round, "train", "teacher_cost_usd") or 0)
 
-    def _ask_teacher(self, jobs: list[TeachingJob], report: RoundReport, kind: str) -> TeachingOutcome:
+    def _ask_teacher(
+        self, jobs: list[TeachingJob], report: RoundReport, kind: str, budget: int | None
+    ) -> tuple[TeachingOutcome, list[str] | None]:
         """The teaching session over `jobs` (served teachers started first): answers stored as they come,
-        the journal's first."""
+        the journal's first. With an accepted `budget`, sessions over batches of the jobs' questions until
+        it is met, and the ids of the questions asked (else None)."""
         from tutorloop.actors.teacher.sources import AnswerSources
         from tutorloop.loop.call_keys import rekey_legacy_calls
-        from tutorloop.loop.teaching import TeachingSession
+        from tutorloop.loop.teaching import TeachingSession, teach_until_accepted
 
         recovered, in_flight = self.history.recover_answers(self.journal)
         if recovered or in_flight:
@@ -124,34 +131,42 @@ class TeachPhase:
         self.history.release()  # a server may take a while to load
         teachers, started = self.teachers.for_round(kind, start=bool(jobs))
         report.notes += started
-        session = TeachingSession(
-            teachers,
-            jobs,
-            lookup=self._cached_calls,
-            executor=self.workers.teacher(teachers),
-            persist=self._persist_calls,
-            spent_usd=self.history.spent_usd(),
-            on_wait=self.history.release,
-            journal=self.journal,
-            on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", done),
-            sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir),
-        )
+        finished = [0]  # jobs of earlier batches, so the phase's progress counts on across them
+
+        def run_session(batch: list[TeachingJob]) -> TeachingOutcome:
+            outcome = TeachingSession(
+                teachers,
+                batch,
+                lookup=self._cached_calls,
+                executor=self.workers.teacher(teachers),
+                persist=self._persist_calls,
+                spent_usd=self.history.spent_usd(),
+                on_wait=self.history.release,
+                journal=self.journal,
+                on_jobs_done=lambda done: self.history.set_progress(report.round, "teach", finished[0] + done),
+                sources=AnswerSources(self.cfg.teacher, self.cfg.data.data_dir),
+            ).run()
+            finished[0] += len(batch)
+            return outcome
+
         callbacks_before = self.seconds["teacher_callbacks_s"]
         waited = time.monotonic()
-        outcome = session.run()
+        outcome, asked = teach_until_accepted(jobs, budget, run_session) if budget else (run_session(jobs), None)
         self.seconds["teacher_wait_s"] += (
             time.monotonic() - waited - (self.seconds["teacher_callbacks_s"] - callbacks_before)
         )
         report.teacher_calls, report.cache_hits = outcome.calls_sent, outcome.cache_hits
         report.cost_usd, report.budget_exhausted = outcome.cost_usd, outcome.budget_exhausted
-        if outcome.budget_exhausted:
+        if outcome.budget_exhausted or budget:
             report.notes.append(outcome.message)
-        return outcome
+        return outcome, asked
 
     def _cached_calls(self, hashes: list[str]) -> dict[str, dict]:
         started = time.monotonic()
         try:
-            return self.history.stored_calls(hashes)
+            found = self.history.stored_calls(hashes)
+            missing = [key for key in hashes if key not in found]
+            return found | self.history.reuse_shared_calls(missing)  # paid by another run of the experiment
         finally:
             self.seconds["teacher_callbacks_s"] += time.monotonic() - started
 

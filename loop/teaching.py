@@ -77,6 +77,44 @@ class _Tally:
     exhausted: bool = False
 
 
+def teach_until_accepted(
+    jobs: list[TeachingJob], budget: int, run: Callable[[list[TeachingJob]], TeachingOutcome]
+) -> tuple[TeachingOutcome, list[str]]:
+    """`training.accepted_budget`: the jobs' questions asked in their order, in batches of as many
+    questions as rationales are still wanted, until `budget` are accepted or the questions run out.
+
+    `run` is one teaching session over a batch. Returns the batches' outcomes merged, and the ids of
+    the questions asked. A question with several jobs (samples, teachers) may overshoot by its extras.
+    A resumed run asks the same batches: each batch's answers come back from the cache."""
+    by_question: dict[str, list[TeachingJob]] = {}
+    for job in jobs:
+        by_question.setdefault(job.example.id, []).append(job)
+    waiting, asked = list(by_question), []
+    merged = TeachingOutcome([], 0, 0, 0.0, False, "")
+    while waiting and not merged.budget_exhausted:
+        wanted = budget - sum(1 for r in merged.rationales if r["accepted"])
+        if wanted <= 0:
+            break
+        batch, waiting = waiting[:wanted], waiting[wanted:]
+        outcome = run([job for question in batch for job in by_question[question]])
+        asked += batch
+        merged = TeachingOutcome(
+            merged.rationales + outcome.rationales,
+            merged.calls_sent + outcome.calls_sent,
+            merged.cache_hits + outcome.cache_hits,
+            merged.cost_usd + outcome.cost_usd,
+            outcome.budget_exhausted,
+            outcome.message,
+        )
+    accepted = sum(1 for r in merged.rationales if r["accepted"])
+    merged.message = (
+        f"accepted budget {budget}: {accepted} accepted of {len(asked)} questions asked"
+        f"{'' if accepted >= budget else ' (teacher budget reached)' if merged.budget_exhausted else ' (questions ran out)'}"
+        f"; last batch: {merged.message}"
+    )
+    return merged, asked
+
+
 class TeachingSession:
     """Runs a list of jobs to rationale records; see the module docstring for the rules it keeps."""
 

@@ -2,7 +2,8 @@
 
 A job (one example, teacher, strategy and sample index) issues one request per stage and advances on
 that stage's stored call record (loop/teaching.py runs many at once). Its rationale is graded against
-gold (loop/core/answers.py) and ends as exactly one rationale record, accepted or with its rejection
+gold (loop/core/answers.py), and with `teacher.check_equations` its written arithmetic too
+(loop/core/calculator.py), and ends as exactly one rationale record, accepted or with its rejection
 reason.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from tutorloop.actors.teacher import TeacherRequest
 from tutorloop.actors.teacher.sources import AnswerSources
 from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.records import AttemptRecord, RationaleRecord, TeacherCallRecord
@@ -110,7 +112,9 @@ class JobRun:
             return self._request("teacher_forcing", b.teacher_forcing(job.example, job.exemplars), stop=["\n\nQ:"])
         if job.strategy == "tailored":
             mistake = job.mistake or {}
-            text = b.tailored(job.example, mistake.get("output") or "", mistake.get("extracted"))
+            text = b.tailored(
+                job.example, mistake.get("output") or "", mistake.get("extracted"), self.cfg.tailored_show_answer
+            )
             return self._request("tailored", text)
         raise ConfigError(f"teacher.strategies: unknown strategy {job.strategy!r}")
 
@@ -196,6 +200,8 @@ class JobRun:
             reason = "no_answer"
         elif not answers_match(extracted, example.answer, example.answer_type):
             reason = "wrong_answer"
+        elif self.cfg.check_equations and example.answer_type == "number" and false_equations(rationale):
+            reason = "false_equation"  # the right answer reached by wrong arithmetic
         else:
             reason = None
         self._finish(record, rationale, extracted, reason, feedback)

@@ -45,8 +45,9 @@ class Workers(Protocol):
         poll: Callable[[], None],
         seed: int | None = None,
     ) -> dict[str, Any]:
-        """{"adapter": bytes, "steps": [step records]}; `poll()` raising ends the training at once; `seed`
-        (the round's) sets data order, LoRA initialisation and dropout, default the run seed."""
+        """{"adapter": bytes, "steps": [step records]}; `checkpoint_dir` is the driver's folder where the
+        trainer's checkpoints are kept (actors get them as bytes); `poll()` raising ends the training at
+        once; `seed` (the round's) sets data order, LoRA initialisation and dropout, default the run seed."""
 
     def teacher(self, teacher_cfg: TeacherSection) -> Any:
         """The teacher pool of these teachers (`.ask(requests, on_wait, journal)`, `.close()`); started on
@@ -90,6 +91,9 @@ class RayWorkers:
                 f"(ray.*_cpus, ray.num_students, teacher.num_actors, teacher.teachers.*.serve.num_cpus); "
                 f"add nodes or lower them"
             )
+        unplaceable = cluster.unplaceable(cfg)  # one node must hold each actor: a pending one would hang the run
+        if unplaceable:
+            raise RunError(unplaceable)
         self._students = StudentGroup(cfg.student, self.answer_type, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
         # Started now, so that its start-up overlaps the students'.
         self._trainer = RemoteTrainer(cfg.student, cfg.training, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)

@@ -9,8 +9,13 @@ tailored prompt (built-in, or `--prompts-dir`'s tailored.txt) goes to Qwen2.5-Co
 `--second`, sample 1 at temperature 0.7 (the self-reflection positive). Prints per-task parse rate
 (both labels found), acceptance rate (the corrected answer equals gold), seconds per request, and one
 example; `--dump FILE` writes every reply as JSON lines. Run it under `nice`: it competes for cores.
+`--show-answer` asks with the gold answer shown (teacher.tailored_show_answer). Numeric tasks also count
+the accepted corrections the equation check (teacher.check_equations) would reject. `--equations-only`
+starts no server: it counts the recorded davinci rationales with the right answer that the equation
+check rejects, over every recorded completion of each task.
 
     nice -n 10 .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --n 12
+    .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --equations-only
 """
 
 from __future__ import annotations
@@ -27,10 +32,19 @@ import duckdb
 from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LlamaCppServer, resolve_gguf
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
 from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.config import DataSection, load_config
-from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
+from tutorloop.loop.core.datasets import (
+    Example,
+    answer_type_of,
+    load_examples,
+    load_recorded_teacher,
+    normalize_question,
+    read_recorded,
+    recorded_path,
+)
 from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
-from tutorloop.loop.strategies import PromptBuilder, load_templates
+from tutorloop.loop.strategies import PromptBuilder, clean_rationale, load_templates
 from tutorloop.loop.tailored_reply import grade_tailored_reply, parse_tailored_reply
 
 Mistake = tuple[Example, str, str | None]  # the question, the wrong rationale, its answer
@@ -49,6 +63,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--second", action="store_true", help="also sample 1 at temperature 0.7")
     parser.add_argument("--prompts-dir", help="folder with a tailored.txt replacing the built-in one")
     parser.add_argument("--dump", help="write every reply as JSON lines here")
+    parser.add_argument("--show-answer", action="store_true", help="tell the teacher the gold answer")
+    parser.add_argument(
+        "--equations-only", action="store_true", help="only count recorded rationales the equation check rejects"
+    )
     return parser.parse_args()
 
 
@@ -69,6 +87,27 @@ def recorded_mistakes(task: str, n: int) -> list[Mistake]:
     return found
 
 
+def recorded_equation_check(task: str) -> str:
+    """How many recorded rationales with the right answer the equation check rejects, and the first few."""
+    answer_type = answer_type_of(DataSection(task=task))
+    right, rejected = 0, []
+    for completions in read_recorded(recorded_path("data", task)).values():
+        for completion in completions:
+            answer = extract_answer(completion["prompt"] + completion["completion"], answer_type)
+            if not answers_match(answer, str(completion["answer"]), answer_type):
+                continue
+            right += 1
+            false = false_equations(clean_rationale(completion["reasoning_completion"]))
+            if false:
+                rejected.append(
+                    f"  {'; '.join(false)} in: {' '.join(completion['reasoning_completion'].split())[:240]}"
+                )
+    return "\n".join(
+        [f"{task}: the equation check rejects {len(rejected)} of {right} recorded rationales with the right answer"]
+        + rejected[:5]
+    )
+
+
 def run_mistakes(run_dir: str, n: int) -> list[Mistake]:
     """The first wrong exam sample of up to `n` questions of a run (read-only, the run may be live)."""
     config = load_config(Path(run_dir) / "config.yaml")
@@ -83,7 +122,7 @@ def run_mistakes(run_dir: str, n: int) -> list[Mistake]:
 
 
 def requests_for(
-    mistakes: list[Mistake], builder: PromptBuilder, second: bool, max_tokens: int
+    mistakes: list[Mistake], builder: PromptBuilder, second: bool, max_tokens: int, show_answer: bool
 ) -> list[TeacherRequest]:
     samples = [(0, 0.0)] + ([(1, 0.7)] if second else [])
     return [
@@ -92,7 +131,7 @@ def requests_for(
             backend="openai",
             model=LOCAL_TEACHER_ALIAS,
             api="chat",
-            messages=[{"role": "user", "content": builder.tailored(example, rationale, answer)}],
+            messages=[{"role": "user", "content": builder.tailored(example, rationale, answer, show_answer)}],
             params={"temperature": temperature, "max_tokens": max_tokens},
             sample_index=index,
             strategy="tailored",
@@ -105,7 +144,7 @@ def requests_for(
 
 
 def summarize(task: str, records: list[dict], examples: dict[str, Example], dump: list[dict], wall_s: float) -> None:
-    parsed = accepted = 0
+    parsed = accepted = false_equation = 0
     shown = False
     for record in records:
         example = examples[record["example_id"]]
@@ -113,6 +152,7 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
         reason = "bad_format" if reply is None else grade_tailored_reply(reply, example.answer, example.answer_type)
         parsed += reply is not None
         accepted += reason is None
+        false_equation += reason is None and example.answer_type == "number" and bool(false_equations(reply.rationale))
         dump.append(
             {
                 "example_id": example.id,
@@ -136,7 +176,8 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
     total = max(len(records), 1)
     print(
         f"{task}: {len(records)} requests | parsed {parsed}/{len(records)} ({parsed / total:.0%}) | "
-        f"accepted {accepted}/{len(records)} ({accepted / total:.0%}) | "
+        f"accepted {accepted}/{len(records)} ({accepted / total:.0%}), {false_equation} of them with a "
+        f"false equation | "
         f"{statistics.mean(latencies):.1f} s per request (median {statistics.median(latencies):.1f}) | "
         f"{wall_s / total:.1f} s of wall time per reply | {statistics.mean(tokens):.0f} tokens out per reply",
         flush=True,
@@ -146,6 +187,9 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
 def main() -> int:
     args = parse_args()
     tasks = args.task or ["multiarith"]
+    if args.equations_only:
+        print("\n".join(recorded_equation_check(task) for task in tasks))
+        return 0
     sets = {"run": run_mistakes(args.run, args.n)} if args.run else {t: recorded_mistakes(t, args.n) for t in tasks}
     builder = PromptBuilder(load_templates(args.prompts_dir))
     dump: list[dict] = []
@@ -172,7 +216,7 @@ def main() -> int:
         with LocalTeacherPool(cfg) as pool:
             for task, mistakes in sets.items():
                 examples = {m[0].id: m[0] for m in mistakes}
-                requests = requests_for(mistakes, builder, args.second, args.max_tokens)
+                requests = requests_for(mistakes, builder, args.second, args.max_tokens, args.show_answer)
                 records, asked = [], time.perf_counter()
                 for group in pool.ask(requests):
                     records += group

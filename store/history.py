@@ -239,12 +239,24 @@ class RunHistory:
         return {r[0] for r in rows}, max((r[1] for r in rows), default=-1) + 1
 
     def store_attempts(
-        self, round_: int, phase: str, attempts: list[AttemptRecord], questions: int, *, split: str, batch: int
+        self,
+        round_: int,
+        phase: str,
+        attempts: list[AttemptRecord],
+        questions: int,
+        *,
+        split: str,
+        batch: int,
+        counted_in: str | None = None,
     ) -> None:
-        """An exam chunk's attempts (stored as its `batch`), counted in the phase's progress."""
+        """An exam chunk's attempts (stored as its `batch`), counted in the progress of the phase that runs the
+        exam (`counted_in`, where that is not the attempts' own phase name, as for a tailored round's recheck)."""
         with self.writer.transaction() as tx:
             tx.insert("attempts", in_round(attempts, round_, phase=phase, split=split, batch=batch))
-            tx.sql("UPDATE phases SET progress = progress + ? WHERE round = ? AND name = ?", [questions, round_, phase])
+            tx.sql(
+                "UPDATE phases SET progress = progress + ? WHERE round = ? AND name = ?",
+                [questions, round_, counted_in or phase],
+            )
 
     def attempts(self, round_: int, phase: str, mode: str) -> list[AttemptRecord]:
         rows = self.writer.fetch(
@@ -254,19 +266,31 @@ class RunHistory:
         return [dict(zip(ATTEMPT_KEYS, r)) for r in rows]
 
     # ----- the teacher ---------------------------------------------------------------------------
-    def stored_calls(self, hashes: list[str]) -> dict[str, TeacherCallRecord]:
-        """Stored teacher_calls rows by request hash (the teacher's cache)."""
+    def stored_calls(self, hashes: list[str], table: str = "teacher_calls") -> dict[str, TeacherCallRecord]:
+        """Stored teacher_calls rows by request hash (the teacher's cache); `table` "shared_calls": the
+        answers other runs of the experiment paid for (store/teacher_cache.py)."""
         if not hashes:
             return {}
-        rows = self.writer.fetch("SELECT * FROM teacher_calls WHERE request_hash IN (SELECT unnest(?))", [hashes])
+        rows = self.writer.fetch(f"SELECT * FROM {table} WHERE request_hash IN (SELECT unnest(?))", [hashes])
         columns = [
             r[0]
             for r in self.writer.fetch(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = 'teacher_calls' "
-                "ORDER BY ordinal_position"
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table],
             )
         ]
         return {row[0]: dict(zip(columns, row)) for row in rows}
+
+    def reuse_shared_calls(self, hashes: list[str]) -> dict[str, TeacherCallRecord]:
+        """Answers another run of the experiment paid for, marked `used` here (the experiment counts them
+        reused); as teacher_calls rows, without the shared table's own columns."""
+        found = self.stored_calls(hashes, "shared_calls")
+        if found:
+            self.writer.sql(
+                "UPDATE shared_calls SET used = true WHERE request_hash IN (SELECT unnest(?::JSON::VARCHAR[]))",
+                [list(found)],
+            )
+        return {key: {k: v for k, v in row.items() if k not in ("paid_by", "used")} for key, row in found.items()}
 
     def keep_graded_rationales(self, round_: int, rationales: Sequence[RationaleRecord]) -> None:
         """The graded rationales of a teach phase that stops without its commit, so teacher_yield shows

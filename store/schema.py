@@ -13,7 +13,7 @@ import duckdb
 
 from tutorloop.loop.core.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 _V1_TABLES = """
@@ -169,8 +169,14 @@ ALTER TABLE attempts_without_key RENAME TO attempts;
     for column in ("round", "phase", "split", "example_id", "mode", "sample_index", "correct", "batch")
 )
 
+# Version 4: answers other runs of the same experiment paid for (store/teacher_cache.py), apart from
+# teacher_calls so they never count as this run's calls or spend; `used` marks those that answered here.
+_V4_SHARED_CALLS = """
+CREATE TABLE shared_calls AS SELECT *, CAST(NULL AS VARCHAR) AS paid_by, false AS used FROM teacher_calls LIMIT 0;
+"""
+
 # Each entry upgrades the file from version i to i + 1. Version 0 is an empty file.
-MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT, _V3_ATTEMPTS_WITHOUT_KEY]
+MIGRATIONS: list[str] = [_V1_TABLES, _V2_RUN_PARENT, _V3_ATTEMPTS_WITHOUT_KEY, _V4_SHARED_CALLS]
 
 TABLES = (
     "runs",

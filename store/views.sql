@@ -1,7 +1,7 @@
 -- Views over the history, recreated on every migration. Plain SQL: they work in the duckdb CLI too.
 
--- One row per round: test accuracy per mode, training-pool exam accuracy, teaching and training counts,
--- teacher cost, and seconds per phase.
+-- One row per round: test (and validation) accuracy per mode, training-pool exam accuracy, teaching and
+-- training counts, teacher cost, and seconds per phase.
 CREATE OR REPLACE VIEW round_summary AS
 SELECT
     r.round,
@@ -10,6 +10,10 @@ SELECT
     max(m.value) FILTER (WHERE m.split = 'test' AND m.name = 'accuracy') AS test_accuracy,
     max(m.value) FILTER (WHERE m.split = 'test' AND m.name = 'accuracy_answer') AS test_accuracy_answer,
     max(m.value) FILTER (WHERE m.split = 'test' AND m.name = 'accuracy_explain') AS test_accuracy_explain,
+    -- The validation split (data.val_size, carved from the pool, never taught); null where a run has none.
+    max(m.value) FILTER (WHERE m.split = 'val' AND m.name = 'accuracy') AS val_accuracy,
+    max(m.value) FILTER (WHERE m.split = 'val' AND m.name = 'accuracy_answer') AS val_accuracy_answer,
+    max(m.value) FILTER (WHERE m.split = 'val' AND m.name = 'accuracy_explain') AS val_accuracy_explain,
     max(m.value) FILTER (WHERE m.split = 'train' AND m.name = 'accuracy') AS pool_accuracy,
     CAST(max(m.value) FILTER (WHERE m.name = 'mistakes') AS INTEGER) AS mistakes,
     CAST(max(m.value) FILTER (WHERE m.name = 'rationales_accepted') AS INTEGER) AS rationales_accepted,

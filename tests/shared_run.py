@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CONSOLE = "console.txt"  # beside the run folder: what `tutorloop run` printed
 SMALL = [
     "--set",
     "data.synthetic.train_size=48",
@@ -23,6 +24,8 @@ SMALL = [
     "training.epochs=2",
     "--set",
     "training.max_mistakes=24",
+    "--set",
+    "student.recheck_mistakes=true",  # the takeaway's mechanism lines (tests/test_takeaway.py)
 ]
 
 
@@ -45,5 +48,6 @@ def shared_quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not done.exists():
         result = cli("run", "configs/quick.yaml", "--run-dir", str(run_dir), "--overwrite", *SMALL, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        (base / CONSOLE).write_text(result.stdout)
         done.touch()
     return run_dir

@@ -18,13 +18,14 @@ from tutorloop.loop.core.config import (
     DataSection,
     LoraSection,
     RunSection,
+    StudentSection,
     SyntheticSection,
     TrainingSection,
     config_from_dict,
     load_config,
 )
 from tutorloop.loop.core.config_meta import FORK_FIXED, FORK_FREE, added_later_fields, marked_keys
-from tutorloop.loop.core.teacher_config import TeacherEndpoint
+from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -249,7 +250,8 @@ RECORDED_FINGERPRINTS = {
 def test_fingerprints_of_recorded_configs_are_unchanged() -> None:
     configs = {
         "quick": load_config(REPO / "configs" / "quick.yaml"),
-        "demo": load_config(REPO / "configs" / "demo.yaml"),
+        # the MultiArith demo as configs/demo.yaml was before it moved to Coin Flip (tests/data/recorded_configs)
+        "demo": load_config(REPO / "tests" / "data" / "recorded_configs" / "demo_multiarith.yaml"),
         "defaults": Config(),
         "later_keys_set": config_from_dict(LATER_KEYS_SET),
     }
@@ -280,12 +282,21 @@ def test_key_lists_come_from_the_fields() -> None:
         "ray",
         "student.generation.batch_size",
         "training.gradient_checkpointing",
+        "student.recheck_mistakes",
     }
     assert set(marked_keys(Config, FORK_FIXED)) == {"data", "student", "run.baseline", "run.seed"}
-    assert marked_keys(Config, FORK_FREE) == ("student.generation",)
+    assert marked_keys(Config, FORK_FREE) == ("student.generation", "student.recheck_mistakes")
     later = {
         f"{model.__name__}.{name}"
-        for model in (RunSection, SyntheticSection, DataSection, TrainingSection, TeacherEndpoint)
+        for model in (
+            RunSection,
+            SyntheticSection,
+            DataSection,
+            StudentSection,
+            TrainingSection,
+            TeacherEndpoint,
+            TeacherSection,
+        )
         for name in added_later_fields(model)
     }
     assert later == {
@@ -295,8 +306,13 @@ def test_key_lists_come_from_the_fields() -> None:
         "DataSection.dataset_config",
         "DataSection.train_split",
         "DataSection.test_split",
+        "DataSection.val_size",
+        "StudentSection.recheck_mistakes",
         "TrainingSection.mistake_balance",
         "TrainingSection.tailored_lr",
+        "TrainingSection.accepted_budget",
+        "TeacherSection.tailored_show_answer",
+        "TeacherSection.check_equations",
         "TeacherEndpoint.serve",
         "TeacherEndpoint.recording",
         "TeacherEndpoint.rounds",

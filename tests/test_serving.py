@@ -166,8 +166,11 @@ def test_unusable_model_files_are_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_ray_actor_serves_and_stops(tmp_path: Path) -> None:
+def test_ray_actor_serves_and_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ray = pytest.importorskip("ray")
+    from actor_args import record_actor_args
+
+    handed = record_actor_args(monkeypatch)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     started_here = not ray.is_initialized()
@@ -205,8 +208,10 @@ def test_ray_actor_serves_and_stops(tmp_path: Path) -> None:
             )
             assert reply.choices[0].message.content and reply.model == MODEL
         assert port_closed(local.base_url)
-        # llama.cpp's own console output went to the log file, not to the terminal.
+        # llama.cpp's own console output went to the log file, not to the terminal; the server kept it on its
+        # node and the driver fetched it into the log folder: the actor was handed no log path of the driver's.
         assert "llama" in (tmp_path / "serve-local.log").read_text()
+        assert handed.calls and not [text for _, text in handed.under(tmp_path) if text.endswith(".log")]
     finally:
         if started_here:
             ray.shutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tiny_student import PRETRAINED_TINY, problems, samples_for, student_cfg, training_cfg
+from tiny_student import PRETRAINED_TINY, RANDOM_LLAMA, problems, samples_for, student_cfg, training_cfg
 
 from tutorloop.actors.exam import Examiner
 from tutorloop.loop.core.config import RaySection
@@ -38,9 +38,8 @@ def test_actors_train_and_exam_through_ray(local_ray, tmp_path) -> None:
     trainer = TrainerActor.options(**student_actor_options(RaySection(), "trainer")).remote(cfg, tcfg)
 
     baseline = ray.get(student.exam.remote(test, "explain"))
-    out = ray.get(trainer.train.remote(samples_for(train), [], None, str(tmp_path / "ck")))
+    out = ray.get(trainer.train.remote(samples_for(train), [], None, None))
     assert isinstance(out["adapter"], bytes) and out["steps"][-1]["step"] == len(out["steps"])
-    assert (tmp_path / "ck" / "latest").exists()  # the final checkpoint, written by the actor
     trained = ray.get(student.exam.remote(test, "explain", 1, True, 0, out["adapter"]))
     assert trained != baseline
     # The actor returns exactly what the plain Examiner computes in this process.
@@ -101,3 +100,47 @@ def test_student_group_shards_and_trainer_streams_its_steps(local_ray, tmp_path)
     finally:
         group.close()
         trainer.close()
+
+
+def test_trainer_checkpoints_travel_as_bytes_and_resume_from_the_driver(local_ray, tmp_path, monkeypatch) -> None:
+    """The trainer actor gets no driver path: its checkpoints come back as bytes that the driver keeps in
+    `checkpoint_dir`, and a new actor resumes from the bytes the driver sends it."""
+    from actor_args import record_actor_args
+
+    from tutorloop.actors.trainer import RemoteTrainer
+
+    handed = record_actor_args(monkeypatch)
+    # Enough steps that the driver sees a checkpoint well before the end, also on a loaded machine.
+    cfg, tcfg = student_cfg(RANDOM_LLAMA), training_cfg(epochs=8, batch_size=2, checkpoint_every=2)
+    samples, state_dir = samples_for(problems(16)), tmp_path / "trainer_state" / "round-0"
+    ray_cfg = RaySection(trainer_cpus=0.5)
+
+    class Stop(Exception):
+        pass
+
+    seen: list[int] = []
+
+    def stop_after_some_steps() -> None:
+        if seen and seen[-1] >= 2 and (state_dir / "latest").exists():
+            raise Stop
+
+    trainer = RemoteTrainer(cfg, tcfg, 0, 0, ray_cfg)
+    with pytest.raises(Stop):
+        trainer.train(
+            samples, [], None, str(state_dir), lambda total, done, last: seen.append(done), stop_after_some_steps
+        )
+    assert trainer.actor is None
+    kept = int((state_dir / "latest").read_text().strip().split("-")[1])
+    assert kept >= 2 and (state_dir / f"step-{kept:06d}" / "trainer_state.pt").exists()
+
+    resumed: list[int] = []
+    again = RemoteTrainer(cfg, tcfg, 0, 0, ray_cfg)
+    try:
+        result = again.train(
+            samples, [], None, str(state_dir), lambda total, done, last: resumed.append(done), lambda: None
+        )
+    finally:
+        again.close()
+    assert resumed and resumed[0] >= kept  # continued from the driver's checkpoint, not from step 0
+    assert [s["step"] for s in result["steps"]] == list(range(1, len(result["steps"]) + 1))
+    assert handed.calls and not handed.under(tmp_path)  # no actor was handed a path on the driver's disk

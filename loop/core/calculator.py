@@ -20,6 +20,11 @@ _OPERATOR = r"\s*[-+*/x×÷]\s*"
 # Operands joined by at least one operator, then "=" and nothing but spaces: the leftmost such run wins, so
 # "1,000 + 5 =" reads a thousand and "so 12, 3 + 4 =" reads 3 + 4.
 _EXPRESSION_BEFORE_EQUALS = re.compile(rf"({_OPERAND}(?:{_OPERATOR}{_OPERAND})+)\s*=[ \t]*$")
+# The number written after "=": signed, with a "$", thousands separators and decimals as the operands have;
+# not a result where more arithmetic, a variable or a percent follows ("= 24+40 = 64", "= 12 + 2x", "= 5%").
+_WRITTEN_RESULT = re.compile(rf"[ \t]*(-?{_NUMBER})(?![A-Za-z%\d]|[.,]\d|{_OPERATOR}[\d($])")
+# A result this close to the value is float noise written out ("0.8333333333333334"), not a false equation
+_FLOAT_NOISE = Fraction(1, 10**9)
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
@@ -40,17 +45,48 @@ def format_result(value: Fraction) -> str:
     return f"{float(value):.2f}".rstrip("0").rstrip(".")
 
 
-def calculator_result(text: str) -> str | None:
-    """What follows `text` if it ends with "<arithmetic> =": the exact result (with a leading space when
-    the text has none, and a "$" when the operands had one); None when there is nothing to compute."""
+def _expression_before_equals(text: str) -> tuple[str, Fraction] | None:
+    """The arithmetic `text` ends with ("<arithmetic> =") and its exact value; None when there is none."""
     match = _EXPRESSION_BEFORE_EQUALS.search(text)
     if match is None:
         return None
     expression = match.group(1)
     source = re.sub(r"[x×]", "*", expression).replace("÷", "/").replace("$", "").replace(",", "")
     try:
-        value = _evaluate(ast.parse(source, mode="eval"))
+        return expression, _evaluate(ast.parse(source, mode="eval"))
     except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
         return None
+
+
+def calculator_result(text: str) -> str | None:
+    """What follows `text` if it ends with "<arithmetic> =": the exact result (with a leading space when
+    the text has none, and a "$" when the operands had one); None when there is nothing to compute."""
+    parsed = _expression_before_equals(text)
+    if parsed is None:
+        return None
+    expression, value = parsed
     result = ("$" if "$" in expression else "") + format_result(value)
     return result if text.endswith((" ", "\t")) else " " + result
+
+
+def false_equations(text: str) -> list[str]:
+    """The equations "<arithmetic> = c" written in `text` whose c is not the exact value, each as written.
+
+    A result counts as true when it is the value rounded or cut off at its last written digit
+    ("100 / 3 = 33.33", "2 / 3 = 0.67" or "0.66", "17 / 5 = 3" full boxes); a "=" not followed by a
+    number, or not preceded by arithmetic, is not checked."""
+    false = []
+    for equals in re.finditer("=", text):
+        parsed = _expression_before_equals(text[: equals.end()])
+        written = _WRITTEN_RESULT.match(text, equals.end())
+        if parsed is None or written is None:
+            continue
+        expression, value = parsed
+        digits = written.group(1).replace("$", "").replace(",", "")
+        unit = Fraction(1, 10 ** (len(digits.split(".", 1)[1]) if "." in digits else 0))
+        result = Fraction(digits)
+        rounded = abs(value - result) * 2 <= unit or abs(value - result) <= abs(value) * _FLOAT_NOISE
+        cut_off = int(value / unit) * unit == result  # int() truncates toward zero
+        if not (rounded or cut_off):
+            false.append(f"{expression.strip()} = {written.group(1)}")
+    return false

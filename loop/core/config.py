@@ -74,6 +74,13 @@ class DataSection(Section):
     split: str = "default"
     pool_size: int | None = Field(None, ge=1, description="training questions used (first N after a seeded shuffle)")
     test_size: int | None = Field(None, ge=1, description="test questions used for evaluation")
+    val_size: int = Field(
+        0,
+        ge=0,
+        description="validation questions carved from the pool by a seeded draw: never taught, evaluated "
+        "each round as split 'val', the split tuning may look at; 0 = none",
+        json_schema_extra=ADDED_LATER,
+    )
     # generic JSONL datasets brought by the user
     train_path: str | None = None
     test_path: str | None = None
@@ -177,6 +184,12 @@ class StudentSection(Section):
         "the student's own chat template, a format the untrained student knows",
     )
     exam_mode: Literal["answer", "explain"] = "explain"
+    recheck_mistakes: bool = Field(
+        False,
+        description="after a tailored round trains, its eval also examines the round's pool mistakes again "
+        "(greedy, exam_mode): how many the round taught the student now gets right, against those it did not",
+        json_schema_extra=ADDED_LATER | FORK_FREE | RESUME_SAFE,
+    )
 
 
 class TrainingSection(Section):
@@ -250,6 +263,14 @@ class TrainingSection(Section):
         json_schema_extra=ADDED_LATER,
     )
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
+    accepted_budget: int | None = Field(
+        None,
+        ge=1,
+        description="a tailored round asks its questions in turn (mistakes in mistake_order, or with "
+        "selection: random the pool in a seeded order) until this many rationales are accepted or the "
+        "questions run out: arms matched in accepted rationales, not in calls",
+        json_schema_extra=ADDED_LATER,
+    )
 
 
 class RaySection(Section):

@@ -74,6 +74,18 @@ class TeacherSection(Section):
         description="replies per taught mistake: the first at `temperature`, "
         "the others at `diverse_temperature` (distinct self-reflection positives)",
     )
+    tailored_show_answer: bool = Field(
+        False,
+        description="tell the teacher the gold answer in the tailored prompt (rationalization); the "
+        "untailored arm (training.selection: random) then asks with rp, the same family",
+        json_schema_extra=ADDED_LATER,
+    )
+    check_equations: bool = Field(
+        False,
+        description="numeric tasks: reject a rationale whose written equations 'a op b = c' are false "
+        "(reject_reason false_equation), read with the decoding calculator's parser",
+        json_schema_extra=ADDED_LATER,
+    )
     temperature: float = Field(0.0, ge=0)
     diverse_temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(256, ge=1)
