@@ -120,6 +120,10 @@ class StudentGroup:
             dispatch()  # the idle actors get their next chunk before the driver stores these
             yield from finished
 
+    def wait_ready(self) -> None:
+        """Returns once every student actor has loaded its model (an actor answers only after its start)."""
+        ray.get([a.timings.remote() for a in self.actors])
+
     def timings(self) -> list[dict[str, float]]:
         """Each actor's seconds starting and examining (accounting: a dead actor's are left out)."""
         try:

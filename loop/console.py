@@ -16,9 +16,12 @@ import logging
 import os
 import socket
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from tqdm import tqdm
 
 RUN_LOG_ENV = "TUTORLOOP_RUN_LOG"
 # Libraries that give their logger its own terminal handler and stop propagation to the root (ray.init
@@ -80,3 +83,22 @@ def worker_output_to_log() -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+
+
+@contextmanager
+def elapsed_bar(desc: str) -> Iterator[None]:
+    """A bar for a wait of unknown length (a model loading, a server starting): its elapsed time ticks."""
+    with tqdm(desc=desc, bar_format="{desc}: {elapsed}", leave=False, dynamic_ncols=True) as bar:
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(0.5):
+                bar.refresh()
+
+        ticker = threading.Thread(target=tick, daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()

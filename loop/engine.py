@@ -18,7 +18,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from tutorloop.actors.teacher.health import TeacherUnavailable
-from tutorloop.loop.console import console_to_log
+from tutorloop.loop.console import console_to_log, elapsed_bar
 from tutorloop.loop.core.config import Config
 from tutorloop.loop.core.datasets import Example, answer_type_of
 from tutorloop.loop.core.errors import RunError
@@ -124,6 +124,9 @@ class RoundEngine:
                 }
             )
             self.workers.start()
+            self.history.release()
+            with elapsed_bar(f"loading the student ({self.cfg.student.model})"):
+                self.workers.wait_ready()
             self.seconds.update(self.workers.seconds)
             self.stopping.install()
             print(

@@ -96,10 +96,10 @@ def plot_learning(data: ReportData) -> bytes:
     for x, round_ in enumerate(rounds[1:], start=1):
         previous = data.round_tests.get(round_, (None, None))[1]
         if previous is not None:
-            ax.annotate(f"p={previous.p_value:.2g}", (x - 0.5, 104), ha="center", fontsize=8, color="#555")
+            ax.annotate(f"McNemar\np={previous.p_value:.2g}", (x - 0.5, 100), ha="center", fontsize=8, color="#555")
     mode = data.modes[0] if data.modes else "explain"
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy by round ({mode} mode; p: McNemar vs the round before)", fontsize=10)
+    ax.set_title(f"Test accuracy by round ({mode} mode)", fontsize=10)
     if data.mechanisms:
         right = axes[0][1]
         labels, pairs, shades = [], [], []

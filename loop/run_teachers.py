@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from tutorloop.loop.console import elapsed_bar
 from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 
 
@@ -44,7 +45,9 @@ class RunTeachers:
             from tutorloop.actors.serving import serve_log, served_teachers
 
             only = self.section.model_copy(update={"teachers": to_start})
-            started = self._servers.enter_context(served_teachers(only, str(self.log_dir)))
+            names = ", ".join(f"{t.name} ({t.serve.engine})" for t in to_start)
+            with elapsed_bar(f"starting the teacher server: {names}"):
+                started = self._servers.enter_context(served_teachers(only, str(self.log_dir)))
             for endpoint, plan in zip(started.teachers, to_start):
                 self._served[endpoint.name] = endpoint
                 notes.append(

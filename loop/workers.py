@@ -23,6 +23,9 @@ class Workers(Protocol):
 
     def start(self) -> None: ...
 
+    def wait_ready(self) -> None:
+        """Returns once the student actors have loaded the model (the run shows a bar meanwhile)."""
+
     def exam(
         self,
         examples: list[Example],
@@ -97,6 +100,9 @@ class RayWorkers:
         self._students = StudentGroup(cfg.student, self.answer_type, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
         # Started now, so that its start-up overlaps the students'.
         self._trainer = RemoteTrainer(cfg.student, cfg.training, cfg.run.seed, cfg.ray.torch_threads, cfg.ray)
+
+    def wait_ready(self) -> None:
+        self._students.wait_ready()
 
     def exam(
         self,

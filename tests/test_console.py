@@ -88,3 +88,15 @@ def test_a_local_run_prints_only_its_own_lines(tmp_path) -> None:
     ):
         assert line in text, text
     assert "Loading weights" not in text  # progress bars are off in the actors
+
+
+def test_elapsed_bar_ticks_while_the_wait_lasts(capsys) -> None:
+    import time
+
+    from tutorloop.loop.console import elapsed_bar
+
+    with elapsed_bar("starting the teacher server: qwen (llama.cpp)"):
+        time.sleep(1.3)  # no update from the waiting code: the bar refreshes by itself
+    shown = capsys.readouterr().err
+    frames = [f for f in shown.split("\r") if "starting the teacher server: qwen (llama.cpp)" in f]
+    assert len(frames) >= 3 and "00:01" in shown  # redrawn while waiting, with the elapsed time

@@ -75,6 +75,9 @@ class FakeWorkers:
     def start(self) -> None:
         self.calls.append(("start",))
 
+    def wait_ready(self) -> None:
+        pass  # nothing loads in-process
+
     def exam(
         self,
         examples: list[Example],
