@@ -11,6 +11,7 @@ before it paid for, and what it pays for is harvested when it ends, so no reques
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Callable
 from tutorloop.loop.core.config import Config, config_from_dict
 from tutorloop.loop.core.config_meta import changed_keys
 from tutorloop.loop.core.errors import RunError
+from tutorloop.loop.core.teardown import Teardown
 from tutorloop.loop.experiment_spec import (
     PREFIX,
     ExperimentSpec,
@@ -153,13 +155,22 @@ def _run_in_order(experiment: Experiment, store: ExperimentStore, todo: list[Pla
     for run in todo:
         print(f"tutorloop experiment: {run.relative_dir} ...", flush=True)
         store.start_run(run.seed, run.arm, run.relative_dir)
+        ended = False  # a failed harvest is the news only where the run itself ended without an error
         try:
             code = executor(experiment, run)
+            ended = True
         except BaseException as exc:
             store.finish_run(run.seed, run.arm, "stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
         finally:
-            harvest_run(experiment, run)  # what a stopped run paid is reused too when it resumes or elsewhere
+            # What a stopped run paid is reused too when it resumes or elsewhere.
+            teardown = Teardown()
+            teardown.step(
+                "keep the run's teacher answers in the experiment's cache",
+                functools.partial(harvest_run, experiment, run),
+            )
+            if ended:
+                teardown.raise_first()
         if code != 0:
             store.finish_run(run.seed, run.arm, "stopped" if code == 130 else "failed")
             return code

@@ -124,6 +124,19 @@ def test_rerun_after_a_crash_skips_finished_runs_and_resumes_the_cut_one(tmp_pat
     assert ran == [(1, "tailored"), (1, "random")]
 
 
+def test_a_runs_own_error_is_not_replaced_by_its_cache_harvest(tmp_path: Path) -> None:
+    directory = tmp_path / "exp"
+
+    def broken_run(experiment: object, run: object) -> int:
+        history = experiment.run_dir(run) / "history.duckdb"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        history.write_text("not a DuckDB file")  # the harvest after the run cannot read it
+        raise RuntimeError("the run's own failure")
+
+    with pytest.raises(RuntimeError, match="the run's own failure"):
+        run_experiment(write_spec(tmp_path), directory, executor=broken_run)
+
+
 # ----- statistics ---------------------------------------------------------------------------------
 
 
