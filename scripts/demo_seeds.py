@@ -14,11 +14,12 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tutorloop.loop.compare_stats import load_outcomes
 from tutorloop.loop.formatting import markdown_table
-from tutorloop.loop.paired_stats import compare_paired
+from tutorloop.loop.paired_stats import compare_paired, seed_interval, seed_paired_t
 from tutorloop.loop.takeaway import round_mechanism
 from tutorloop.store.history import read_run
 
@@ -43,7 +44,27 @@ def _pp(value: float) -> str:
     return f"{value * 100:+.1f}"
 
 
-def seed_row(seed: int, run_dir: Path, seconds: float | None) -> tuple[list[str], float]:
+@dataclass
+class SeedResult:
+    core_p: float
+    core_gain: float  # round 0 - untrained, test accuracy
+    tailored_gain: float | None  # last tailored round - round 0
+    mechanism_gap: float | None  # share of taught mistakes now right - share of untaught ones
+
+
+def over_seeds(label: str, values: list[float]) -> str:
+    """The mean over seeds with its Student-t 95% interval and the paired t-test's p (seeds as the unit)."""
+    if len(values) < 2:
+        return f"{label}: one seed, no test over seeds"
+    mean, low, high = seed_interval(values)
+    p_value = seed_paired_t(values)
+    return (
+        f"{label}: mean {_pp(mean)} points over {len(values)} seeds, 95% t interval [{_pp(low)}, {_pp(high)}], "
+        f"paired t p = {p_value:.2g}"
+    )
+
+
+def seed_row(seed: int, run_dir: Path, seconds: float | None) -> tuple[list[str], SeedResult]:
     (outcome,) = load_outcomes([run_dir])
     core = compare_paired(outcome.correct[-1], outcome.correct[0])
     last = max(r for r in outcome.rounds())
@@ -64,7 +85,10 @@ def seed_row(seed: int, run_dir: Path, seconds: float | None) -> tuple[list[str]
         else "no recheck",
         f"{seconds:.0f}" if seconds is not None else "earlier",
     ]
-    return row, core.p_value
+    gap = None
+    if mechanism and mechanism.taught and mechanism.untaught:
+        gap = mechanism.taught_right / mechanism.taught - mechanism.untaught_right / mechanism.untaught
+    return row, SeedResult(core.p_value, core.difference, tailored.difference if tailored else None, gap)
 
 
 def main() -> int:
@@ -73,16 +97,20 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--run-dir", default="runs/demo-seeds", help="seed N runs in RUN_DIR/seed-N")
     args = parser.parse_args()
-    rows, p_values = [], []
+    rows, results = [], []
     for seed in args.seeds:
         run_dir = Path(args.run_dir) / f"seed-{seed}"
         seconds = run_seed(args.config, run_dir, seed)
-        row, p_value = seed_row(seed, run_dir, seconds)
+        row, result = seed_row(seed, run_dir, seconds)
         rows.append(row)
-        p_values.append(p_value)
+        results.append(result)
     head = ["seed", "test: untrained -> round 0", "round 0 gain, points [95%]", "McNemar w->r/r->w", "round 1 vs 0"]
     print(markdown_table([*head, "mechanism (pool mistakes now right)", "run (s)"], rows))
-    met = all(p < THRESHOLD for p in p_values)
+    print(over_seeds("round 0 vs the untrained student", [r.core_gain for r in results]))
+    print(over_seeds("tailored round vs round 0", [r.tailored_gain for r in results if r.tailored_gain is not None]))
+    gaps = [r.mechanism_gap for r in results if r.mechanism_gap is not None]
+    print(over_seeds("taught minus untaught mistakes now right", gaps))
+    met = all(r.core_p < THRESHOLD for r in results)
     print(f"round 0 beats the untrained student with McNemar p < {THRESHOLD} on {'every' if met else 'not every'} seed")
     return 0 if met else 1
 
