@@ -9,6 +9,7 @@ round's recheck, student.recheck_mistakes; Fisher's exact test, as the two group
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,40 @@ def round_mechanism(run_dir: Path, round_: int) -> Mechanism | None:
     return Mechanism(round_, *counts, p_value=fisher_p(*counts))
 
 
+ONE_ANSWER_SHARE = 0.8  # a round that gives one answer this often is mostly answering a prior, not the question
+
+
+def one_answer_note(round_: int, answers: list[str], golds: list[str]) -> str | None:
+    """A line where a round gave one answer to most questions: its accuracy is then close to that answer's
+    share of the gold answers, and always answering the commonest gold answer is the bar to beat."""
+    if not answers:
+        return None
+    answer, count = Counter(answers).most_common(1)[0]
+    if count < ONE_ANSWER_SHARE * len(answers):
+        return None
+    common, common_count = Counter(golds).most_common(1)[0]
+    return (
+        f"    note: round {round_} answered '{answer}' to {count} of {len(answers)} questions; always answering "
+        f"'{common}' (the commonest gold answer) scores {percent(common_count / len(golds))} here"
+    )
+
+
+def round_answer_notes(run_dir: Path, rounds: list[int], mode: str) -> dict[int, str]:
+    """`one_answer_note` of each of `rounds` (eval answers in `mode`), where it has one."""
+    rows = fetch_rows(
+        history_path(run_dir),
+        "SELECT a.round, a.extracted, e.gold FROM attempts a JOIN examples e USING (example_id) "
+        f"WHERE a.phase = 'eval' AND a.mode = '{mode}' AND a.sample_index = 0",
+    )
+    notes = {}
+    for round_ in rounds:
+        mine = [r for r in rows if r["round"] == round_]
+        note = one_answer_note(round_, [str(r["extracted"]) for r in mine], [str(r["gold"]) for r in mine])
+        if note:
+            notes[round_] = note
+    return notes
+
+
 def _p(value: float) -> str:
     return f"{value:.2g}" if value < 0.001 else f"{value:.3f}"
 
@@ -100,13 +135,16 @@ def takeaway(run_dir: Path) -> str:
     (run,) = load_outcomes([run_dir])
     rounds = run.rounds()
     lines: list[str] = []
+    tailored = [r for r in rounds if r > 0]
+    notes = round_answer_notes(run_dir, [r for r in (0, *tailored[-1:]) if r in rounds], run.mode)
     if -1 in rounds and 0 in rounds:
         lines += paired_lines("round 0 vs the untrained student", compare_paired(run.correct[-1], run.correct[0]))
-    tailored = [r for r in rounds if r > 0]
+        lines += [notes[0]] if 0 in notes else []
     if tailored and 0 in rounds:
         lines += paired_lines(
             f"tailored round {tailored[-1]} vs round 0", compare_paired(run.correct[0], run.correct[tailored[-1]])
         )
+        lines += [notes[tailored[-1]]] if tailored[-1] in notes else []
     for round_ in tailored:
         mechanism = round_mechanism(run_dir, round_)
         if mechanism:

@@ -11,7 +11,7 @@ from shared_run import CONSOLE, shared_quick_run
 from tutorloop.loop.report import render_markdown
 from tutorloop.loop.report_charts import PLOTS, plot_learning
 from tutorloop.loop.report_data import load_report_data
-from tutorloop.loop.takeaway import fisher_p, mechanism_counts, round_mechanism, takeaway
+from tutorloop.loop.takeaway import fisher_p, mechanism_counts, one_answer_note, round_mechanism, takeaway
 from tutorloop.store.query import fetch_rows, history_path
 
 
@@ -26,6 +26,14 @@ def test_fisher_p_matches_hand_values() -> None:
     assert fisher_p(6, 5, 6, 1) == pytest.approx(74 / 924, rel=1e-9)
     assert fisher_p(4, 2, 4, 2) == pytest.approx(1.0)
     assert fisher_p(0, 0, 5, 3) == 1.0  # nothing taught: no evidence either way
+
+
+def test_a_round_that_gives_one_answer_is_compared_with_the_commonest_gold_answer() -> None:
+    golds = ["no"] * 32 + ["yes"] * 28
+    note = one_answer_note(0, ["yes"] * 58 + ["no", ""], golds)
+    assert note is not None and "'yes' to 58 of 60" in note and "always answering 'no'" in note and "53.3%" in note
+    assert one_answer_note(0, ["yes"] * 40 + ["no"] * 20, golds) is None  # 2 in 3 is still answering questions
+    assert one_answer_note(0, [], []) is None
 
 
 @pytest.fixture(scope="module")
