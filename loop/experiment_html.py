@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,11 +19,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tutorloop.loop.report_charts import DPI, figure_png  # noqa: E402
+
 if TYPE_CHECKING:
     from tutorloop.loop.experiment_report import SeedComparison
 
 HTML_FILE = "report.html"
-DPI = 100
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
@@ -33,14 +33,6 @@ th { background: #f3f3f3; }
 img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 """
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")  # markdown_table escapes a pipe inside a cell as \|
-
-
-def _png(fig) -> bytes:
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def plot_arms_per_seed(result: SeedComparison, title: str) -> bytes:
@@ -57,7 +49,7 @@ def plot_arms_per_seed(result: SeedComparison, title: str) -> bytes:
     ax.set_title(f"{title}: {c.b} vs {c.a}, {c.split} split, per seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_differences(results: list[SeedComparison]) -> bytes:
@@ -90,7 +82,7 @@ def plot_differences(results: list[SeedComparison]) -> bytes:
     ax.grid(alpha=0.3, axis="x")
     if shown:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _table_html(rows: list[str]) -> str:

@@ -30,7 +30,7 @@ def _figure(name: str, nrows: int = 1, ncols: int = 1):
     return fig, axes
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     # No bbox_inches="tight": the PNG keeps the exact pixel size FIGURES promises.
@@ -110,7 +110,7 @@ def plot_learning(data: ReportData) -> bytes:
         _bars_with_intervals(right, labels, pairs, shades)
         right.set_ylabel("pool mistakes now right (%)")
         right.set_title("Pool mistakes after the round: taught vs not", fontsize=10)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_accuracy(data: ReportData) -> bytes:
@@ -157,7 +157,7 @@ def plot_accuracy(data: ReportData) -> bytes:
     ax.set_title("Accuracy per round (round -1 = untrained student)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_mistakes(data: ReportData) -> bytes:
@@ -194,7 +194,7 @@ def plot_mistakes(data: ReportData) -> bytes:
     right.set_title(f"Test transitions ({mode} mode)")
     right.legend(fontsize=8)
     right.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_cost(data: ReportData) -> bytes:
@@ -235,7 +235,7 @@ def plot_cost(data: ReportData) -> bytes:
             fontsize=9,
             color="grey",
         )
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_loss(data: ReportData) -> bytes:
@@ -276,7 +276,7 @@ def plot_loss(data: ReportData) -> bytes:
         flat[0].text(0.5, 0.5, "no training steps recorded yet", ha="center", va="center")
         flat[0].set_title("Training loss")
     fig.suptitle("Training loss per optimizer step, one line per round (moving average; raw steps faint)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def plot_time(data: ReportData) -> bytes:
@@ -293,7 +293,7 @@ def plot_time(data: ReportData) -> bytes:
     ax.set_title("Wall time per round, by phase")
     ax.legend(fontsize=8, ncols=4)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 PLOTS = {
