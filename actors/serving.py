@@ -99,8 +99,10 @@ class LlamaCppServer:
         alias: str | None = None,
         host: str = "127.0.0.1",
         verbosity: int = QUIET,
+        lora_paths: list[Path] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
+        self.lora_paths = [Path(p) for p in lora_paths or []]
         self.threads, self.ctx, self.parallel = threads, ctx, parallel
         self.alias, self.host, self.verbosity = alias, host, verbosity
         self._server: Any = None
@@ -120,6 +122,9 @@ class LlamaCppServer:
         params.verbosity = self.verbosity
         if self.alias:
             params.model_alias = {self.alias}  # /v1/models and every response name the teacher's model
+        # Loaded at start, applied only where a request's `lora` field asks (id = place in this list).
+        params.lora_adapters = [xllamacpp.CommonAdapterLoraInfo(str(p), 1.0) for p in self.lora_paths]
+        params.lora_init_without_apply = True
         return params
 
     def start(self, timeout_s: float = 300.0) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator
 import ray
 
 from tutorloop.actors.exam import Examiner
+from tutorloop.actors.llama_exam import LlamaCppExaminer
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
 from tutorloop.actors.waiting import wait_ready
@@ -34,14 +35,21 @@ def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:
     return {"num_gpus": gpus, "num_cpus": cpus}
 
 
+def new_examiner(student_cfg: StudentSection, answer_type: str, seed: int, threads: int) -> Examiner | LlamaCppExaminer:
+    """The examiner of `student.engine`: the transformers model, or llama.cpp's server (`threads` 0: all cores)."""
+    if student_cfg.engine == "llama.cpp":
+        return LlamaCppExaminer(student_cfg, answer_type, threads)
+    set_torch_threads(threads)
+    return Examiner(student_cfg, answer_type, seed=seed)
+
+
 @ray.remote
 class StudentActor:
     """Loads the student once; each exam may bring a different adapter (swapped without reloading)."""
 
     def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0, torch_threads: int = 0) -> None:
         self.clock = ActorClock()
-        set_torch_threads(torch_threads)
-        self.examiner = Examiner(student_cfg, answer_type, seed=seed)
+        self.examiner = new_examiner(student_cfg, answer_type, seed, torch_threads)
         self.clock.loaded()
 
     def exam(

