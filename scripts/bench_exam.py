@@ -13,6 +13,13 @@ user would write it. Prints one line per part, then one JSON object as the last 
 each, `ratio` (exam vs one-at-a-time), `ratio_vs_batched` (exam vs batched generate), the same two
 per part, the answer lengths measured and the share of outputs identical to one-at-a-time decoding.
 `--sweep 8,32` adds exam and batched generate at other batch sizes (no one-at-a-time run).
+
+`--engine llama.cpp` compares the exam's two engines instead (student.engine): the transformers exam and
+the llama.cpp server with the same adapter converted, on the same questions (`--n 180`: all of
+MultiArith's test split), the parts in rotated order. The JSON line carries each engine's tokens/s,
+`ratio_vs_transformers`, `answer_agreement` (share of questions whose extracted greedy answer is the
+same), both accuracies, McNemar's exact p of their paired correctness, and the server's start with the
+adapter (a new round's adapter restarts it).
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from typing import Callable
 import torch
 
 from tutorloop.actors.exam import Examiner, cut_at_stop, eos_token_ids
+from tutorloop.actors.llama_exam import LlamaCppExaminer
 from tutorloop.actors.models import adapter_to_bytes, cache_dir
 from tutorloop.actors.training import LoraTrainer
 from tutorloop.loop.core.config import DataSection, GenerationSection, StudentSection, TrainingSection
 from tutorloop.loop.core.datasets import Example, load_examples, load_recorded_teacher, normalize_question
 from tutorloop.loop.core.student_prompt import student_prompt, student_target
+from tutorloop.loop.paired_stats import discordant, mcnemar_exact
 
 Outputs = tuple[list[str], list[int]]  # texts and generated token counts, one per question
 
@@ -50,6 +59,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mode", default="explain", choices=["answer", "explain"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quantization", default="none", choices=["none", "4bit", "8bit"])
+    parser.add_argument(
+        "--engine", default="transformers", choices=["transformers", "llama.cpp"], help="llama.cpp: compare engines"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads (0: every core)")
     return parser.parse_args()
 
 
@@ -176,6 +189,66 @@ def sweep(examiner: Examiner, gen: Callable, args: argparse.Namespace, blocks: l
     return rows
 
 
+def compare_engines(cfg: StudentSection, examiner: Examiner, adapter: bytes | None, examples, args) -> dict:
+    """The transformers exam against the llama.cpp exam on the same adapter and questions."""
+    started = time.perf_counter()
+    server = LlamaCppExaminer(cfg.model_copy(update={"engine": "llama.cpp"}), examples[0].answer_type, args.threads)
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    server.set_adapter(adapter)
+    restart_s = time.perf_counter() - started
+    graded: dict[str, list[dict]] = {"transformers": [], "llama.cpp": []}
+
+    def timed(name: str, run: Callable[[list[Example]], list[dict]]) -> Callable[[list[Example]], Outputs]:
+        def outputs(block: list[Example]) -> Outputs:
+            records = run(block)
+            graded[name] += records
+            return [r["output"] for r in records], [r["output_tokens"] for r in records]
+
+        return outputs
+
+    runs = {
+        "transformers": timed("transformers", lambda b: examiner.run(b, args.mode, batch_size=args.batch_size)),
+        "llama.cpp": timed("llama.cpp", lambda b: server.run(b, args.mode)),
+    }
+    for run in runs.values():  # warm-up (allocator, kernels, the server's first batch)
+        run(examples[:2])
+    for records in graded.values():
+        records.clear()
+    blocks = [examples[b :: args.blocks] for b in range(args.blocks)]
+    res = measure(runs, blocks)
+    server.close()
+    by_id = {name: {r["example_id"]: r for r in records} for name, records in graded.items()}
+    ids = [ex.id for block in blocks for ex in block]
+    correct = {name: {i: float(by_id[name][i]["correct"]) for i in ids} for name in by_id}
+    to_llama, to_transformers = discordant(correct["transformers"], correct["llama.cpp"])
+    same = [by_id["transformers"][i]["extracted"] == by_id["llama.cpp"][i]["extracted"] for i in ids]
+    return {
+        "model": args.model,
+        "adapter": args.adapter or f"trained on {args.train_samples} {args.task} rationales",
+        "questions": len(ids),
+        "mode": args.mode,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "llama_cpp_threads": server.threads,
+        "llama_cpp_load_s": round(load_s, 2),
+        "llama_cpp_restart_with_adapter_s": round(restart_s, 2),
+        "transformers": summary(res["transformers"]),
+        "llama.cpp": summary(res["llama.cpp"]),
+        "ratio_vs_transformers": round(_tps(res["llama.cpp"]) / _tps(res["transformers"]), 2),
+        "ratio_vs_transformers_per_block": [
+            round(_tps(res["llama.cpp"], b) / _tps(res["transformers"], b), 2) for b in range(args.blocks)
+        ],
+        "answer_agreement": round(sum(same) / len(same), 4),
+        "identical_output_fraction": identical(res["transformers"]["texts"], res["llama.cpp"]["texts"]),
+        "accuracy_transformers": round(sum(correct["transformers"].values()) / len(ids), 4),
+        "accuracy_llama_cpp": round(sum(correct["llama.cpp"].values()) / len(ids), 4),
+        "discordant": {"llama_cpp_only_right": to_llama, "transformers_only_right": to_transformers},
+        "mcnemar_p": round(mcnemar_exact(to_llama, to_transformers), 4),
+    }
+
+
 def main() -> None:
     args = parse_args()
     cfg = StudentSection(
@@ -187,11 +260,23 @@ def main() -> None:
     )
     examples = load_examples(DataSection(task=args.task), "test")[: args.n]
     examiner = Examiner(cfg, examples[0].answer_type)
+    adapter = None
     if args.adapter:
         path = Path(args.adapter)
-        examiner.set_adapter(adapter_to_bytes(path) if path.is_dir() else path.read_bytes())
+        adapter = adapter_to_bytes(path) if path.is_dir() else path.read_bytes()
     elif args.train_samples:
-        examiner.set_adapter(train_adapter(cfg, args.task, args.train_samples))
+        adapter = train_adapter(cfg, args.task, args.train_samples)
+    examiner.set_adapter(adapter)
+    if args.engine == "llama.cpp":
+        result = compare_engines(cfg, examiner, adapter, examples, args)
+        print(
+            f"transformers {result['transformers']['tokens_per_s']} tokens/s, llama.cpp "
+            f"{result['llama.cpp']['tokens_per_s']}: ratio {result['ratio_vs_transformers']}x; answers agree on "
+            f"{result['answer_agreement']:.1%}; accuracy {result['accuracy_transformers']:.1%} vs "
+            f"{result['accuracy_llama_cpp']:.1%}, McNemar p {result['mcnemar_p']}"
+        )
+        print(json.dumps(result))
+        return
     model, tok, stop = examiner.model, examiner.tokenizer, list(cfg.generation.stop)
 
     def gen(block: list[Example], size: int) -> Outputs:
