@@ -181,10 +181,9 @@ def test_report_of_a_missing_run_is_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "no run history" in out.stderr
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     not CHROMIUM.exists(),
-    reason="needs /usr/bin/chromium (Debian package `chromium`; `make test-all` installs it when run as root)",
+    reason="needs /usr/bin/chromium (Debian package `chromium`; `make test-all` and CI install it when run as root)",
 )
 def test_report_renders_in_headless_chromium(reported: Path) -> None:
     profile = Path(tempfile.mkdtemp(prefix="tutorloop-chromium-"))
@@ -217,8 +216,12 @@ def test_report_renders_in_headless_chromium(reported: Path) -> None:
         assert colors is not None and len(colors) > 200, "screenshot is (nearly) one colour"
         white = sum(count for count, color in colors if color == (255, 255, 255))
         assert white < 0.9 * 1200 * 2000, "screenshot is almost blank"
-        # the first plot is on screen: its blue line colour (matplotlib C0) is present
+        # The charts are drawn: matplotlib's C0 blue is on screen...
         assert any(abs(r - 31) + abs(g - 119) + abs(b - 180) < 30 for _, (r, g, b) in colors)
+        # ...and the first chart ("What the student learned") in the page's top part, its tailored rounds' bars
+        # in C2 green (the next chart green is the transitions', well below 1400 px).
+        top = image.crop((0, 0, 1200, 1400)).getcolors(maxcolors=1 << 20)
+        assert any(abs(r - 44) + abs(g - 160) + abs(b - 44) < 30 for _, (r, g, b) in top)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
         shot.unlink(missing_ok=True)
