@@ -9,7 +9,11 @@ tailored prompt (built-in, or `--prompts-dir`'s tailored.txt) goes to Qwen2.5-Co
 `--second`, sample 1 at temperature 0.7 (the self-reflection positive). Prints per-task parse rate
 (both labels found), acceptance rate (the corrected answer equals gold), seconds per request, and one
 example; `--dump FILE` writes every reply as JSON lines. Run it under `nice`: it competes for cores.
-`--show-answer` asks with the gold answer shown (teacher.tailored_show_answer). Numeric tasks also count
+`--run` may be given several times (their mistakes in turn, one per question). `--exam-adapter DIR`
+takes the mistakes of the default student with that peft adapter instead, examined greedily on the
+first `--exam-pool` train questions (in explain mode, as a tailored round examines). `--show-answer` asks
+with the gold answer shown (teacher.tailored_show_answer); `--both` asks every mistake both ways in one
+session and adds the paired comparison (exact McNemar over the mistakes). Numeric tasks also count
 the accepted corrections the equation check (teacher.check_equations) would reject. `--equations-only`
 starts no server: it counts the recorded davinci rationales with the right answer that the equation
 check rejects, over every recorded completion of each task.
@@ -54,7 +58,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", action="append", help="recorded task(s); default multiarith")
     parser.add_argument("--n", type=int, default=12, help="mistakes per task")
-    parser.add_argument("--run", help="take the wrong exam outputs of this run directory instead")
+    parser.add_argument("--run", action="append", help="take the wrong exam outputs of this run directory instead")
+    parser.add_argument("--exam-adapter", help="take the mistakes of the default student with this peft adapter")
+    parser.add_argument("--exam-pool", type=int, default=120, help="train questions examined with --exam-adapter")
     parser.add_argument("--model", default=LOCAL_TEACHER_ALIAS, help="GGUF path or alias")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parallel", type=int, default=1)
@@ -64,6 +70,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts-dir", help="folder with a tailored.txt replacing the built-in one")
     parser.add_argument("--dump", help="write every reply as JSON lines here")
     parser.add_argument("--show-answer", action="store_true", help="tell the teacher the gold answer")
+    parser.add_argument("--both", action="store_true", help="ask each mistake without and with the answer, paired")
     parser.add_argument(
         "--equations-only", action="store_true", help="only count recorded rationales the equation check rejects"
     )
@@ -119,6 +126,53 @@ def run_mistakes(run_dir: str, n: int) -> list[Mistake]:
             "WHERE phase = 'exam' AND NOT correct GROUP BY example_id ORDER BY example_id"
         ).fetchall()
     return [(examples[i], output or "", extracted) for i, output, extracted in rows[:n] if i in examples]
+
+
+def runs_mistakes(run_dirs: list[str], n: int) -> list[Mistake]:
+    """The runs' mistakes in turn, one per question (the first run's first), at most `n`."""
+    found: dict[str, Mistake] = {}
+    for run_dir in run_dirs:
+        for mistake in run_mistakes(run_dir, n):
+            found.setdefault(mistake[0].id, mistake)
+    return list(found.values())[:n]
+
+
+def exam_mistakes(task: str, adapter_dir: str, pool: int, n: int) -> list[Mistake]:
+    """Wrong greedy explain answers of the default student with the adapter, on the first `pool` train questions."""
+    from tutorloop.actors.exam import Examiner
+    from tutorloop.actors.models import DEFAULT_STUDENT_ALIAS, adapter_to_bytes
+    from tutorloop.loop.core.config import StudentSection
+
+    examples = load_examples(DataSection(task=task), "train")[:pool]
+    examiner = Examiner(StudentSection(model=DEFAULT_STUDENT_ALIAS), examples[0].answer_type)
+    examiner.set_adapter(adapter_to_bytes(adapter_dir))
+    records = examiner.run(examples, "explain")
+    wrong = [(ex, r["output"], r["extracted"]) for ex, r in zip(examples, records) if not r["correct"]]
+    print(f"{task}: {len(wrong)} of {len(examples)} examined train questions wrong", flush=True)
+    return wrong[:n]
+
+
+def paired_line(task: str, without: list[dict], with_answer: list[dict], examples: dict[str, Example]) -> str:
+    """Accepted without vs with the answer shown, paired by mistake, and the exact McNemar p."""
+    from tutorloop.loop.paired_stats import mcnemar_exact
+
+    def accepted(records: list[dict]) -> dict[str, bool]:
+        result = {}
+        for r in records:
+            example = examples[r["example_id"]]
+            reply = parse_tailored_reply(r["response"], example.answer_type) if r["status"] == "ok" else None
+            result[r["example_id"]] = (
+                reply is not None and grade_tailored_reply(reply, example.answer, example.answer_type) is None
+            )
+        return result
+
+    a, b = accepted(without), accepted(with_answer)
+    only_with = sum(b[i] and not a[i] for i in a)
+    only_without = sum(a[i] and not b[i] for i in a)
+    return (
+        f"{task}: accepted {sum(a.values())}/{len(a)} without the answer, {sum(b.values())}/{len(b)} with it; "
+        f"only with: {only_with}, only without: {only_without}, exact McNemar p = {mcnemar_exact(only_with, only_without):.3g}"
+    )
 
 
 def requests_for(
@@ -190,7 +244,12 @@ def main() -> int:
     if args.equations_only:
         print("\n".join(recorded_equation_check(task) for task in tasks))
         return 0
-    sets = {"run": run_mistakes(args.run, args.n)} if args.run else {t: recorded_mistakes(t, args.n) for t in tasks}
+    if args.run:
+        sets = {"run": runs_mistakes(args.run, args.n)}
+    elif args.exam_adapter:
+        sets = {t: exam_mistakes(t, args.exam_adapter, args.exam_pool, args.n) for t in tasks}
+    else:
+        sets = {t: recorded_mistakes(t, args.n) for t in tasks}
     builder = PromptBuilder(load_templates(args.prompts_dir))
     dump: list[dict] = []
     server = LlamaCppServer(
@@ -216,16 +275,23 @@ def main() -> int:
         with LocalTeacherPool(cfg) as pool:
             for task, mistakes in sets.items():
                 examples = {m[0].id: m[0] for m in mistakes}
-                requests = requests_for(mistakes, builder, args.second, args.max_tokens, args.show_answer)
-                records, asked = [], time.perf_counter()
-                for group in pool.ask(requests):
-                    records += group
-                    print(
-                        f"  {len(records)}/{len(requests)} replies, last {group[-1]['latency_s']:.0f} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                summarize(task, records, examples, dump, time.perf_counter() - asked)
+                shown = [False, True] if args.both else [args.show_answer]
+                by_showing = {}
+                for show in shown:
+                    requests = requests_for(mistakes, builder, args.second, args.max_tokens, show)
+                    records, asked = [], time.perf_counter()
+                    for group in pool.ask(requests):
+                        records += group
+                        print(
+                            f"  {len(records)}/{len(requests)} replies, last {group[-1]['latency_s']:.0f} s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    label = f"{task}, answer {'shown' if show else 'not shown'}"
+                    summarize(label, records, examples, dump, time.perf_counter() - asked)
+                    by_showing[show] = [r for r in records if r["sample_index"] == 0]
+                if args.both:
+                    print(paired_line(task, by_showing[False], by_showing[True], examples), flush=True)
     finally:
         server.stop()
     if args.dump:

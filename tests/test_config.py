@@ -285,7 +285,7 @@ def test_key_lists_come_from_the_fields() -> None:
         "student.recheck_mistakes",
     }
     assert set(marked_keys(Config, FORK_FIXED)) == {"data", "student", "run.baseline", "run.seed"}
-    assert marked_keys(Config, FORK_FREE) == ("student.generation", "student.recheck_mistakes")
+    assert marked_keys(Config, FORK_FREE) == ("student.generation", "student.recheck_mistakes", "student.engine")
     later = {
         f"{model.__name__}.{name}"
         for model in (
@@ -308,6 +308,7 @@ def test_key_lists_come_from_the_fields() -> None:
         "DataSection.test_split",
         "DataSection.val_size",
         "StudentSection.recheck_mistakes",
+        "StudentSection.engine",
         "TrainingSection.mistake_balance",
         "TrainingSection.tailored_lr",
         "TrainingSection.accepted_budget",
