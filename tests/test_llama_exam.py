@@ -160,7 +160,7 @@ def test_an_exam_through_llama_cpp_gives_the_transformers_exams_records(
 
 
 def test_seeded_samples_are_reproducible_through_llama_cpp(llama_examiner: LlamaCppExaminer) -> None:
-    questions = multiarith_test(6)
+    questions = multiarith_test(4)
     first = llama_examiner.run(questions, "explain", num_samples=2, greedy=False, seed=5)
     assert [(r["example_id"], r["sample_index"]) for r in first] == [(q.id, k) for q in questions for k in range(2)]
     assert llama_examiner.run(questions, "explain", num_samples=2, greedy=False, seed=5) == first
