@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -282,7 +283,74 @@ def exam_format(tokenizer: Any, questions: list[str], mode: str, stop: list[str]
     return ExamFormat([tokenizer(student_prompt(q, mode)).input_ids for q in questions], list(stop), extract_answer)
 
 
-class Examiner:
+class ExamRunner(ABC):
+    """An exam whatever the engine: prompts, rows and grading here; a subclass's `generate` decodes the rows.
+
+    Set by the subclass: `cfg` (the student section), `answer_type`, `tokenizer` (prompt ids in, answers out)."""
+
+    cfg: StudentSection
+    answer_type: str
+    tokenizer: Any
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[list[int]], settings: DecodeSettings, seeds: list[int], batch_size: int | None
+    ) -> list[list[int]]:
+        """Generated token ids per prompt (EOS excluded); `batch_size` rows at most at once (None: the config's)."""
+
+    @abstractmethod
+    def set_adapter(self, adapter: bytes | None) -> None:
+        """Examine with this peft adapter (bytes) from now on, or the bare base with None."""
+
+    def run(
+        self,
+        examples: list[Example],
+        mode: str,
+        num_samples: int = 1,
+        greedy: bool = True,
+        seed: int = 0,
+        batch_size: int | None = None,
+    ) -> list[AttemptRecord]:
+        """One record per (example, sample index), in input order; greedy decodes each question once."""
+        gen = self.cfg.generation
+        form = exam_format(self.tokenizer, [ex.question for ex in examples], mode, gen.stop)
+        settings = DecodeSettings(
+            max_new_tokens=gen.max_new_tokens,
+            stop=form.stop,
+            greedy=greedy or gen.temperature == 0,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            calculator=gen.calculator,
+        )
+        prompts = form.prompts
+        draws = 1 if settings.greedy else num_samples
+        rows = [(i, k) for i in range(len(examples)) for k in range(draws)]
+        # Similar prompt lengths share a batch so little padding is computed.
+        rows.sort(key=lambda r: len(prompts[r[0]]))
+        seeds = [sample_seed(seed, examples[i].id, k) for i, k in rows]
+        generated = dict(zip(rows, self.generate([prompts[i] for i, _ in rows], settings, seeds, batch_size)))
+        records: list[AttemptRecord] = []
+        for i, ex in enumerate(examples):
+            for k in range(num_samples):
+                tokens = generated[(i, 0 if settings.greedy else k)]
+                text = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
+                extracted = form.extract(text, self.answer_type)
+                records.append(
+                    {
+                        "example_id": ex.id,
+                        "sample_index": k,
+                        "mode": mode,
+                        "output": text,
+                        "extracted": extracted,
+                        "correct": answers_match(extracted, ex.answer, self.answer_type),
+                        "prompt_tokens": len(prompts[i]),
+                        "output_tokens": len(tokens),
+                    }
+                )
+        return records
+
+
+class Examiner(ExamRunner):
     """Runs exams for one student (base model loaded once; adapters swapped in place)."""
 
     def __init__(self, student_cfg: StudentSection, answer_type: str, seed: int = 0) -> None:
@@ -313,73 +381,8 @@ class Examiner:
         self.model.eval()
         self._adapter_key = key
 
-    def run(
-        self,
-        examples: list[Example],
-        mode: str,
-        num_samples: int = 1,
-        greedy: bool = True,
-        seed: int = 0,
-        batch_size: int | None = None,
-    ) -> list[AttemptRecord]:
-        """One record per (example, sample index), in input order; greedy decodes each question once."""
-
-        def generate(prompts: list[list[int]], settings: DecodeSettings, seeds: list[int]) -> list[list[int]]:
-            size = batch_size or self.cfg.generation.batch_size
-            return decode_batch(self.model, self.tokenizer, prompts, settings, seeds, batch_size=size)
-
-        return run_exam(self.tokenizer, self.cfg, self.answer_type, examples, mode, num_samples, greedy, seed, generate)
-
-
-Generate = Callable[[list[list[int]], DecodeSettings, list[int]], list[list[int]]]
-
-
-def run_exam(
-    tokenizer: Any,
-    cfg: StudentSection,
-    answer_type: str,
-    examples: list[Example],
-    mode: str,
-    num_samples: int,
-    greedy: bool,
-    seed: int,
-    generate: Generate,
-) -> list[AttemptRecord]:
-    """An exam whatever the engine: `generate(prompts, settings, seeds)` decodes the rows (token ids out,
-    EOS excluded); one record per (example, sample index), in input order; greedy decodes each question once."""
-    gen = cfg.generation
-    form = exam_format(tokenizer, [ex.question for ex in examples], mode, gen.stop)
-    settings = DecodeSettings(
-        max_new_tokens=gen.max_new_tokens,
-        stop=form.stop,
-        greedy=greedy or gen.temperature == 0,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        calculator=gen.calculator,
-    )
-    prompts = form.prompts
-    draws = 1 if settings.greedy else num_samples
-    rows = [(i, k) for i in range(len(examples)) for k in range(draws)]
-    # Similar prompt lengths share a batch so little padding is computed.
-    rows.sort(key=lambda r: len(prompts[r[0]]))
-    seeds = [sample_seed(seed, examples[i].id, k) for i, k in rows]
-    generated = dict(zip(rows, generate([prompts[i] for i, _ in rows], settings, seeds)))
-    records: list[AttemptRecord] = []
-    for i, ex in enumerate(examples):
-        for k in range(num_samples):
-            tokens = generated[(i, 0 if settings.greedy else k)]
-            text = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), settings.stop)
-            extracted = form.extract(text, answer_type)
-            records.append(
-                {
-                    "example_id": ex.id,
-                    "sample_index": k,
-                    "mode": mode,
-                    "output": text,
-                    "extracted": extracted,
-                    "correct": answers_match(extracted, ex.answer, answer_type),
-                    "prompt_tokens": len(prompts[i]),
-                    "output_tokens": len(tokens),
-                }
-            )
-    return records
+    def generate(
+        self, prompts: list[list[int]], settings: DecodeSettings, seeds: list[int], batch_size: int | None
+    ) -> list[list[int]]:
+        size = batch_size or self.cfg.generation.batch_size
+        return decode_batch(self.model, self.tokenizer, prompts, settings, seeds, batch_size=size)

@@ -5,7 +5,7 @@ dequantized from, with the round's LoRA adapter converted to llama.cpp's format 
 loads adapters when the server starts, so a new adapter means a new server; the base file is mmapped,
 which keeps that restart to about a second. Rows go to the native `/completion` endpoint as the same
 token ids the transformers exam feeds its model, from as many threads as the server has slots, and the
-returned token ids are graded by the same code (exam.run_exam): the records have the same shape.
+returned token ids are graded by the same code (exam.ExamRunner.run): the records have the same shape.
 
 Decoding matches the transformers exam: greedy is top-1; sampling is temperature then top-p with a
 seed per (seed, question, sample index); the exam's stop strings end a row; the calculator stops a row
@@ -23,15 +23,13 @@ from typing import Any
 
 import httpx
 
-from tutorloop.actors.exam import DecodeSettings, run_exam
+from tutorloop.actors.exam import DecodeSettings, ExamRunner
 from tutorloop.actors.lora_gguf import BaseModelInfo, adapter_bytes_to_gguf
 from tutorloop.actors.models import DEFAULT_STUDENT_ALIAS, find_default_gguf, load_tokenizer, student_source
 from tutorloop.actors.serving import LlamaCppServer
 from tutorloop.loop.core.calculator import calculator_result
 from tutorloop.loop.core.config import StudentSection
-from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError, RunError
-from tutorloop.loop.core.records import AttemptRecord
 
 # Each slot's context: the exam's longest prompt plus its answer must fit (prompts here run to ~300 tokens).
 SLOT_CONTEXT = 1024
@@ -64,7 +62,7 @@ def _settings_body(settings: DecodeSettings) -> dict[str, Any]:
     return {"samplers": ["temperature", "top_p"], "temperature": settings.temperature, "top_p": settings.top_p}
 
 
-class LlamaCppExaminer:
+class LlamaCppExaminer(ExamRunner):
     """Runs exams for one student through a llama.cpp server it owns (restarted when the adapter changes)."""
 
     def __init__(self, student_cfg: StudentSection, answer_type: str, threads: int = 0) -> None:
@@ -142,24 +140,12 @@ class LlamaCppExaminer:
             segment += 1
         return out[:limit] if limit > 0 else []
 
-    def run(
-        self,
-        examples: list[Example],
-        mode: str,
-        num_samples: int = 1,
-        greedy: bool = True,
-        seed: int = 0,
-        batch_size: int | None = None,
-    ) -> list[AttemptRecord]:
-        """One record per (example, sample index), in input order, as `Examiner.run` gives them."""
-
-        def generate(prompts: list[list[int]], settings: DecodeSettings, seeds: list[int]) -> list[list[int]]:
-            with ThreadPoolExecutor(max_workers=min(batch_size or self.slots, self.slots)) as pool:
-                return list(
-                    pool.map(lambda row: self.decode_row(prompts[row], settings, seeds[row]), range(len(prompts)))
-                )
-
-        return run_exam(self.tokenizer, self.cfg, self.answer_type, examples, mode, num_samples, greedy, seed, generate)
+    def generate(
+        self, prompts: list[list[int]], settings: DecodeSettings, seeds: list[int], batch_size: int | None
+    ) -> list[list[int]]:
+        """Every row from its own thread, as many at once as the server has slots."""
+        with ThreadPoolExecutor(max_workers=min(batch_size or self.slots, self.slots)) as pool:
+            return list(pool.map(lambda row: self.decode_row(prompts[row], settings, seeds[row]), range(len(prompts))))
 
     def close(self) -> None:
         """Stop the server and drop the converted adapter."""

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 
 import ray
 
-from tutorloop.actors.exam import Examiner
+from tutorloop.actors.exam import Examiner, ExamRunner
 from tutorloop.actors.llama_exam import LlamaCppExaminer
 from tutorloop.actors.models import set_torch_threads
 from tutorloop.actors.timing import ActorClock
@@ -35,7 +35,7 @@ def student_actor_options(ray_cfg: RaySection, kind: str) -> dict[str, Any]:
     return {"num_gpus": gpus, "num_cpus": cpus}
 
 
-def new_examiner(student_cfg: StudentSection, answer_type: str, seed: int, threads: int) -> Examiner | LlamaCppExaminer:
+def new_examiner(student_cfg: StudentSection, answer_type: str, seed: int, threads: int) -> ExamRunner:
     """The examiner of `student.engine`: the transformers model, or llama.cpp's server (`threads` 0: all cores)."""
     if student_cfg.engine == "llama.cpp":
         return LlamaCppExaminer(student_cfg, answer_type, threads)
