@@ -2,9 +2,9 @@
 
 A job (one example, teacher, strategy and sample index) issues one request per stage and advances on
 that stage's stored call record (loop/teaching.py runs many at once). Its rationale is graded against
-gold (loop/core/answers.py), and with `teacher.check_equations` its written arithmetic too
-(loop/core/calculator.py), and ends as exactly one rationale record, accepted or with its rejection
-reason.
+gold (loop/core/answers.py), with `teacher.check_equations` its written arithmetic too
+(loop/core/calculator.py) and with `teacher.check_reaches_answer` whether its reasoning gets to that
+answer, and ends as exactly one rationale record, accepted or with its rejection reason.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from tutorloop.actors.teacher import TeacherRequest
 from tutorloop.actors.teacher.sources import AnswerSources
-from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.answers import answers_match, extract_answer, reasoning_reaches_answer
 from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.datasets import Example
 from tutorloop.loop.core.errors import ConfigError
@@ -202,6 +202,10 @@ class JobRun:
             reason = "wrong_answer"
         elif self.cfg.check_equations and example.answer_type == "number" and false_equations(rationale):
             reason = "false_equation"  # the right answer reached by wrong arithmetic
+        elif self.cfg.check_reaches_answer and not reasoning_reaches_answer(
+            rationale, example.answer, example.answer_type, example.dataset
+        ):
+            reason = "answer_not_reached"  # the right answer stated after reasoning that ends elsewhere
         else:
             reason = None
         self._finish(record, rationale, extracted, reason, feedback)

@@ -13,13 +13,14 @@ example; `--dump FILE` writes every reply as JSON lines. Run it under `nice`: it
 takes the mistakes of the default student with that peft adapter instead, examined greedily on the
 first `--exam-pool` train questions (in explain mode, as a tailored round examines). `--show-answer` asks
 with the gold answer shown (teacher.tailored_show_answer); `--both` asks every mistake both ways in one
-session and adds the paired comparison (exact McNemar over the mistakes). Numeric tasks also count
-the accepted corrections the equation check (teacher.check_equations) would reject. `--equations-only`
-starts no server: it counts the recorded davinci rationales with the right answer that the equation
-check rejects, over every recorded completion of each task.
+session and adds the paired comparison (exact McNemar over the mistakes). It also counts the accepted
+corrections the equation check (teacher.check_equations, numeric tasks) and the reaches-answer check
+(teacher.check_reaches_answer) would reject, and `--both` pairs the ones passing both. `--checks-only`
+starts no server: it counts the recorded davinci rationales with the right answer that each check
+rejects, over every recorded completion of each task.
 
     nice -n 10 .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --n 12
-    .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --equations-only
+    .venv/bin/python scripts/measure_tailored_prompt.py --task multiarith --checks-only
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import duckdb
 
 from tutorloop.actors.serving import LOCAL_TEACHER_ALIAS, LlamaCppServer, resolve_gguf
 from tutorloop.actors.teacher import LocalTeacherPool, TeacherRequest
-from tutorloop.loop.core.answers import answers_match, extract_answer
+from tutorloop.loop.core.answers import answers_match, extract_answer, reasoning_reaches_answer
 from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.config import DataSection, load_config
 from tutorloop.loop.core.datasets import (
@@ -49,7 +50,7 @@ from tutorloop.loop.core.datasets import (
 )
 from tutorloop.loop.core.teacher_config import TeacherEndpoint, TeacherSection
 from tutorloop.loop.strategies import PromptBuilder, clean_rationale, load_templates
-from tutorloop.loop.tailored_reply import grade_tailored_reply, parse_tailored_reply
+from tutorloop.loop.tailored_reply import TailoredReply, grade_tailored_reply, parse_tailored_reply
 
 Mistake = tuple[Example, str, str | None]  # the question, the wrong rationale, its answer
 
@@ -72,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--show-answer", action="store_true", help="tell the teacher the gold answer")
     parser.add_argument("--both", action="store_true", help="ask each mistake without and with the answer, paired")
     parser.add_argument(
-        "--equations-only", action="store_true", help="only count recorded rationales the equation check rejects"
+        "--checks-only", action="store_true", help="only count recorded rationales the two checks reject"
     )
     return parser.parse_args()
 
@@ -94,24 +95,31 @@ def recorded_mistakes(task: str, n: int) -> list[Mistake]:
     return found
 
 
-def recorded_equation_check(task: str) -> str:
-    """How many recorded rationales with the right answer the equation check rejects, and the first few."""
+def recorded_checks(task: str) -> str:
+    """How many recorded rationales with the right answer each check rejects, and the first few of each."""
     answer_type = answer_type_of(DataSection(task=task))
-    right, rejected = 0, []
+    right, false_equation, not_reached = 0, [], []
     for completions in read_recorded(recorded_path("data", task)).values():
         for completion in completions:
             answer = extract_answer(completion["prompt"] + completion["completion"], answer_type)
-            if not answers_match(answer, str(completion["answer"]), answer_type):
+            gold = str(completion["answer"])
+            if not answers_match(answer, gold, answer_type):
                 continue
             right += 1
-            false = false_equations(clean_rationale(completion["reasoning_completion"]))
+            rationale = clean_rationale(completion["reasoning_completion"])
+            shown = " ".join(rationale.split())[:240]
+            false = false_equations(rationale) if answer_type == "number" else []
             if false:
-                rejected.append(
-                    f"  {'; '.join(false)} in: {' '.join(completion['reasoning_completion'].split())[:240]}"
-                )
+                false_equation.append(f"  {'; '.join(false)} in: {shown}")
+            if not reasoning_reaches_answer(rationale, gold, answer_type, task):
+                not_reached.append(f"  (answer {gold}) {shown}")
     return "\n".join(
-        [f"{task}: the equation check rejects {len(rejected)} of {right} recorded rationales with the right answer"]
-        + rejected[:5]
+        [
+            f"{task}: the equation check rejects {len(false_equation)} of {right} recorded rationales with the right answer"
+        ]
+        + false_equation[:5]
+        + [f"{task}: the reaches-answer check rejects {len(not_reached)} of {right}"]
+        + not_reached[:5]
     )
 
 
@@ -152,27 +160,36 @@ def exam_mistakes(task: str, adapter_dir: str, pool: int, n: int) -> list[Mistak
     return wrong[:n]
 
 
+def graded(record: dict, example: Example) -> tuple[TailoredReply | None, str | None, bool]:
+    """The parsed reply, its grade (None: accepted, else the reject reason) and whether it also passes both
+    checks (teacher.check_equations on numeric tasks, teacher.check_reaches_answer)."""
+    reply = parse_tailored_reply(record["response"], example.answer_type) if record["status"] == "ok" else None
+    reason = "bad_format" if reply is None else grade_tailored_reply(reply, example.answer, example.answer_type)
+    checked = (
+        reason is None
+        and not (example.answer_type == "number" and false_equations(reply.rationale))
+        and reasoning_reaches_answer(reply.rationale, example.answer, example.answer_type, example.dataset)
+    )
+    return reply, reason, checked
+
+
 def paired_line(task: str, without: list[dict], with_answer: list[dict], examples: dict[str, Example]) -> str:
-    """Accepted without vs with the answer shown, paired by mistake, and the exact McNemar p."""
+    """Accepted without vs with the answer shown, paired by mistake, and the exact McNemar p; then the same
+    counting only corrections that pass both checks."""
     from tutorloop.loop.paired_stats import mcnemar_exact
 
-    def accepted(records: list[dict]) -> dict[str, bool]:
-        result = {}
-        for r in records:
-            example = examples[r["example_id"]]
-            reply = parse_tailored_reply(r["response"], example.answer_type) if r["status"] == "ok" else None
-            result[r["example_id"]] = (
-                reply is not None and grade_tailored_reply(reply, example.answer, example.answer_type) is None
-            )
-        return result
-
-    a, b = accepted(without), accepted(with_answer)
-    only_with = sum(b[i] and not a[i] for i in a)
-    only_without = sum(a[i] and not b[i] for i in a)
-    return (
-        f"{task}: accepted {sum(a.values())}/{len(a)} without the answer, {sum(b.values())}/{len(b)} with it; "
-        f"only with: {only_with}, only without: {only_without}, exact McNemar p = {mcnemar_exact(only_with, only_without):.3g}"
-    )
+    a = {r["example_id"]: graded(r, examples[r["example_id"]]) for r in without}
+    b = {r["example_id"]: graded(r, examples[r["example_id"]]) for r in with_answer}
+    lines = []
+    for label, passes in (("accepted", lambda g: g[1] is None), ("accepted and passing both checks", lambda g: g[2])):
+        only_with = sum(passes(b[i]) and not passes(a[i]) for i in a)
+        only_without = sum(passes(a[i]) and not passes(b[i]) for i in a)
+        lines.append(
+            f"{task}: {label} {sum(map(passes, a.values()))}/{len(a)} without the answer, "
+            f"{sum(map(passes, b.values()))}/{len(b)} with it; only with: {only_with}, only without: {only_without}, "
+            f"exact McNemar p = {mcnemar_exact(only_with, only_without):.3g}"
+        )
+    return "\n".join(lines)
 
 
 def requests_for(
@@ -198,15 +215,14 @@ def requests_for(
 
 
 def summarize(task: str, records: list[dict], examples: dict[str, Example], dump: list[dict], wall_s: float) -> None:
-    parsed = accepted = false_equation = 0
+    parsed = accepted = passing = 0
     shown = False
     for record in records:
         example = examples[record["example_id"]]
-        reply = parse_tailored_reply(record["response"], example.answer_type) if record["status"] == "ok" else None
-        reason = "bad_format" if reply is None else grade_tailored_reply(reply, example.answer, example.answer_type)
+        reply, reason, checked = graded(record, example)
         parsed += reply is not None
         accepted += reason is None
-        false_equation += reason is None and example.answer_type == "number" and bool(false_equations(reply.rationale))
+        passing += checked
         dump.append(
             {
                 "example_id": example.id,
@@ -230,8 +246,7 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
     total = max(len(records), 1)
     print(
         f"{task}: {len(records)} requests | parsed {parsed}/{len(records)} ({parsed / total:.0%}) | "
-        f"accepted {accepted}/{len(records)} ({accepted / total:.0%}), {false_equation} of them with a "
-        f"false equation | "
+        f"accepted {accepted}/{len(records)} ({accepted / total:.0%}), {passing} of them passing both checks | "
         f"{statistics.mean(latencies):.1f} s per request (median {statistics.median(latencies):.1f}) | "
         f"{wall_s / total:.1f} s of wall time per reply | {statistics.mean(tokens):.0f} tokens out per reply",
         flush=True,
@@ -241,8 +256,8 @@ def summarize(task: str, records: list[dict], examples: dict[str, Example], dump
 def main() -> int:
     args = parse_args()
     tasks = args.task or ["multiarith"]
-    if args.equations_only:
-        print("\n".join(recorded_equation_check(task) for task in tasks))
+    if args.checks_only:
+        print("\n".join(recorded_checks(task) for task in tasks))
         return 0
     if args.run:
         sets = {"run": runs_mistakes(args.run, args.n)}

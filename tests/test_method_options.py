@@ -1,4 +1,5 @@
-"""Issue 41's method options: the gold answer shown to the teacher, the equation check, matched accepted budgets."""
+"""Issue 41's method options: the gold answer shown to the teacher, the equation and reaches-answer checks, matched
+accepted budgets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared_run import cli, shared_quick_run
 from teacher_server import TeacherServer
 
 from tutorloop.actors.teacher import LocalTeacherPool
+from tutorloop.loop.core.answers import reasoning_reaches_answer
 from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.config import TrainingSection, config_from_dict
 from tutorloop.loop.core.datasets import Example, load_examples
@@ -85,6 +87,32 @@ def test_equation_check_rejects_a_false_equation_and_keeps_a_true_one() -> None:
     assert not checked["accepted"] and checked["reject_reason"] == "false_equation"
     assert checked["rationale"]  # stored graded, so teacher_yield shows what was rejected
     assert answered(job_run(openai_teacher(check_equations=True), "rp"), true_reply)["accepted"]
+
+
+def test_reasoning_reaches_answer_on_numbers_and_coin_states() -> None:
+    assert reasoning_reaches_answer("She pays 1,000 + 250 = 1,250 dollars.", "1250", "number", "multiarith")
+    assert reasoning_reaches_answer("Each gets 7.50 dollars.", "7.5", "number", "multiarith")
+    # The answer stated after reasoning that ends elsewhere: "38 - 38 = 0" -> 7.
+    assert not reasoning_reaches_answer("The bad carrots are 38 - 38 = 0.", "7", "number", "multiarith")
+    assert not reasoning_reaches_answer("He has 17 apples, so 1 left.", "7", "number", "multiarith")
+    flipped = "Ana flips the coin, so it goes from heads to tails."
+    assert reasoning_reaches_answer(flipped, "no", "yesno", "coin_flip")
+    assert not reasoning_reaches_answer(flipped, "yes", "yesno", "coin_flip")
+    # A negated state is the other one; a reasoning naming no state cannot be checked and passes.
+    assert reasoning_reaches_answer("Bo flips it twice, so the coin is not tails up.", "yes", "yesno", "coin_flip")
+    assert reasoning_reaches_answer("Bo flips it twice.", "no", "yesno", "coin_flip")
+    assert reasoning_reaches_answer("Bats are mammals.", "no", "yesno", "strategy_qa")  # no state to read
+
+
+def test_reaches_answer_check_rejects_an_answer_the_reasoning_does_not_reach() -> None:
+    copied = "Mistake: he added.\nCorrect reasoning: 3 + 4 = 7 apples.\nTherefore, the answer is 12."
+    reached = "Mistake: he added.\nCorrect reasoning: 3 x 4 = 12 apples.\nTherefore, the answer is 12."
+    unchecked = answered(job_run(openai_teacher()), copied)
+    assert unchecked["accepted"], unchecked
+    checked = answered(job_run(openai_teacher(check_reaches_answer=True)), copied)
+    assert not checked["accepted"] and checked["reject_reason"] == "answer_not_reached"
+    assert checked["feedback"] == "he added."  # stored graded, like any rejected correction
+    assert answered(job_run(openai_teacher(check_reaches_answer=True)), reached)["accepted"]
 
 
 def test_accepted_budget_asks_until_as_many_rationales_are_accepted(teacher_server: TeacherServer) -> None:

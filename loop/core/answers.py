@@ -43,6 +43,14 @@ _YESNO = re.compile(r"(?<![\w-])(yes|no)(?![\w-])", re.IGNORECASE)
 _CHOICE_PAREN = re.compile(r"\(([A-H])\)")
 _CHOICE_BARE = re.compile(r"(?<![\w'’])([A-H])(?![\w'’])")
 _QUOTED = re.compile(r"[\"“”']([^\"“”'\n]+)[\"“”']")
+# Yes/no tasks whose reasoning tracks a state that decides the answer: the last state it writes must agree.
+# A negated state ("the coin is not heads up") is the other one.
+_FINAL_STATES = {
+    "coin_flip": (
+        re.compile(r"\b(not\s+|no\s+longer\s+)?(heads|tails)\b", re.IGNORECASE),
+        {"heads": "yes", "tails": "no"},
+    )
+}
 
 
 def normalize_number(text: str) -> str | None:
@@ -166,3 +174,20 @@ def answers_match(pred: str | None, gold: str, answer_type: str) -> bool:
         # Spacing inside a short text answer carries no meaning ("n a o a" spells "naoa").
         return a.replace(" ", "") == b.replace(" ", "")
     return a == b
+
+
+def reasoning_reaches_answer(reasoning: str, gold: str, answer_type: str, dataset: str) -> bool:
+    """Whether reasoning (without its closing answer sentence) arrives at the gold answer, not only states it
+    after: a number task writes the answer's value somewhere in it; coin_flip's last coin state ("heads",
+    "tails", "not heads") is the answer's ("heads" = yes). Other tasks and a coin reasoning naming no state pass."""
+    if answer_type == "number":
+        return any(answers_match(found, gold, "number") for found in _candidates(reasoning, "number"))
+    if dataset in _FINAL_STATES:
+        pattern, answer_of = _FINAL_STATES[dataset]
+        states = pattern.findall(reasoning)
+        if not states:
+            return True
+        negated, state = states[-1]
+        answer = answer_of[state.lower()]
+        return (answer != gold) if negated else (answer == gold)
+    return True

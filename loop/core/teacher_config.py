@@ -86,6 +86,14 @@ class TeacherSection(Section):
         "(reject_reason false_equation), read with the decoding calculator's parser",
         json_schema_extra=ADDED_LATER,
     )
+    check_reaches_answer: bool = Field(
+        False,
+        description="reject a rationale whose reasoning does not arrive at its (right) answer before stating "
+        "it (reject_reason answer_not_reached): numeric tasks must write the answer's value in the "
+        "reasoning, coin_flip's last coin state must be the answer's; the answer copied after reasoning "
+        "that ends elsewhere, which showing the teacher the answer invites",
+        json_schema_extra=ADDED_LATER,
+    )
     temperature: float = Field(0.0, ge=0)
     diverse_temperature: float = Field(0.7, ge=0)
     max_tokens: int = Field(256, ge=1)
