@@ -314,6 +314,7 @@ def test_key_lists_come_from_the_fields() -> None:
         "TrainingSection.accepted_budget",
         "TeacherSection.tailored_show_answer",
         "TeacherSection.check_equations",
+        "TeacherSection.check_reaches_answer",
         "TeacherEndpoint.serve",
         "TeacherEndpoint.recording",
         "TeacherEndpoint.rounds",
