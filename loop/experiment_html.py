@@ -43,10 +43,10 @@ def plot_arms_per_seed(result: SeedComparison, title: str) -> bytes:
         pair = [100 * result.accuracy_a[seed], 100 * result.accuracy_b[seed]]
         ax.plot([0, 1], pair, marker="o", alpha=0.8, label=f"seed {seed}")
     ax.set_xticks([0, 1])
-    ax.set_xticklabels([c.a, c.b])
+    ax.set_xticklabels([c.a_label, c.b])
     ax.set_xlim(-0.4, 1.4)
     ax.set_ylabel(f"{c.split} {c.metric} at round {c.round} (%)")
-    ax.set_title(f"{title}: {c.b} vs {c.a}, {c.split} split, per seed")
+    ax.set_title(f"{title}: {c.b} vs {c.a_label}, {c.split} split, per seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return figure_png(fig)

@@ -115,7 +115,9 @@ def compare_over_seeds(experiment: Experiment, comparison: Comparison) -> SeedCo
     differences, shares = [], ([], [])
     for seed in experiment.spec.seeds:
         runs = [experiment.run_dir(PlannedRun(seed, arm)) for arm in (comparison.a, comparison.b)]
-        correct = [round_correct(d, comparison.round, comparison.split, comparison.metric) for d in runs]
+        correct = [
+            round_correct(d, round_, comparison.split, comparison.metric) for d, round_ in zip(runs, comparison.rounds)
+        ]
         if correct[0] is None or correct[1] is None or set(correct[0]) != set(correct[1]):
             result.missing += [f"seed-{seed}/{arm}" for arm, c in zip((comparison.a, comparison.b), correct) if not c]
             continue
@@ -176,7 +178,8 @@ def comparison_section(result: SeedComparison, title: str, alpha: float) -> list
     ]
     lines += [
         markdown_table(
-            ["seed", f"{c.a} ({c.split})", f"{c.b} ({c.split})", f"{c.b} - {c.a}", "McNemar p (secondary)"], rows
+            ["seed", f"{c.a_label} ({c.split})", f"{c.b} ({c.split})", f"{c.b} - {c.a_label}", "McNemar p (secondary)"],
+            rows,
         ),
         "",
     ]

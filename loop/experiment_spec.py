@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tutorloop.loop.core.config import Config, apply_overrides, config_from_dict, load_config, validation_error_line
 from tutorloop.loop.core.errors import ConfigError, TutorloopError
@@ -28,11 +37,13 @@ class _Section(BaseModel):
 
 
 class Comparison(_Section):
-    """B against A at one round: accuracy(B) - accuracy(A), seeds as the unit."""
+    """B against A at one round: accuracy(B) - accuracy(A), seeds as the unit. With `a_round`, A is read at
+    that round instead: `a: prefix, a_round: 0` compares an arm with the round 0 its seed's arms forked from."""
 
     a: str
     b: str
     round: int = Field(ge=0)
+    a_round: int | None = Field(None, ge=0, description="A's round when it is not `round` (default: the same)")
     split: Literal["val", "test"] = Field(
         "test", description="test, or val: the validation split (data.val_size), the one tuning may look at"
     )
@@ -45,8 +56,27 @@ class Comparison(_Section):
             raise ValueError("expected accuracy or accuracy_<eval mode>, e.g. accuracy_explain")
         return metric
 
+    @model_serializer(mode="wrap")
+    def _without_unset_a_round(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # An unset a_round stays out of the frozen plan, so plans frozen before the key existed hash the same.
+        data = handler(self)
+        if data.get("a_round") is None:
+            data.pop("a_round", None)
+        return data
+
+    @property
+    def rounds(self) -> tuple[int, int]:
+        """(A's round, B's round)."""
+        return (self.round if self.a_round is None else self.a_round), self.round
+
+    @property
+    def a_label(self) -> str:
+        return self.a if self.a_round is None else f"{self.a} round {self.a_round}"
+
     def label(self) -> str:
-        return f"{self.b} vs {self.a}, round {self.round}, {self.split} {self.metric}"
+        if self.a_round is None:
+            return f"{self.b} vs {self.a}, round {self.round}, {self.split} {self.metric}"
+        return f"{self.b} round {self.round} vs {self.a_label}, {self.split} {self.metric}"
 
 
 class Analysis(_Section):
@@ -89,14 +119,16 @@ class ExperimentSpec(_Section):
     @model_validator(mode="after")
     def _comparisons_name_arms(self) -> "ExperimentSpec":
         for where, comparison in self.comparisons():
+            a_in_prefix = comparison.a_round is not None and comparison.a_round <= self.prefix_rounds
             for side in ("a", "b"):
-                if getattr(comparison, side) not in self.arms:
+                name = getattr(comparison, side)
+                if name not in self.arms and not (side == "a" and a_in_prefix and name == PREFIX):
                     raise ValueError(
-                        f"key '{where}.{side}': {getattr(comparison, side)!r} is not an arm "
-                        f"(arms: {', '.join(self.arms)})"
+                        f"key '{where}.{side}': {name!r} is not an arm (arms: {', '.join(self.arms)}"
+                        f"{f'; or {PREFIX!r} with a_round in the prefix' if side == 'a' else ''})"
                     )
-            if comparison.a == comparison.b:
-                raise ValueError(f"key '{where}': a and b are the same arm")
+            if comparison.a == comparison.b and comparison.rounds[0] == comparison.rounds[1]:
+                raise ValueError(f"key '{where}': a and b are the same arm at the same round")
             if comparison.round <= self.prefix_rounds:
                 raise ValueError(
                     f"key '{where}.round': {comparison.round} is in the shared prefix "

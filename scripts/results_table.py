@@ -47,7 +47,7 @@ def comparison_row(experiment: str, result: SeedComparison, alpha: float) -> lis
     c = result.comparison
     seeds = sorted(result.accuracy_a)
     where = f"round {c.round}, {c.split} {c.metric}"
-    arms = f"{c.b} vs {c.a}"
+    arms = f"{c.b} vs {c.a_label}"
     if not seeds:
         return [experiment, where, arms, "0", "n/a", "n/a", "n/a", "n/a (no seed graded)"]
     low, high = result.interval or (0.0, 0.0)

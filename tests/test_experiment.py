@@ -55,12 +55,29 @@ def no_runs(log: list) -> object:
             {"analysis": {"primary": {"a": "random", "b": "tailored", "round": 1, "metric": "loss"}}},
             "key 'analysis.primary.metric'",
         ),
+        # The prefix is an A side only where A is read at one of its rounds.
+        ({"analysis": {"primary": {"a": "prefix", "b": "tailored", "round": 1}}}, "key 'analysis.primary.a'"),
+        (
+            {"analysis": {"primary": {"a": "prefix", "a_round": 1, "b": "tailored", "round": 1}}},
+            "key 'analysis.primary.a'",
+        ),
+        (
+            {"analysis": {"primary": {"a": "tailored", "a_round": 1, "b": "tailored", "round": 1}}},
+            "same arm at the same round",
+        ),
     ],
 )
 def test_spec_errors_name_the_key(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ConfigError) as error:
         load_spec(write_spec(tmp_path, **change))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_unset_a_round_stays_out_of_the_frozen_plan(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path))
+    assert "a_round" not in spec.model_dump()["analysis"]["primary"]  # plans frozen before the key hash the same
+    assert spec.analysis.secondary[0].model_dump()["a_round"] == 0
+    assert spec.analysis.secondary[0].label() == "tailored round 1 vs prefix round 0, test accuracy"
 
 
 def test_spec_checked_against_the_base_config(tmp_path: Path) -> None:
@@ -211,5 +228,8 @@ def test_quick_experiment_killed_then_rerun_to_its_report(tmp_path: Path) -> Non
         text,
     )
     assert re.search(r"Primary paired t over seeds: p = \d", text)
+    # The secondary reads the prefix at round 0 and the tailored arm at round 1, seed by seed.
+    assert "## Secondary 1: tailored round 1 vs prefix round 0, test accuracy" in text
+    assert re.search(r"Secondary 1 test, seeds as the unit \(n = 2 seeds", text)
     assert "started after plan frozen" in text and "| NO |" not in text
     assert "6 of 6 runs finished" in cli("experiment", "status", str(directory)).stdout
