@@ -35,7 +35,7 @@ from tutorloop.loop.experiment_spec import (
 )
 from tutorloop.store.experiment_store import EXPERIMENT_FILE, ExperimentStore
 from tutorloop.store.history import read_run
-from tutorloop.store.query import HISTORY_FILE
+from tutorloop.store.query import HISTORY_FILE, fetch_rows
 from tutorloop.store.teacher_cache import harvest_calls, seed_shared_calls
 
 FINISHED = "finished"
@@ -100,11 +100,36 @@ def prepare_run(experiment: Experiment, run: PlannedRun) -> Config | None:
             prefix,
             run_dir,
             experiment.spec.prefix_rounds,
-            arm_overrides(experiment.spec, experiment.config, run.arm),
+            arm_overrides(experiment.spec, experiment.config, run.arm) + matched_budget(experiment, run),
             overwrite=True,
         )
     seed_shared_calls(cache, run_dir / HISTORY_FILE, fresh=True)
     return cfg
+
+
+def matched_budget(experiment: Experiment, run: PlannedRun) -> list[str]:
+    """`match_accepted`: the accepted rationales of each tailored round of the seed's source arm, as this arm's
+    training.accepted_budget (one per round); nothing for an arm not matched."""
+    source = experiment.spec.match_accepted.get(run.arm)
+    if source is None:
+        return []
+    source_dir = experiment.run_dir(PlannedRun(run.seed, source))
+    rounds = experiment.config["run"]["rounds"]
+    counts = {}
+    if (source_dir / HISTORY_FILE).exists():
+        rows = fetch_rows(
+            source_dir,
+            "SELECT round, count(*) FILTER (WHERE accepted) AS accepted FROM rationales WHERE round >= 1 GROUP BY round",
+        )
+        counts = {r["round"]: r["accepted"] for r in rows}
+    for round_ in range(experiment.spec.prefix_rounds + 1, rounds + 1):
+        if not counts.get(round_):
+            raise RunError(
+                f"{run.relative_dir}: match_accepted needs the accepted rationales of {source}'s round {round_} "
+                f"({source_dir}), and it has {'none' if round_ in counts else 'not taught that round'}"
+            )
+    # The prefix's rounds are inherited, not run again: their entries only fill the list.
+    return [f"training.accepted_budget={[counts.get(r) or 1 for r in range(1, rounds + 1)]}"]
 
 
 def execute_run(experiment: Experiment, run: PlannedRun, address: str | None = None) -> int:

@@ -25,12 +25,19 @@ POLL_S = 0.5
 STOP_WAIT_S = 120  # a stopped run ends at its next safe point; killed after this long
 
 
-def ready_runs(planned: list[PlannedRun], done: set[PlannedRun], started: set[PlannedRun]) -> list[PlannedRun]:
+def ready_runs(
+    planned: list[PlannedRun], done: set[PlannedRun], started: set[PlannedRun], match_accepted: dict[str, str]
+) -> list[PlannedRun]:
     """Planned runs not started yet that may start, in plan order: a prefix always, an arm once its seed's
-    prefix is done (the arm forks it)."""
-    return [
-        run for run in planned if run not in started and (run.arm == PREFIX or PlannedRun(run.seed, PREFIX) in done)
-    ]
+    prefix is done (the arm forks it) and, for an arm matched in accepted rationales, its source arm too."""
+
+    def waits_for(run: PlannedRun) -> list[PlannedRun]:
+        if run.arm == PREFIX:
+            return []
+        source = match_accepted.get(run.arm)
+        return [PlannedRun(run.seed, PREFIX)] + ([PlannedRun(run.seed, source)] if source else [])
+
+    return [run for run in planned if run not in started and all(w in done for w in waits_for(run))]
 
 
 def fits(ask: Resources, in_use: list[Resources], capacity: Resources) -> bool:
@@ -183,7 +190,7 @@ def run_parallel(
                     if process.returncode == 0:
                         done.add(run)
                     failure = failure or process.returncode
-            ready = [] if failure else ready_runs(planned, done, started)
+            ready = [] if failure else ready_runs(planned, done, started, experiment.spec.match_accepted)
             for run in runs_to_start(ready, asks, list(running), capacity, parallel):
                 started.add(run)
                 outcome = _start_or_record(experiment, store, run, address)

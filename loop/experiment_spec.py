@@ -92,7 +92,20 @@ class ExperimentSpec(_Section):
     prefix_rounds: int = Field(0, ge=0, description="last round every arm shares (0: baseline + round 0)")
     arms: dict[str, list[str]] = Field(min_length=2, description="arm name -> dotted overrides after the prefix")
     seeds: list[int] = Field(min_length=1)
+    match_accepted: dict[str, str] = Field(
+        {},
+        description="arm -> an arm before it whose accepted rationales in each tailored round it gets, seed by "
+        "seed, as its training.accepted_budget (arms matched in accepted rationales, not in calls)",
+    )
     analysis: Analysis
+
+    @model_serializer(mode="wrap")
+    def _without_empty_match(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # No matching stays out of the frozen plan, so plans frozen before the key existed hash the same.
+        data = handler(self)
+        if not data.get("match_accepted"):
+            data.pop("match_accepted", None)
+        return data
 
     @field_validator("name")
     @classmethod
@@ -136,6 +149,19 @@ class ExperimentSpec(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _matched_after_their_source(self) -> "ExperimentSpec":
+        order = list(self.arms)
+        for arm, source in self.match_accepted.items():
+            for name in (arm, source):
+                if name not in self.arms:
+                    raise ValueError(f"key 'match_accepted.{arm}': {name!r} is not an arm (arms: {', '.join(order)})")
+            if order.index(source) >= order.index(arm):
+                raise ValueError(
+                    f"key 'match_accepted.{arm}': {source!r} must come before {arm!r} in arms (it runs first)"
+                )
+        return self
+
     def comparisons(self) -> list[tuple[str, Comparison]]:
         """The declared family, primary first, each with its key in the spec."""
         return [
@@ -150,7 +176,7 @@ def spec_from_dict(data: Any, source: str) -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_error_line(exc.errors()[0], source)) from None
+        raise ConfigError(validation_error_line(exc.errors(), source)) from None
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

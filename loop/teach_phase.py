@@ -59,7 +59,7 @@ class TeachPhase:
         plan = plan_teaching(self.cfg, self.questions, state.round, state.mistakes)
         targets, jobs, seed = plan.targets, plan.jobs, plan.seed
         phase.begin(len(jobs))
-        budget = training.accepted_budget if state.kind == TAILORED and jobs else None
+        budget = training.accepted_budget_of(state.round) if state.kind == TAILORED and jobs else None
         outcome, asked = self._ask_teacher(jobs, report, state.kind, budget)
         if asked is not None:  # only the questions asked before the accepted budget was met are taught
             targets = replace(targets, examples=[self.questions.examples[i] for i in asked])

@@ -21,10 +21,19 @@ TWO_CPUS = {"CPU": 2.0, "GPU": 0.0}
 
 
 def test_arms_wait_for_their_seeds_prefix_and_nothing_starts_twice() -> None:
-    assert ready_runs(PLAN, done=set(), started=set()) == [PREFIX_0, PREFIX_1]
-    assert ready_runs(PLAN, done={PREFIX_0}, started={PREFIX_0, PREFIX_1}) == [TAILORED_0, RANDOM_0]
+    assert ready_runs(PLAN, done=set(), started=set(), match_accepted={}) == [PREFIX_0, PREFIX_1]
+    assert ready_runs(PLAN, done={PREFIX_0}, started={PREFIX_0, PREFIX_1}, match_accepted={}) == [TAILORED_0, RANDOM_0]
     everything = set(PLAN)
-    assert ready_runs(PLAN, done=everything, started=everything) == []
+    assert ready_runs(PLAN, done=everything, started=everything, match_accepted={}) == []
+
+
+def test_an_arm_matched_in_accepted_rationales_waits_for_its_source_arm() -> None:
+    matched = {"random": "tailored"}
+    assert ready_runs(PLAN, done={PREFIX_0}, started={PREFIX_0}, match_accepted=matched) == [TAILORED_0, PREFIX_1]
+    assert ready_runs(PLAN, done={PREFIX_0, TAILORED_0}, started={PREFIX_0, TAILORED_0}, match_accepted=matched) == [
+        RANDOM_0,
+        PREFIX_1,
+    ]
 
 
 def test_a_run_fits_beside_the_running_ones_within_the_cluster() -> None:

@@ -4,9 +4,11 @@ accepted budgets."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from shared_run import cli, shared_quick_run
 from teacher_server import TeacherServer
 
@@ -15,16 +17,21 @@ from tutorloop.loop.core.answers import reasoning_reaches_answer
 from tutorloop.loop.core.calculator import false_equations
 from tutorloop.loop.core.config import TrainingSection, config_from_dict
 from tutorloop.loop.core.datasets import Example, load_examples
+from tutorloop.loop.core.errors import ConfigError
 from tutorloop.loop.core.synthetic import generate_problems
 from tutorloop.loop.core.teacher_config import TeacherSection
 from tutorloop.loop.curriculum import random_selection, teaching_targets
+from tutorloop.loop.experiment import Experiment, PlannedRun, execute_run
+from tutorloop.loop.experiment_spec import base_config, canonical, load_spec
 from tutorloop.loop.round_plan import derive_seed
 from tutorloop.loop.strategies import PromptBuilder, load_templates
 from tutorloop.loop.teaching import TeachingSession, teach_until_accepted
 from tutorloop.loop.teaching_job import JobRun, TeachingJob
 from tutorloop.loop.teaching_plan import plan_jobs
+from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import fetch_rows
 
+REPO = Path(__file__).resolve().parents[1]
 QUESTION = Example("multiarith/train/1", "multiarith", "train", "Tom has 3 bags of 4 apples. How many apples?", "12")
 WRONG_ATTEMPT = {"output": " 3 + 4 = 7.\nTherefore, the answer is 7.", "extracted": "7", "correct": False}
 
@@ -163,3 +170,44 @@ def test_random_arm_with_accepted_budget_in_a_run(tmp_path_factory: pytest.TempP
         fork, "SELECT count(*) AS n FROM samples WHERE round = 1 AND task = 'answer' AND source = 'gold'"
     )
     assert answers[0]["n"] == 7  # only the questions asked are taught
+
+
+def test_matched_arm_gets_as_many_accepted_rationales_as_its_source_arm(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """`match_accepted: {random: tailored}`: the random arm's round asks until it has as many accepted rationales
+    as the seed's tailored arm had in that round (the shared quick run stands in for both prefix and tailored)."""
+    shared = shared_quick_run(tmp_path_factory)
+    spec = yaml.safe_load((REPO / "configs/experiments/quick.yaml").read_text())
+    spec.update(base=str(REPO / "configs/quick.yaml"), seeds=[0], match_accepted={"random": "tailored"})
+    # The shared run corrected each mistake twice (48 accepted of 24 questions): the random arm may ask 48.
+    spec["arms"]["random"] += ["training.exam_size=20", "training.max_mistakes=48"]
+    spec_path = tmp_path / "matched.yaml"
+    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    loaded = load_spec(spec_path)
+    base = base_config(loaded, spec_path)
+    ExperimentStore(tmp_path / "exp").freeze(*canonical(loaded, base), str(spec_path))
+    experiment = Experiment(tmp_path / "exp", loaded, base.to_dict())
+    for arm in ("prefix", "tailored"):
+        (tmp_path / "exp" / "seed-0").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "exp" / "seed-0" / arm).symlink_to(shared)
+    source = fetch_rows(shared, "SELECT count(*) AS n FROM rationales WHERE round = 1 AND accepted")[0]["n"]
+    assert source >= 1
+
+    assert execute_run(experiment, PlannedRun(0, "random")) == 0
+    random_arm = experiment.run_dir(PlannedRun(0, "random"))
+    cfg = config_from_dict(json.loads(fetch_rows(random_arm, "SELECT config FROM runs")[0]["config"]))
+    assert cfg.training.selection == "random" and cfg.training.accepted_budget == [source]
+    rows = fetch_rows(random_arm, "SELECT count(*) FILTER (WHERE accepted) AS n FROM rationales WHERE round = 1")
+    assert rows[0]["n"] == source  # matched in accepted rationales, not in calls
+
+
+def test_match_accepted_names_arms_that_run_in_order(tmp_path: Path) -> None:
+    spec = yaml.safe_load((REPO / "configs/experiments/quick.yaml").read_text())
+    for match, message in (
+        ({"random": "nope"}, "key 'match_accepted.random': 'nope' is not an arm"),
+        ({"tailored": "random"}, "'random' must come before 'tailored' in arms"),
+    ):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "match_accepted": match}, sort_keys=False))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_spec(tmp_path / "bad.yaml")

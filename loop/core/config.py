@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tutorloop.loop.core.config_meta import ADDED_LATER, FORK_FIXED, FORK_FREE, RESUME_SAFE, Section, marked_keys
 from tutorloop.loop.core.errors import ConfigError
@@ -290,14 +291,20 @@ class TrainingSection(Section):
         json_schema_extra=ADDED_LATER,
     )
     selection: Literal["mistakes", "random"] = Field("mistakes", description="random = ablation without tailoring")
-    accepted_budget: int | None = Field(
+    accepted_budget: PositiveInt | list[PositiveInt] | None = Field(
         None,
-        ge=1,
         description="a tailored round asks its questions in turn (mistakes in mistake_order, or with "
         "selection: random the pool in a seeded order) until this many rationales are accepted or the "
-        "questions run out: arms matched in accepted rationales, not in calls",
+        "questions run out: arms matched in accepted rationales, not in calls; a list gives each "
+        "tailored round its own (round 1 the first), as an experiment's match_accepted sets it",
         json_schema_extra=ADDED_LATER,
     )
+
+    def accepted_budget_of(self, round_: int) -> int | None:
+        """The accepted budget of tailored round `round_` (1, 2, ...)."""
+        if isinstance(self.accepted_budget, list):
+            return self.accepted_budget[round_ - 1]
+        return self.accepted_budget
 
 
 class RaySection(Section):
@@ -320,6 +327,16 @@ class Config(Section):
     teacher: TeacherSection = TeacherSection()
     training: TrainingSection = TrainingSection()
     ray: RaySection = Field(RaySection(), json_schema_extra=RESUME_SAFE)  # placement only, never results
+
+    @model_validator(mode="after")
+    def _a_budget_for_each_round(self) -> Config:
+        budgets = self.training.accepted_budget
+        if isinstance(budgets, list) and len(budgets) < self.run.rounds:
+            raise ValueError(
+                f"key 'training.accepted_budget': {len(budgets)} budget(s) for {self.run.rounds} tailored "
+                f"round(s) (run.rounds); give one per round, or one number for all"
+            )
+        return self
 
     @model_validator(mode="after")
     def _balance_has_categories(self) -> Config:
@@ -400,12 +417,23 @@ def _child(node: Any, part: str, text: str) -> Any:
     return child
 
 
-def validation_error_line(error: dict, source: str) -> str:
-    """One pydantic error as the one line the user sees, naming the file and the dotted key."""
+# pydantic names the member of a union it tried in an error's location: 'constrained-int', 'list[constrained-int]'.
+_UNION_MEMBER = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _key_parts(loc: tuple) -> list[str]:
+    return [str(part) for part in loc if not (isinstance(part, str) and _UNION_MEMBER.search(part))]
+
+
+def validation_error_line(errors: list[dict], source: str) -> str:
+    """The first pydantic error as the one line the user sees, naming the file and the dotted key. Where each
+    member of a union failed, the deepest error is the one for the member the value was meant as."""
+    first = _key_parts(errors[0]["loc"])
+    error = max((e for e in errors if _key_parts(e["loc"])[: len(first)] == first), key=lambda e: len(e["loc"]))
     message = error["msg"].removeprefix("Value error, ")
     if not error["loc"]:  # a check across sections names its keys itself
         return f"{source}: {message}"
-    key = ".".join(str(p) for p in error["loc"])
+    key = ".".join(_key_parts(error["loc"]))
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
@@ -422,7 +450,7 @@ def config_from_dict(data: dict, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(validation_error_line(exc.errors()[0], source)) from None
+        raise ConfigError(validation_error_line(exc.errors(), source)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
