@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 from tutorloop.loop.experiment import FINISHED, Experiment, PlannedRun, open_experiment
 from tutorloop.loop.experiment_html import write_experiment_html
+from tutorloop.loop.experiment_rounds import arm_rounds_section
 from tutorloop.loop.experiment_spec import Comparison
 from tutorloop.loop.forking_paths import count_forking_paths
 from tutorloop.loop.formatting import markdown_table
-from tutorloop.loop.paired_stats import compare_paired, discordant, mcnemar_exact, seed_paired_t, seed_shares
+from tutorloop.loop.paired_stats import compare_paired, discordant, mcnemar_exact, paired_t_over_seeds, seed_shares
 from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import HISTORY_FILE, fetch_rows
 from tutorloop.store.teacher_cache import cache_counts
@@ -36,17 +36,6 @@ SPLIT_NOTES = {
     "val": "the validation split (data.val_size questions carved from the pool, never taught), the one tuning "
     "may look at",
 }
-
-
-def paired_t_over_seeds(accuracy_a: Sequence[float], accuracy_b: Sequence[float]) -> float | None:
-    """Two-sided p of the paired t-test of B against A over seeds (scipy.stats.ttest_rel); None under two
-    seeds. Seeds whose differences agree exactly leave t undefined: 1 for no difference, 0 otherwise."""
-    if len(accuracy_a) < 2:
-        return None
-    differences = np.asarray(accuracy_b, dtype=np.float64) - np.asarray(accuracy_a, dtype=np.float64)
-    if float(differences.std(ddof=1)) < 1e-12:
-        return seed_paired_t(differences)
-    return float(stats.ttest_rel(accuracy_b, accuracy_a).pvalue)
 
 
 def two_level_bootstrap(
@@ -267,6 +256,7 @@ def experiment_markdown(directory: str | Path, results: list[SeedComparison] | N
     results = analyse(experiment) if results is None else results
     for index, result in enumerate(results):
         lines += comparison_section(result, "Primary" if index == 0 else f"Secondary {index}", spec.analysis.alpha)
+    lines += arm_rounds_section(experiment)
     lines += ["## Runs", "", teacher_calls_line(store), "", runs_table(experiment, store, plan["frozen_at"]), ""]
     return "\n".join(lines)
 

@@ -144,3 +144,14 @@ def verdict(p_value: float) -> str:
     if p_value < SIGNIFICANCE:
         return f"significant at 0.05 (p={p_value:.3g})"
     return f"not significant (p={p_value:.3g}): the difference is within noise"
+
+
+def paired_t_over_seeds(accuracy_a: Sequence[float], accuracy_b: Sequence[float]) -> float | None:
+    """Two-sided p of the paired t-test of B against A over seeds (scipy.stats.ttest_rel); None under two
+    seeds. Seeds whose differences agree exactly leave t undefined: 1 for no difference, 0 otherwise."""
+    if len(accuracy_a) < 2:
+        return None
+    differences = np.asarray(accuracy_b, dtype=np.float64) - np.asarray(accuracy_a, dtype=np.float64)
+    if float(differences.std(ddof=1)) < 1e-12:
+        return seed_paired_t(differences)
+    return float(stats.ttest_rel(accuracy_b, accuracy_a).pvalue)

@@ -16,9 +16,9 @@ from test_resume_kill import kill_tree, reached, start
 
 from tutorloop.loop.core.errors import ConfigError, RunError
 from tutorloop.loop.experiment import run_experiment
-from tutorloop.loop.experiment_report import experiment_markdown, holm, paired_t_over_seeds, two_level_bootstrap
+from tutorloop.loop.experiment_report import experiment_markdown, holm, two_level_bootstrap
 from tutorloop.loop.experiment_spec import load_spec
-from tutorloop.loop.paired_stats import mcnemar_exact
+from tutorloop.loop.paired_stats import mcnemar_exact, paired_t_over_seeds
 from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import fetch_rows
 
@@ -231,5 +231,8 @@ def test_quick_experiment_killed_then_rerun_to_its_report(tmp_path: Path) -> Non
     # The secondary reads the prefix at round 0 and the tailored arm at round 1, seed by seed.
     assert "## Secondary 1: tailored round 1 vs prefix round 0, test accuracy" in text
     assert re.search(r"Secondary 1 test, seeds as the unit \(n = 2 seeds", text)
+    # Each arm's round over both seeds: calls, accepted rationales, accuracy, and taught mistakes now right.
+    for arm in ("tailored", "random"):
+        assert re.search(rf"\| {arm} \| 1 \| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+% \| [\d.]+% / [\d.]+% \(\d\) \|", text), arm
     assert "started after plan frozen" in text and "| NO |" not in text
     assert "6 of 6 runs finished" in cli("experiment", "status", str(directory)).stdout
