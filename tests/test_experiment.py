@@ -233,6 +233,8 @@ def test_quick_experiment_killed_then_rerun_to_its_report(tmp_path: Path) -> Non
     assert re.search(r"Secondary 1 test, seeds as the unit \(n = 2 seeds", text)
     # Each arm's round over both seeds: calls, accepted rationales, accuracy, and taught mistakes now right.
     for arm in ("tailored", "random"):
-        assert re.search(rf"\| {arm} \| 1 \| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+% \| [\d.]+% / [\d.]+% \(\d\) \|", text), arm
+        assert re.search(rf"\| {arm} \| 1 \| 2 \| [\d.]+ \| [\d.]+ \| [\d.]+% \| [\d.]+% / [\d.]+% \(\d\) \|", text), (
+            arm
+        )
     assert "started after plan frozen" in text and "| NO |" not in text
     assert "6 of 6 runs finished" in cli("experiment", "status", str(directory)).stdout
