@@ -17,7 +17,7 @@ from test_resume_kill import kill_tree, reached, start
 from tutorloop.loop.core.errors import ConfigError, RunError
 from tutorloop.loop.experiment import run_experiment
 from tutorloop.loop.experiment_report import experiment_markdown, holm, two_level_bootstrap
-from tutorloop.loop.experiment_spec import load_spec
+from tutorloop.loop.experiment_spec import base_config, check_against_base, load_spec
 from tutorloop.loop.paired_stats import mcnemar_exact, paired_t_over_seeds
 from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import fetch_rows
@@ -71,6 +71,15 @@ def test_spec_errors_name_the_key(tmp_path: Path, change: dict, message: str) ->
     with pytest.raises(ConfigError) as error:
         load_spec(write_spec(tmp_path, **change))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "spec_path", [QUICK, *sorted((REPO / "configs" / "experiments").glob("*_experiment.yaml"))], ids=lambda p: p.name
+)
+def test_every_shipped_spec_loads_and_fits_its_base(spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # specs name their base from the repository root, as `tutorloop experiment run` is run
+    spec = load_spec(spec_path)
+    check_against_base(spec, base_config(spec, spec_path), str(spec_path))
 
 
 def test_an_unset_a_round_stays_out_of_the_frozen_plan(tmp_path: Path) -> None:
