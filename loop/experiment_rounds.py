@@ -1,7 +1,8 @@
 """What each arm's rounds taught, over seeds: the experiment report's descriptive section beside its tests.
 
-Per arm and round after the shared prefix, the mean over seeds of the teacher calls, the accepted rationales
-(arms matched in accepted rationales should agree here) and the test accuracy; and where the round rechecked
+Per arm and round after the shared prefix, the mean over seeds of the teacher calls the run sent (answers from
+the experiment's cache aside), the accepted rationales (arms matched in accepted rationales should agree here)
+and the test accuracy; and where the round rechecked
 its pool mistakes (student.recheck_mistakes), the mechanism: the share of the mistakes the round taught that the
 student now gets right against the share of the mistakes of the same exam it did not teach, with the paired t
 over seeds of that difference. None of it is in the declared family: it describes, it does not decide.
@@ -93,7 +94,7 @@ def arm_rounds_section(experiment: Experiment) -> list[str]:
         "arm",
         "round",
         "seeds",
-        "teacher calls",
+        "teacher calls sent (not from the cache)",
         "accepted rationales",
         "test accuracy",
         "pool mistakes now right: taught / not taught (seeds)",
