@@ -1,9 +1,10 @@
 """`tutorloop experiment status|report`: the experiment's runs, and its declared analysis with seeds as the unit.
 
 Each declared comparison (B against A at a round) is judged over seeds: the paired t-test of the arms'
-accuracies (scipy.stats.ttest_rel), with a two-level bootstrap interval of the mean difference
-(resample seeds, then questions within each drawn seed), so the interval carries retraining noise as
-well as question noise. Holm's correction runs over the declared family. The question-level tests
+accuracies (scipy.stats.ttest_rel) with its Student-t 95% interval of the mean difference (the interval of
+that test), and a two-level bootstrap interval (resample seeds, then questions within each drawn seed), which
+carries question noise as well as retraining noise but, with a handful of seeds, is narrower than the t
+interval. Holm's correction runs over the declared family. The question-level tests
 (per-seed McNemar, the sign test on per-question seed shares) are secondary and labelled so.
 """
 
@@ -23,7 +24,14 @@ from tutorloop.loop.experiment_rounds import arm_rounds_section
 from tutorloop.loop.experiment_spec import Comparison
 from tutorloop.loop.forking_paths import count_forking_paths
 from tutorloop.loop.formatting import markdown_table
-from tutorloop.loop.paired_stats import compare_paired, discordant, mcnemar_exact, paired_t_over_seeds, seed_shares
+from tutorloop.loop.paired_stats import (
+    compare_paired,
+    discordant,
+    mcnemar_exact,
+    paired_t_over_seeds,
+    seed_interval,
+    seed_shares,
+)
 from tutorloop.store.experiment_store import ExperimentStore
 from tutorloop.store.query import HISTORY_FILE, fetch_rows
 from tutorloop.store.teacher_cache import cache_counts
@@ -76,7 +84,8 @@ class SeedComparison:
     mcnemar: dict[int, float] = field(default_factory=dict)  # seed -> exact McNemar p (question level)
     missing: list[str] = field(default_factory=list)  # runs not (fully) evaluated at the round
     mean_difference: float | None = None
-    interval: tuple[float, float] | None = None
+    interval: tuple[float, float] | None = None  # two-level bootstrap
+    t_interval: tuple[float, float] | None = None  # Student-t over seeds, the declared test's; two seeds at least
     p_value: float | None = None
     holm_p: float | None = None
     sign_test_p: float | None = None
@@ -119,7 +128,8 @@ def compare_over_seeds(experiment: Experiment, comparison: Comparison) -> SeedCo
         shares[1].append(correct[1])
     if differences:
         seeds = list(result.accuracy_a)
-        result.mean_difference = float(np.mean([result.accuracy_b[s] - result.accuracy_a[s] for s in seeds]))
+        result.mean_difference, low, high = seed_interval([result.accuracy_b[s] - result.accuracy_a[s] for s in seeds])
+        result.t_interval = (low, high) if len(seeds) > 1 else None
         result.interval = two_level_bootstrap(differences)
         result.p_value = paired_t_over_seeds(
             [result.accuracy_a[s] for s in seeds], [result.accuracy_b[s] for s in seeds]
@@ -173,12 +183,14 @@ def comparison_section(result: SeedComparison, title: str, alpha: float) -> list
         "",
     ]
     low, high = result.interval or (0.0, 0.0)
+    t_interval = "-" if result.t_interval is None else f"[{_pp(result.t_interval[0])}, {_pp(result.t_interval[1])}]"
     significant = result.holm_p is not None and result.holm_p < alpha
     lines += [
         f"- every number in this section is on the {c.split} split: {SPLIT_NOTES[c.split]}",
         f"- {title} test, seeds as the unit (n = {len(seeds)} seeds, {c.split} split): "
         f"mean difference over seeds {_pp(result.mean_difference)}, 95% two-level bootstrap interval "
-        f"[{_pp(low)}, {_pp(high)}] (seeds, then questions within them)",
+        f"[{_pp(low)}, {_pp(high)}] (seeds, then questions within them); 95% t interval over seeds "
+        f"{t_interval} (the paired t's)",
         f"- {title} paired t over seeds: p = {_p(result.p_value)}; Holm-adjusted over the declared family: "
         f"p = {_p(result.holm_p)} ({'significant' if significant else 'not significant'} at alpha {alpha})",
         f"- secondary, question level: sign test on per-question seed shares p = {_p(result.sign_test_p)}; "

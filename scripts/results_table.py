@@ -3,10 +3,10 @@
 
 For each experiment folder given (made by `tutorloop experiment run`), the experiment report's analysis
 (loop/experiment_report.py `analyse`) gives each comparison of the declared family over seeds (the primary,
-then the secondaries, as the spec lists them): the arms, the seeds graded,
-the mean difference of accuracy over seeds, its two-level bootstrap interval (seeds, then questions), the
-paired-t p over seeds, and whether it is significant at the spec's alpha after Holm over the declared family
-(as the report says). The rows replace whatever stands between the markers in RESULTS.md; nothing else in
+then the secondaries, as the spec lists them): the arms, the seeds graded, the mean difference of accuracy
+over seeds, its Student-t 95% interval over seeds (the paired t's) and its two-level bootstrap interval
+(seeds, then questions), the paired-t p over seeds, and whether it is significant at the spec's alpha after
+Holm over the declared family (as the report says). The rows replace whatever stands between the markers in RESULTS.md; nothing else in
 the file changes.
 
     .venv/bin/python scripts/results_table.py runs/quick-experiment [more experiment folders] [--results RESULTS.md]
@@ -32,6 +32,7 @@ COLUMNS = [
     "arms (B vs A)",
     "seeds",
     "mean difference over seeds (B - A)",
+    "95% t interval over seeds",
     "95% interval (two-level bootstrap)",
     "paired t p over seeds",
     "significant?",
@@ -50,8 +51,11 @@ def comparison_row(experiment: str, result: SeedComparison, alpha: float, role: 
     where = f"{role}: round {c.round}, {c.split} {c.metric}"
     arms = f"{c.b} vs {c.a_label}"
     if not seeds:
-        return [experiment, where, arms, "0", "n/a", "n/a", "n/a", "n/a (no seed graded)"]
+        return [experiment, where, arms, "0", "n/a", "n/a", "n/a", "n/a", "n/a (no seed graded)"]
     low, high = result.interval or (0.0, 0.0)
+    t_interval = (
+        "n/a" if result.t_interval is None else f"[{_points(result.t_interval[0])}, {_points(result.t_interval[1])}]"
+    )
     p_value = "n/a (needs two seeds)" if result.p_value is None else f"{result.p_value:.3g}"
     if result.holm_p is None:
         significant = "n/a"
@@ -63,6 +67,7 @@ def comparison_row(experiment: str, result: SeedComparison, alpha: float, role: 
         arms,
         f"{len(seeds)} ({', '.join(map(str, seeds))})",
         _points(result.mean_difference or 0.0),
+        t_interval,
         f"[{_points(low)}, {_points(high)}]",
         p_value,
         significant,

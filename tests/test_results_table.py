@@ -30,6 +30,7 @@ def test_row_gives_seeds_difference_interval_p_and_verdict() -> None:
         accuracy_a={0: 0.50, 1: 0.60, 2: 0.55},
         accuracy_b={0: 0.56, 1: 0.64, 2: 0.60},
         mean_difference=0.05,
+        t_interval=(-0.004, 0.104),
         interval=(0.012, 0.081),
         p_value=0.0123,
         holm_p=0.0246,
@@ -41,6 +42,7 @@ def test_row_gives_seeds_difference_interval_p_and_verdict() -> None:
         "tailored vs random",
         "3 (0, 1, 2)",
         "+5.0 pp",
+        "[-0.4 pp, +10.4 pp]",
         "[+1.2 pp, +8.1 pp]",
         "0.0123",
         "yes (Holm p 0.0246, alpha 0.05)",
@@ -63,9 +65,9 @@ def test_row_says_n_a_where_no_number_over_seeds_exists() -> None:
         interval=(0.0, 0.2),
     )
     row = results_table.comparison_row("x", one_seed, alpha=0.05)
-    assert row[3] == "1 (0)" and row[6] == "n/a (needs two seeds)" and row[7] == "n/a"
+    assert row[3] == "1 (0)" and row[5] == "n/a" and row[7] == "n/a (needs two seeds)" and row[8] == "n/a"
     none_graded = SeedComparison(Comparison(a="random", b="tailored", round=1))
-    assert results_table.comparison_row("x", none_graded, alpha=0.05)[3:] == ["0"] + ["n/a"] * 3 + [
+    assert results_table.comparison_row("x", none_graded, alpha=0.05)[3:] == ["0"] + ["n/a"] * 4 + [
         "n/a (no seed graded)"
     ]
 
@@ -104,7 +106,7 @@ def test_real_experiment_folder_fills_the_page(tmp_path: Path, tmp_path_factory:
     primary, secondary = [line for line in text.splitlines() if line.startswith("| quick-experiment")]
     assert primary == (
         "| quick-experiment | primary: round 1, test accuracy | tailored vs random | 2 (0, 1) | +0.0 pp | "
-        "[+0.0 pp, +0.0 pp] | 1 | no (Holm p 1, alpha 0.05) |"
+        "[+0.0 pp, +0.0 pp] | [+0.0 pp, +0.0 pp] | 1 | no (Holm p 1, alpha 0.05) |"
     )
     assert secondary.startswith(
         "| quick-experiment | secondary: round 1, test accuracy | tailored vs prefix round 0 | 2 (0, 1) |"
