@@ -2,10 +2,9 @@
 
 Per arm and round after the shared prefix, the mean over seeds of the teacher calls the run sent (answers from
 the experiment's cache aside), the accepted rationales (arms matched in accepted rationales should agree here)
-and the test accuracy; and where the round rechecked
-its pool mistakes (student.recheck_mistakes), the mechanism: the share of the mistakes the round taught that the
-student now gets right against the share of the mistakes of the same exam it did not teach, with the paired t
-over seeds of that difference. None of it is in the declared family: it describes, it does not decide.
+and the test accuracy; and where the round rechecked its pool mistakes (student.recheck_mistakes), the
+mechanism: the share of the mistakes the round taught that the student now gets right against the share of the
+mistakes of the same exam it did not teach, with the paired t over seeds of that difference. None of it is in the declared family: it describes, it does not decide.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ For each experiment folder given (made by `tutorloop experiment run`), the exper
 then the secondaries, as the spec lists them): the arms, the seeds graded, the mean difference of accuracy
 over seeds, its Student-t 95% interval over seeds (the paired t's) and its two-level bootstrap interval
 (seeds, then questions), the paired-t p over seeds, and whether it is significant at the spec's alpha after
-Holm over the declared family (as the report says). The rows replace whatever stands between the markers in RESULTS.md; nothing else in
-the file changes.
+Holm over the declared family (as the report says). The rows replace whatever stands between the markers in
+RESULTS.md; nothing else in the file changes.
 
     .venv/bin/python scripts/results_table.py runs/quick-experiment [more experiment folders] [--results RESULTS.md]
 """
